@@ -1,0 +1,185 @@
+# Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
+"""Configurations for OLMo (v1, incl. OLMo 1.7 ``clip_qkv``) and OLMo 2.
+
+Both are strict ``PreTrainedConfig`` dataclasses with exactly the fields of Transformers' built-in
+``OlmoConfig`` / ``Olmo2Config`` (so checkpoints stay interchangeable), plus an optional ``head_dim``
+(OLMo-core models may use ``head_dim != hidden_size // num_attention_heads``) and validation that names the
+offending field.
+
+Defaults are the ones of the built-in classes (an OLMo-7B-like shape), NOT those of any released OLMo 2
+model: real OLMo 2 checkpoints set ``rms_norm_eps=1e-6``, ``rope_theta=500000``, ``vocab_size=100352`` and
+eos/pad ``100257/100277`` (see ``olmo_hf.presets``). Legacy ``rope_theta`` / ``rope_scaling`` keys, as found
+in every published config.json, are converted to ``rope_parameters`` by ``PreTrainedConfig``.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers.activations import ACT2FN
+from transformers.configuration_utils import PreTrainedConfig
+from transformers.modeling_rope_utils import RopeParameters
+
+__all__ = ["OlmoConfig", "Olmo2Config"]
+
+# Shared by both families: attention is tensor-parallel along heads, the MLP along its hidden dimension.
+_PP_PLAN = {
+    "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+    "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+    "norm": (["hidden_states"], ["hidden_states"]),
+}
+_MLP_TP_PLAN = {
+    "layers.*.mlp.gate_proj": "colwise",
+    "layers.*.mlp.up_proj": "colwise",
+    "layers.*.mlp.down_proj": "rowwise",
+}
+
+
+@strict
+class _OlmoFamilyConfig(PreTrainedConfig):
+    """Fields and validation common to OLMo and OLMo 2 (not registered; use a subclass)."""
+
+    keys_to_ignore_at_inference = ["past_key_values"]
+    base_model_pp_plan = _PP_PLAN
+
+    vocab_size: int = 50304  # GPT-NeoX-OLMo vocabulary (50280) padded to a multiple of 128
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None -> num_attention_heads (multi-head attention)
+    head_dim: int | None = None  # None -> hidden_size // num_attention_heads
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = None  # no OLMo checkpoint uses a BOS token (transformers PR #29890)
+    eos_token_id: int | list[int] | None = 50279
+    tie_word_embeddings: bool = False
+    rope_parameters: RopeParameters | dict | None = None
+    attention_bias: bool = False
+    attention_dropout: float | int = 0.0
+
+    def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if (
+            self.head_dim is None
+            and isinstance(self.hidden_size, int)
+            and isinstance(self.num_attention_heads, int)
+            and self.num_attention_heads > 0
+            and self.hidden_size % self.num_attention_heads == 0
+        ):
+            # Stored explicitly so that every reader (ours, Transformers' built-in classes, vLLM) agrees.
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        super().__post_init__(**kwargs)
+        # Checked here too (not only in the @strict validator, which wraps errors in its own exception type)
+        # so that a bad combination surfaces as a plain ValueError naming the field.
+        self.check_architecture()
+
+    def validate_architecture(self):
+        """Part of ``@strict`` validation (also run by ``config.validate()`` after edits)."""
+        super().validate_architecture()
+        self.check_architecture()
+
+    def check_architecture(self) -> None:
+        """Raise a ``ValueError`` naming the field if the model cannot be built from this config."""
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+        ):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value}.")
+        if self.head_dim is None:
+            raise ValueError(
+                f"`num_attention_heads` ({self.num_attention_heads}) must divide `hidden_size` ({self.hidden_size}); "
+                "set `head_dim` explicitly for models whose head size differs from hidden_size / num_attention_heads."
+            )
+        if self.head_dim <= 0 or self.head_dim % 2:
+            raise ValueError(f"`head_dim` must be a positive even integer (RoPE rotates pairs), got {self.head_dim}.")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"`num_key_value_heads` ({self.num_key_value_heads}) must divide `num_attention_heads` "
+                f"({self.num_attention_heads}) for grouped-query attention."
+            )
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"`hidden_act` {self.hidden_act!r} is not a known activation; use one of Transformers' ACT2FN names "
+                "such as 'silu' (the one every OLMo checkpoint uses)."
+            )
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"`attention_dropout` must be in [0, 1), got {self.attention_dropout}.")
+
+
+@strict
+class OlmoConfig(_OlmoFamilyConfig):
+    r"""Configuration of an OLMo (v1) model: `allenai/OLMo-1B-hf`, `OLMo-7B-hf`, `OLMo-7B-0424-hf` (OLMo 1.7), ...
+
+    Pre-norm blocks with a non-parametric LayerNorm (eps 1e-5), SwiGLU MLP, RoPE.
+
+    Args:
+        clip_qkv (`float`, *optional*):
+            If set, queries, keys and values are clamped to ``[-clip_qkv, clip_qkv]`` right after their
+            projections (before RoPE). OLMo 1.7 / 0424 / 0724 use 8.0; the original OLMo-1B/7B use ``None``.
+
+    Example:
+
+    ```python
+    >>> from olmo_hf import OlmoConfig, OlmoForCausalLM
+    >>> config = OlmoConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4)
+    >>> model = OlmoForCausalLM(config)
+    ```
+    """
+
+    model_type = "olmo"
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        **_MLP_TP_PLAN,
+    }
+
+    clip_qkv: float | None = None
+
+    def check_architecture(self) -> None:
+        super().check_architecture()
+        if self.clip_qkv is not None and self.clip_qkv <= 0:
+            raise ValueError(f"`clip_qkv` must be positive or None, got {self.clip_qkv}.")
+
+
+@strict
+class Olmo2Config(_OlmoFamilyConfig):
+    r"""Configuration of an OLMo 2 model: `allenai/OLMo-2-0425-1B`, `OLMo-2-1124-7B`, `OLMo-2-1124-13B`,
+    `OLMo-2-0325-32B`, ...
+
+    Identical to [`OlmoConfig`] except:
+    - ``rms_norm_eps`` for the (weighted) RMSNorms that replace OLMo's parameter-free LayerNorm;
+    - no ``clip_qkv``: OLMo 2 normalises queries and keys instead (allenai/OLMo-core #498).
+
+    Args:
+        rms_norm_eps (`float`, *optional*, defaults to 1e-5):
+            Epsilon of the RMSNorms. Released OLMo 2 checkpoints use 1e-6.
+    """
+
+    model_type = "olmo2"
+    base_model_tp_plan = {
+        # q/k/v stay replicated: q_norm / k_norm normalise over ALL heads at once, so a head-sharded
+        # projection would normalise with the wrong statistics (dphnAI/sonar PR #966).
+        "layers.*.self_attn.q_proj": "colwise_gather_output",
+        "layers.*.self_attn.k_proj": "colwise_gather_output",
+        "layers.*.self_attn.v_proj": "colwise_gather_output",
+        "layers.*.self_attn.o_proj": "rowwise_split_input",
+        **_MLP_TP_PLAN,
+    }
+
+    rms_norm_eps: float = 1e-5
+
+    def check_architecture(self) -> None:
+        super().check_architecture()
+        if self.rms_norm_eps <= 0:
+            raise ValueError(f"`rms_norm_eps` must be positive, got {self.rms_norm_eps}.")

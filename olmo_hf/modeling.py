@@ -1,0 +1,330 @@
+# Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
+"""OLMo and OLMo 2 models: decoder layers, base models, causal-LM and sequence-classification heads.
+
+The two families share everything but their blocks (see the ``Olmo2*`` class comments for the deltas).
+The shared logic lives in three small mixins (``_DecoderStack``, ``_CausalLMHead``, ``_SequenceClassifierHead``)
+so that the public classes declare exactly what Transformers' built-in classes declare: the same names,
+bases (``GenerationMixin`` is a direct base of the causal-LM classes), class attributes, forward signatures,
+state-dict keys and parallelism plans. Checkpoints are therefore interchangeable with the built-in classes.
+"""
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration import Olmo2Config, OlmoConfig
+from .modules import (
+    Olmo2Attention,
+    Olmo2RMSNorm,
+    OlmoAttention,
+    OlmoLayerNorm,
+    OlmoMLP,
+    OlmoRotaryEmbedding,
+)
+
+__all__ = [
+    "OlmoPreTrainedModel",
+    "OlmoModel",
+    "OlmoForCausalLM",
+    "OlmoForSequenceClassification",
+    "Olmo2PreTrainedModel",
+    "Olmo2Model",
+    "Olmo2ForCausalLM",
+    "Olmo2ForSequenceClassification",
+]
+
+
+# ----------------------------------------------------------------------------------------------- decoder layers
+class OlmoDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block: ``h = x + attn(LN(x)); out = h + mlp(LN(h))`` with parameter-free LayerNorms."""
+
+    def __init__(self, config: OlmoConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.self_attn = OlmoAttention(config=config, layer_idx=layer_idx)
+        self.mlp = OlmoMLP(config)
+        self.input_layernorm = OlmoLayerNorm(config.hidden_size)
+        self.post_attention_layernorm = OlmoLayerNorm(config.hidden_size)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (batch, seq, hidden)
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        attn_out, _ = self.self_attn(
+            hidden_states=self.input_layernorm(hidden_states),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+        hidden_states = hidden_states + attn_out
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class Olmo2DecoderLayer(GradientCheckpointingLayer):
+    """Identical to [`OlmoDecoderLayer`] except that the norms are applied to the sublayer OUTPUTS
+    ("reordered norm", OLMo-core ``ReorderedNormTransformerBlock``) and are weighted RMSNorms:
+    ``h = x + RMSNorm(attn(x)); out = h + RMSNorm(mlp(h))``. There is no ``input_layernorm``.
+    """
+
+    def __init__(self, config: Olmo2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.self_attn = Olmo2Attention(config=config, layer_idx=layer_idx)
+        self.mlp = OlmoMLP(config)
+        self.post_attention_layernorm = Olmo2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_feedforward_layernorm = Olmo2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (batch, seq, hidden)
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        attn_out, _ = self.self_attn(
+            hidden_states=hidden_states,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+        hidden_states = hidden_states + self.post_attention_layernorm(attn_out)
+        return hidden_states + self.post_feedforward_layernorm(self.mlp(hidden_states))
+
+
+# ----------------------------------------------------------------------------------------------- pretrained bases
+class _OlmoFamilyPreTrainedModel(PreTrainedModel):
+    """Capabilities both families declare (as the built-in classes do); not registered anywhere."""
+
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _can_compile_fullgraph = True
+    _supports_attention_backend = True
+
+
+class OlmoPreTrainedModel(_OlmoFamilyPreTrainedModel):
+    config: OlmoConfig
+    config_class = OlmoConfig
+    _no_split_modules = ["OlmoDecoderLayer"]
+    _can_record_outputs = {"hidden_states": OlmoDecoderLayer, "attentions": OlmoAttention}
+
+
+class Olmo2PreTrainedModel(_OlmoFamilyPreTrainedModel):
+    config: Olmo2Config
+    config_class = Olmo2Config
+    _no_split_modules = ["Olmo2DecoderLayer"]
+    _can_record_outputs = {"hidden_states": Olmo2DecoderLayer, "attentions": Olmo2Attention}
+
+
+# ----------------------------------------------------------------------------------------------- base models
+class _DecoderStack:
+    """Embedding -> decoder layers -> final norm. Subclasses name their layer class and final norm."""
+
+    decoder_layer_class: type[nn.Module]
+
+    def __init__(self, config: OlmoConfig | Olmo2Config) -> None:
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [self.decoder_layer_class(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = self.make_final_norm(config)
+        self.rotary_emb = OlmoRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @staticmethod
+    def make_final_norm(config) -> nn.Module:
+        raise NotImplementedError
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,  # (batch, seq)
+        attention_mask: torch.Tensor | None = None,  # (batch, kv_seq), 1 = attend; or a 4D mask
+        position_ids: torch.LongTensor | None = None,  # (batch, seq)
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,  # (batch, seq, hidden)
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)  # (batch, seq, hidden)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if position_ids is None:
+            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
+            position_ids = position_ids.unsqueeze(0)  # (1, seq)
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)  # 2 x (batch, seq, head_dim)
+        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+            hidden_states = decoder_layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                **kwargs,
+            )
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values)
+
+
+class OlmoModel(_DecoderStack, OlmoPreTrainedModel):
+    """The bare OLMo decoder, returning the final (normalised) hidden states."""
+
+    decoder_layer_class = OlmoDecoderLayer
+
+    @staticmethod
+    def make_final_norm(config: OlmoConfig) -> nn.Module:
+        return OlmoLayerNorm(config.hidden_size)
+
+
+class Olmo2Model(_DecoderStack, Olmo2PreTrainedModel):
+    """Identical to [`OlmoModel`] except: OLMo 2 blocks and a weighted final RMSNorm."""
+
+    decoder_layer_class = Olmo2DecoderLayer
+
+    @staticmethod
+    def make_final_norm(config: Olmo2Config) -> nn.Module:
+        return Olmo2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+
+# ----------------------------------------------------------------------------------------------- causal LM heads
+class _CausalLMHead:
+    """Base model + ``lm_head`` (tied to the embedding when ``config.tie_word_embeddings``)."""
+
+    base_model_class: type[PreTrainedModel]
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
+    _fsdp_plan = {"lm_head": "keep_full_weight"}
+
+    def __init__(self, config: OlmoConfig | Olmo2Config) -> None:
+        super().__init__(config)
+        self.model = self.base_model_class(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,  # (batch, seq)
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,  # (batch, seq); -100 = ignored; shifted inside the loss
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,  # 0 = all positions, k = the last k, tensor = those indices
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CausalLMOutputWithPast:
+        r"""
+        Example:
+
+        ```python
+        >>> import olmo_hf  # registers our classes for "olmo" / "olmo2"
+        >>> from transformers import AutoModelForCausalLM, AutoTokenizer
+        >>> model = AutoModelForCausalLM.from_pretrained("allenai/OLMo-2-0425-1B")
+        >>> tokenizer = AutoTokenizer.from_pretrained("allenai/OLMo-2-0425-1B")
+        >>> inputs = tokenizer("Language modeling is ", return_tensors="pt")
+        >>> tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0])
+        ```"""
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)  # (batch, kept, hidden)
+        logits = self.lm_head(hidden_states)  # (batch, kept, vocab)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class OlmoForCausalLM(_CausalLMHead, OlmoPreTrainedModel, GenerationMixin):
+    """OLMo with a language-modeling head; works with ``generate()``, ``pipeline()`` and every ``Cache``."""
+
+    base_model_class = OlmoModel
+
+
+class Olmo2ForCausalLM(_CausalLMHead, Olmo2PreTrainedModel, GenerationMixin):
+    """Identical to [`OlmoForCausalLM`] except that it wraps an [`Olmo2Model`]."""
+
+    base_model_class = Olmo2Model
+
+
+# ----------------------------------------------------------------------------------------------- classification
+class _SequenceClassifierHead(GenericForSequenceClassification):
+    """Transformers' generic last-token classifier over our base model (built directly, not through AutoModel,
+    so it works whether or not the Auto registration is active)."""
+
+    base_model_class: type[PreTrainedModel]
+
+    def __init__(self, config: OlmoConfig | Olmo2Config) -> None:
+        PreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = self.base_model_class(config)
+        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
+        self.post_init()
+
+
+class OlmoForSequenceClassification(_SequenceClassifierHead, OlmoPreTrainedModel):
+    base_model_class = OlmoModel
+
+
+class Olmo2ForSequenceClassification(_SequenceClassifierHead, Olmo2PreTrainedModel):
+    base_model_class = Olmo2Model

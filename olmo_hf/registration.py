@@ -1,0 +1,85 @@
+# Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
+"""Claiming the "olmo" / "olmo2" model types in Transformers' Auto classes.
+
+``import olmo_hf`` calls :func:`register`, so that ``AutoConfig``, ``AutoModel``, ``AutoModelForCausalLM`` and
+``AutoModelForSequenceClassification`` (and with them ``pipeline()``) build OUR classes for every checkpoint
+whose config.json says ``"model_type": "olmo"``, ``"olmo2"`` or the pre-release ``"olmo_1124"``.
+
+This deliberately takes over model types that Transformers also implements (two packages claiming one model type
+silently is what broke hf_olmo, allenai/OLMo PR #631). It is reversible:
+
+- ``olmo_hf.restore_builtin()`` puts Transformers' own classes back for the rest of the process;
+- ``OLMO_HF_NO_AUTOREGISTER=1`` in the environment makes ``import olmo_hf`` register nothing; call
+  ``olmo_hf.register()`` yourself when you want our classes.
+
+Our classes never leave a trace in saved checkpoints: config.json keeps the plain model type and
+architecture names, so a directory we save loads in plain Transformers (into its built-in classes).
+"""
+
+import os
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+)
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from .configuration import Olmo2Config, OlmoConfig
+from .modeling import (
+    Olmo2ForCausalLM,
+    Olmo2ForSequenceClassification,
+    Olmo2Model,
+    OlmoForCausalLM,
+    OlmoForSequenceClassification,
+    OlmoModel,
+)
+
+__all__ = ["register", "restore_builtin", "is_registered", "MODEL_TYPE_ALIASES"]
+
+# Stale model types found in published checkpoints, read as the type they were renamed to.
+MODEL_TYPE_ALIASES = {
+    "olmo_1124": Olmo2Config,  # allenai/OLMo-7B-1024-preview; renamed "olmo2" by transformers PR #34551
+}
+
+_CONFIGS = {"olmo": OlmoConfig, "olmo2": Olmo2Config}
+_MODELS = {
+    AutoModel: {OlmoConfig: OlmoModel, Olmo2Config: Olmo2Model},
+    AutoModelForCausalLM: {OlmoConfig: OlmoForCausalLM, Olmo2Config: Olmo2ForCausalLM},
+    AutoModelForSequenceClassification: {
+        OlmoConfig: OlmoForSequenceClassification,
+        Olmo2Config: Olmo2ForSequenceClassification,
+    },
+}
+
+
+def register() -> None:
+    """Make Transformers' Auto classes (and so ``pipeline()``) use olmo_hf's classes. Idempotent."""
+    for model_type, config_class in _CONFIGS.items():
+        AutoConfig.register(model_type, config_class, exist_ok=True)
+    for alias, config_class in MODEL_TYPE_ALIASES.items():
+        # Bypasses AutoConfig.register's check that the class's own model_type equals the key: an alias
+        # loads into the real class and is saved back under the current name.
+        CONFIG_MAPPING._extra_content[alias] = config_class
+    for auto_class, mapping in _MODELS.items():
+        for config_class, model_class in mapping.items():
+            auto_class.register(config_class, model_class, exist_ok=True)
+
+
+def restore_builtin() -> None:
+    """Undo :func:`register`: the Auto classes build Transformers' built-in OLMo classes again."""
+    for key in [*_CONFIGS, *MODEL_TYPE_ALIASES]:
+        CONFIG_MAPPING._extra_content.pop(key, None)
+    for auto_class, mapping in _MODELS.items():
+        for config_class in mapping:
+            auto_class._model_mapping._extra_content.pop(config_class, None)
+
+
+def is_registered() -> bool:
+    """Whether ``AutoConfig`` currently resolves "olmo2" to olmo_hf's config class."""
+    return CONFIG_MAPPING._extra_content.get("olmo2") is Olmo2Config
+
+
+def _autoregister_enabled() -> bool:
+    return os.environ.get("OLMO_HF_NO_AUTOREGISTER", "").strip().lower() not in {"1", "true", "yes"}
