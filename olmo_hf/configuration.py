@@ -12,6 +12,8 @@ eos/pad ``100257/100277`` (see ``olmo_hf.presets``). Legacy ``rope_theta`` / ``r
 in every published config.json, are converted to ``rope_parameters`` by ``PreTrainedConfig``.
 """
 
+from typing import Any, ClassVar
+
 from huggingface_hub.dataclasses import strict
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
@@ -57,6 +59,22 @@ class _OlmoFamilyConfig(PreTrainedConfig):
     rope_parameters: RopeParameters | dict | None = None
     attention_bias: bool = False
     attention_dropout: float | int = 0.0
+
+    # Other model types whose config.json this class reads as its own (stale names of the same architecture).
+    accepted_model_types: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
+        """As in ``PreTrainedConfig``, but a config.json of another architecture raises a clear ``ValueError``
+        instead of Transformers' warning (loading it would build a model with the wrong layout)."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type")
+        if model_type is not None and model_type not in (cls.model_type, *cls.accepted_model_types):
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds a {model_type!r} checkpoint, not {cls.model_type!r}; load it "
+                "with AutoModelForCausalLM (which picks the right class) or with the class for that model type."
+            )
+        return config_dict, kwargs
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
@@ -167,6 +185,7 @@ class Olmo2Config(_OlmoFamilyConfig):
     """
 
     model_type = "olmo2"
+    accepted_model_types = ("olmo_1124",)  # allenai/OLMo-7B-1024-preview; renamed by transformers PR #34551
     base_model_tp_plan = {
         # q/k/v stay replicated: q_norm / k_norm normalise over ALL heads at once, so a head-sharded
         # projection would normalise with the wrong statistics (dphnAI/sonar PR #966).

@@ -8,6 +8,8 @@ bases (``GenerationMixin`` is a direct base of the causal-LM classes), class att
 state-dict keys and parallelism plans. Checkpoints are therefore interchangeable with the built-in classes.
 """
 
+import os
+
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
@@ -17,7 +19,7 @@ from transformers.modeling_layers import GenericForSequenceClassification, Gradi
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -40,7 +42,14 @@ __all__ = [
     "Olmo2Model",
     "Olmo2ForCausalLM",
     "Olmo2ForSequenceClassification",
+    "MissingWeightsError",
 ]
+
+logger = logging.get_logger(__name__)
+
+
+class MissingWeightsError(ValueError):
+    """A checkpoint lacks weights of the model body, which would otherwise be initialised randomly."""
 
 
 # ----------------------------------------------------------------------------------------------- decoder layers
@@ -127,6 +136,58 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _can_compile_fullgraph = True
     _supports_attention_backend = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, but a checkpoint that lacks weights of the model body raises
+        :class:`MissingWeightsError` instead of silently initialising them at random (what made older OLMo tooling
+        produce garbage). Missing *head* weights (``lm_head`` of an untied model loaded from a base-model
+        checkpoint, a new classification ``score``) are initialised as usual, with Transformers' warning.
+
+        Pass ``allow_missing_weights=True`` to accept random weights anyway. Loading from an explicit
+        ``state_dict`` (``pretrained_model_name_or_path=None``) is not checked.
+        """
+        allow_missing = kwargs.pop("allow_missing_weights", False)
+        want_info = kwargs.pop("output_loading_info", False)
+        ignore_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path,
+            *model_args,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported below, in one sentence naming the first offending weight
+            **kwargs,
+        )
+        if pretrained_model_name_or_path is not None and not allow_missing:
+            _raise_on_missing_body_weights(model, info, pretrained_model_name_or_path, ignore_mismatched)
+        return (model, info) if want_info else model
+
+
+def _raise_on_missing_body_weights(
+    model: PreTrainedModel, info: dict, source: str | os.PathLike, ignore_mismatched_sizes: bool
+) -> None:
+    head_prefixes = ("lm_head.", "score.")
+    if not ignore_mismatched_sizes and info.get("mismatched_keys"):
+        key, in_checkpoint, in_model = sorted(info["mismatched_keys"])[0]
+        raise MissingWeightsError(
+            f"{source} does not fit its config: {key} has shape {tuple(in_checkpoint)} in the checkpoint but "
+            f"{tuple(in_model)} in {type(model).__name__} ({len(info['mismatched_keys'])} such weight(s)); fix "
+            "config.json, or pass ignore_mismatched_sizes=True to re-initialise those weights randomly."
+        )
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(head_prefixes))
+    if not missing:
+        return
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    unexpected = sorted(info.get("unexpected_keys", ()))
+    hint = (
+        "It looks like an original OLMo / hf_olmo / OLMo-core checkpoint: convert it with `olmo-hf convert SRC DST`."
+        if any(".transformer." in k or k.startswith(("transformer.", "blocks.")) for k in unexpected)
+        else "Check that the checkpoint matches its config.json (sizes, number of layers), "
+        "or pass allow_missing_weights=True to initialise the missing weights randomly."
+    )
+    raise MissingWeightsError(
+        f"{source} does not contain {len(missing)} weight(s) of {type(model).__name__} ({shown}); "
+        f"refusing to initialise them randomly. {hint}"
+    )
 
 
 class OlmoPreTrainedModel(_OlmoFamilyPreTrainedModel):

@@ -1,0 +1,109 @@
+"""Shared fixtures: tiny OLMo / OLMo 2 checkpoints written by Transformers' BUILT-IN classes.
+
+Every parity test loads the same directory twice, once into the built-in class and once into ours.
+Weights are random but discriminating: a larger init std than the default and perturbed norm weights,
+so a missing clip, a wrongly sized norm or a swapped projection shows up in the logits.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+import transformers
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+VOCAB = 128
+BASE = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=256,
+    initializer_range=0.1,
+    pad_token_id=1,
+    eos_token_id=2,
+    bos_token_id=None,
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One config variant of the parity matrix."""
+
+    name: str
+    family: str  # "olmo" or "olmo2"
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def builtin_config_class(self):
+        return transformers.OlmoConfig if self.family == "olmo" else transformers.Olmo2Config
+
+    @property
+    def builtin_model_class(self):
+        return transformers.OlmoForCausalLM if self.family == "olmo" else transformers.Olmo2ForCausalLM
+
+    def config_kwargs(self) -> dict:
+        kwargs = dict(BASE)
+        if self.family == "olmo2":
+            kwargs.update(rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+        kwargs.update(self.overrides)
+        return kwargs
+
+
+VARIANTS = [
+    Variant("olmo-tied-mha", "olmo", dict(tie_word_embeddings=True)),
+    Variant("olmo-untied-clip_qkv", "olmo", dict(clip_qkv=0.3)),  # small enough to clamp these weights
+    Variant("olmo-gqa", "olmo", dict(num_key_value_heads=2)),
+    Variant("olmo-rope-linear", "olmo", dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})),
+    Variant("olmo2-untied-mha", "olmo2"),
+    Variant("olmo2-tied-gqa", "olmo2", dict(tie_word_embeddings=True, num_key_value_heads=2)),
+    Variant("olmo2-head_dim", "olmo2", dict(head_dim=24)),  # head_dim != hidden / heads (OLMo-core presets)
+    Variant(
+        "olmo2-rope-yarn",
+        "olmo2",
+        dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 500000.0, "original_max_position_embeddings": 64}),
+    ),
+]
+VARIANT_IDS = [v.name for v in VARIANTS]
+
+
+def perturb_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Norm weights start at 1.0; move them away so that norms are actually tested."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=gen))
+
+
+def save_builtin_checkpoint(variant: Variant, path, seed: int = 0):
+    """Build a random model with Transformers' built-in class and save it (safetensors) to ``path``."""
+    torch.manual_seed(seed)
+    config = variant.builtin_config_class(**variant.config_kwargs())
+    model = variant.builtin_model_class(config).eval()
+    perturb_norms(model, seed)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def builtin_checkpoints(tmp_path_factory):
+    """{variant name: directory} of tiny checkpoints saved by the built-in classes (built once per session)."""
+    root = tmp_path_factory.mktemp("builtin")
+    return {v.name: save_builtin_checkpoint(v, root / v.name) for v in VARIANTS}
+
+
+def left_padded_batch(seed: int = 0, lengths=(11, 7, 4)):
+    """A (3, 11) left-padded batch of random ids and its attention mask."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), BASE["pad_token_id"], dtype=torch.long)
+    mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, width - n :] = torch.randint(3, VOCAB, (n,), generator=gen)
+        mask[row, width - n :] = 1
+    return ids, mask
