@@ -68,6 +68,11 @@ class _OlmoFamilyConfig(PreTrainedConfig):
         """As in ``PreTrainedConfig``, but a config.json of another architecture raises a clear ``ValueError``
         instead of Transformers' warning (loading it would build a model with the wrong layout)."""
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        from .convert.hf_olmo import hf_olmo_config_to_kwargs, is_hf_olmo_config  # lazy: convert imports us
+
+        if is_hf_olmo_config(config_dict):  # legacy ai2-olmo fields (d_model, n_layers, ...): translate
+            model_type, translated = hf_olmo_config_to_kwargs(config_dict)
+            config_dict = {**translated, "model_type": model_type}
         model_type = config_dict.get("model_type")
         if model_type is not None and model_type not in (cls.model_type, *cls.accepted_model_types):
             raise ValueError(

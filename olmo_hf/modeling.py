@@ -13,7 +13,7 @@ import os
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.generation import GenerationMixin
+from transformers.generation import GenerationConfig, GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -24,6 +24,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration import Olmo2Config, OlmoConfig
+from .legacy import load_legacy_checkpoint
 from .modules import (
     Olmo2Attention,
     Olmo2RMSNorm,
@@ -150,22 +151,65 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
         allow_missing = kwargs.pop("allow_missing_weights", False)
         want_info = kwargs.pop("output_loading_info", False)
         ignore_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
+        source = pretrained_model_name_or_path
+        legacy = load_legacy_checkpoint(source, **kwargs) if source is not None else None
+        if legacy is not None:  # an hf_olmo directory: config and weights mapped to our layout, then loaded strictly
+            config, state_dict = legacy
+            given = kwargs.pop("config", None)
+            config = given if isinstance(given, cls.config_class) else config
+            if not isinstance(config, cls.config_class):
+                raise ValueError(
+                    f"{source} is a legacy hf_olmo {config.model_type!r} checkpoint, which {cls.__name__} cannot "
+                    "load; use AutoModelForCausalLM (which picks the right class)."
+                )
+            for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies"):
+                kwargs.pop(key, None)
+            model, info = super().from_pretrained(
+                None, *model_args, config=config, state_dict=state_dict, output_loading_info=True, **kwargs
+            )
+            _raise_on_missing_body_weights(model, info, source, ignore_mismatched, strict=True)
+            _fix_legacy_generation_config(model, source)
+            return (model, info) if want_info else model
         model, info = super().from_pretrained(
-            pretrained_model_name_or_path,
+            source,
             *model_args,
             output_loading_info=True,
             ignore_mismatched_sizes=True,  # reported below, in one sentence naming the first offending weight
             **kwargs,
         )
-        if pretrained_model_name_or_path is not None and not allow_missing:
-            _raise_on_missing_body_weights(model, info, pretrained_model_name_or_path, ignore_mismatched)
+        if source is not None and not allow_missing:
+            _raise_on_missing_body_weights(model, info, source, ignore_mismatched)
         return (model, info) if want_info else model
 
 
+def _fix_legacy_generation_config(model: PreTrainedModel, source: str | os.PathLike) -> None:
+    """Take generation_config.json from an hf_olmo checkpoint, with the eos id the model really uses."""
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(source)
+    except OSError:
+        model.generation_config = GenerationConfig.from_model_config(model.config)
+    if model.generation_config.eos_token_id == 0 and model.config.vocab_size == 50304:
+        logger.warning(
+            "%s: generation eos_token_id 0 is |||IP_ADDRESS||| in the GPT-NeoX-OLMo vocabulary; using 50279 "
+            "(<|endoftext|>) as the model was trained with (allenai/OLMo #597).",
+            source,
+        )
+        model.generation_config.eos_token_id = model.config.eos_token_id = 50279
+
+
 def _raise_on_missing_body_weights(
-    model: PreTrainedModel, info: dict, source: str | os.PathLike, ignore_mismatched_sizes: bool
+    model: PreTrainedModel,
+    info: dict,
+    source: str | os.PathLike,
+    ignore_mismatched_sizes: bool,
+    strict: bool = False,
 ) -> None:
-    head_prefixes = ("lm_head.", "score.")
+    head_prefixes = () if strict else ("lm_head.", "score.")
+    if strict and info.get("unexpected_keys"):
+        raise MissingWeightsError(
+            f"{source} has weights that {type(model).__name__} does not use "
+            f"({', '.join(sorted(info['unexpected_keys'])[:3])}); the checkpoint does not match its config."
+        )
     if not ignore_mismatched_sizes and info.get("mismatched_keys"):
         key, in_checkpoint, in_model = sorted(info["mismatched_keys"])[0]
         raise MissingWeightsError(

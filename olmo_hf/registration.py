@@ -3,7 +3,8 @@
 
 ``import olmo_hf`` calls :func:`register`, so that ``AutoConfig``, ``AutoModel``, ``AutoModelForCausalLM`` and
 ``AutoModelForSequenceClassification`` (and with them ``pipeline()``) build OUR classes for every checkpoint
-whose config.json says ``"model_type": "olmo"``, ``"olmo2"`` or the pre-release ``"olmo_1124"``.
+whose config.json says ``"model_type": "olmo"``, ``"olmo2"``, the pre-release ``"olmo_1124"`` or the legacy
+``"hf_olmo"`` of ai2-olmo (loaded without ai2-olmo, see ``olmo_hf.legacy``).
 
 This deliberately takes over model types that Transformers also implements (two packages claiming one model type
 silently is what broke hf_olmo, allenai/OLMo PR #631). It is reversible:
@@ -27,6 +28,7 @@ from transformers import (
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .configuration import Olmo2Config, OlmoConfig
+from .legacy import HfOlmoConfig
 from .modeling import (
     Olmo2ForCausalLM,
     Olmo2ForSequenceClassification,
@@ -41,6 +43,7 @@ __all__ = ["register", "restore_builtin", "is_registered", "MODEL_TYPE_ALIASES"]
 # Stale model types found in published checkpoints, read as the type they were renamed to.
 MODEL_TYPE_ALIASES = {
     "olmo_1124": Olmo2Config,  # allenai/OLMo-7B-1024-preview; renamed "olmo2" by transformers PR #34551
+    "hf_olmo": HfOlmoConfig,  # allenai/OLMo-1B, OLMo-7B, ... (ai2-olmo's hf_olmo); translated to ours on load
 }
 
 _CONFIGS = {"olmo": OlmoConfig, "olmo2": Olmo2Config}

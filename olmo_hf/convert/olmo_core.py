@@ -1,0 +1,339 @@
+# Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
+"""OLMo-core (ai2-olmo-core 3.x) checkpoints: ``config.json`` + ``model_and_optim/`` (or ``model.pt``).
+
+``config.json`` is an experiment config whose ``model`` section is ``TransformerConfig.as_config_dict()``.
+``model_and_optim/`` is a torch.distributed.checkpoint directory written by
+``olmo_core.distributed.checkpoint.save_model_and_optim_state``: a pickled ``.metadata`` plus
+``__R_N.distcp`` files in which every tensor chunk is a plain ``torch.save`` blob at a recorded offset.
+
+We read it without olmo_core: ``.metadata`` names ``olmo_core.distributed.checkpoint.filesystem._StorageInfo``,
+which `_MetadataUnpickler` maps to a stand-in; only torch's DCP metadata classes, ``torch.Size`` and torch
+dtypes are otherwise allowed. Chunks are loaded with ``weights_only=True`` and assembled by offset, so FSDP
+(multi-rank) checkpoints work too.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .common import Checkpoint, ConversionError, load_torch_file, logger, read_json, rope_parameters
+from .layouts import PROGRESS_MIN_TENSORS, convert_state_dict
+
+DOLMA2_VOCAB, DOLMA2_EOS, DOLMA2_PAD = 100278, 100257, 100277  # TokenizerConfig.dolma2() (checkpoints.md §3)
+GPT_NEOX_VOCAB, GPT_NEOX_EOS, GPT_NEOX_PAD = 50280, 50279, 1
+
+# ---------------------------------------------------------------------------------------------------
+# torch.distributed.checkpoint reading
+
+
+class _Stand_in:  # noqa: N801 - named so that reprs read "_Stand_in"
+    """Any olmo_core class pickled into .metadata: keeps the pickled attributes, nothing else."""
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple):  # (dict_state, slots_state)
+            state = {**(state[0] or {}), **(state[1] or {})}
+        self.__dict__.update(state or {})
+
+
+_STAND_INS: dict[tuple[str, str], type] = {}
+_TORCH_CONSTANTS = (torch.dtype, torch.layout, torch.memory_format)
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if module == "olmo_core" or module.startswith("olmo_core."):
+            return _STAND_INS.setdefault((module, name), type(name, (_Stand_in,), {"__module__": module}))
+        if module.startswith("torch.distributed.checkpoint.") or (module, name) in {
+            ("torch", "Size"),
+            ("torch.serialization", "_get_layout"),
+            ("collections", "OrderedDict"),
+            ("pathlib", "Path"),  # StorageMeta.checkpoint_id, when torch's own writer saved a Path
+            ("pathlib", "PosixPath"),
+            ("pathlib", "WindowsPath"),
+        }:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), _TORCH_CONSTANTS):
+            return getattr(torch, name)
+        raise ConversionError(f"the checkpoint metadata refers to {module}.{name}, which olmo_hf does not unpickle.")
+
+
+def read_dcp_metadata(path: Path):
+    meta_path = Path(path) / ".metadata"
+    try:
+        with open(meta_path, "rb") as f:
+            return _MetadataUnpickler(f).load()
+    except FileNotFoundError as e:
+        raise ConversionError(f"{path} is not a torch.distributed.checkpoint directory (no .metadata).") from e
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError) as e:
+        raise ConversionError(f"{meta_path} could not be read; it may be truncated or corrupt ({e}).") from e
+
+
+def load_dcp(path: Path, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """Every tensor under ``prefix`` in a DCP directory, with the prefix stripped, as full tensors."""
+    path = Path(path)
+    meta = read_dcp_metadata(path)
+    chunks_by_fqn: dict[str, list] = defaultdict(list)
+    for index, info in meta.storage_data.items():
+        if index.fqn.startswith(prefix):
+            chunks_by_fqn[index.fqn].append((index, info))
+    fqns = [fqn for fqn in meta.state_dict_metadata if fqn.startswith(prefix)]
+    if not fqns:
+        raise ConversionError(f"{path} holds no tensors under {prefix!r}.")
+
+    out: dict[str, torch.Tensor] = {}
+    handles: dict[str, object] = {}
+    try:
+        bar = tqdm(fqns, desc="reading DCP", unit="tensor", disable=True if len(fqns) < PROGRESS_MIN_TENSORS else None)
+        for fqn in bar:
+            md = meta.state_dict_metadata[fqn]
+            if not hasattr(md, "chunks"):
+                raise ConversionError(f"{path}: {fqn} is stored as bytes, not as a tensor.")
+            size, dtype = tuple(md.size), md.properties.dtype
+            full = None
+            filled = 0
+            for index, info in chunks_by_fqn[fqn]:
+                if getattr(info, "transform_descriptors", None):
+                    raise ConversionError(
+                        f"{path}: {fqn} is stored with DCP transforms {info.transform_descriptors}, not read here."
+                    )
+                rel = info.relative_path
+                if rel not in handles:
+                    try:
+                        handles[rel] = open(path / rel, "rb")
+                    except FileNotFoundError as e:
+                        raise ConversionError(f"{path} is missing {rel}, named in its .metadata.") from e
+                f = handles[rel]
+                f.seek(info.offset)
+                blob = f.read(info.length)
+                if len(blob) != info.length:
+                    raise ConversionError(
+                        f"{path / rel} is truncated: {fqn} needs bytes {info.offset}..{info.offset + info.length}."
+                    )
+                try:
+                    chunk = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+                except Exception as e:  # noqa: BLE001
+                    raise ConversionError(
+                        f"{path / rel}: {fqn} could not be loaded; the file may be truncated or corrupt ({e})."
+                    ) from e
+                offsets = tuple(index.offset)
+                if tuple(chunk.shape) == size and not any(offsets):
+                    full = chunk.to(dtype)
+                    filled = full.numel()
+                    continue
+                if full is None:
+                    full = torch.empty(size, dtype=dtype)
+                full[tuple(slice(o, o + s) for o, s in zip(offsets, chunk.shape))] = chunk
+                filled += chunk.numel()
+            if full is None or filled != math.prod(size):
+                raise ConversionError(f"{path}: the stored chunks of {fqn} do not cover its shape {size}.")
+            out[fqn[len(prefix) :]] = full
+    finally:
+        for f in handles.values():
+            f.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# config translation
+
+
+def _get(d: dict | None, key: str, default=None):
+    if d is None:
+        return default
+    v = d.get(key)
+    return default if v is None else v
+
+
+def _norm(cfg: dict | None, what: str, reject) -> tuple[str, bool, float]:
+    """(kind, affine, eps) of an OLMo-core LayerNormConfig, with olmo_core.nn.layer_norm.LayerNorm defaults."""
+    if cfg is None:
+        reject(f"{what} has no layer norm, which Transformers' Olmo classes always apply.")
+    name = cfg.get("name") or "default"
+    affine = _get(cfg, "elementwise_affine", True)
+    if affine and _get(cfg, "bias", True):
+        reject(f"{what} has a layer-norm bias, which Transformers' Olmo classes do not have.")
+    if name in ("rms", "fused_rms", "cute_rms"):  # one formula, three kernels
+        kind = "rms"
+    elif name == "default":
+        kind = "layer_norm"
+    else:
+        reject(f"{what} uses layer norm {name!r}; only 'rms' (OLMo 2) and non-affine 'default' (OLMo v1) map.")
+    return kind, bool(affine), float(_get(cfg, "eps", 1e-5))
+
+
+def model_config_to_hf(model: dict, *, where: str = "the model config") -> tuple[str, dict]:
+    """``TransformerConfig.as_config_dict()`` -> ``("olmo" | "olmo2", HF config kwargs)`` (special ids excluded)."""
+
+    def reject(msg: str):
+        raise ConversionError(f"{where}: {msg}")
+
+    if (model.get("name") or "default") != "default":
+        reject(f"model type {model.get('name')!r} is not supported; only the 'default' transformer maps to Olmo.")
+    for key, what in [
+        ("block_overrides", "per-layer block overrides"),
+        ("block_pattern", "a block pattern (mixed block types)"),
+        ("embedding_norm", "an embedding norm"),
+        ("embed_scale", "an embedding scale"),
+    ]:
+        if model.get(key):
+            reject(f"{what} ({key}) is not supported; every Olmo layer is the same and embeddings are used as is.")
+    block = model.get("block")
+    if not isinstance(block, dict) or not (block.get("sequence_mixer") or block.get("attention")):
+        reject("the model has no single `block` config with attention (mixed block types are not supported).")
+    if block.get("feed_forward_moe"):
+        reject("mixture-of-experts feed-forward layers are not supported by Olmo / Olmo2.")
+    block_name = block.get("name") or "default"
+    if block_name == "reordered_norm":
+        model_type = "olmo2"
+    elif block_name == "default":
+        model_type = "olmo"
+    else:
+        reject(f"block type {block_name!r} is not supported; 'reordered_norm' maps to Olmo2 and 'default' to Olmo.")
+
+    att = block.get("sequence_mixer") or block.get("attention")
+    if not isinstance(att, dict) or att.get("type", "attention") != "attention":
+        reject("the block's sequence mixer is not attention.")
+    if (att.get("name") or "default") != "default":
+        reject(f"attention type {att.get('name')!r} is not supported; only 'default' (separate w_q/w_k/w_v) is.")
+    if _get(att, "bias", True):
+        reject("attention biases are not supported; the Transformers classes have no linear-layer biases.")
+    for key in ("sliding_window", "gate"):
+        if att.get(key):
+            reject(f"attention {key} is not supported by Olmo / Olmo2.")
+    for key in ("scalable_softmax", "attention_sinks", "qk_norm_per_head_gains"):
+        if att.get(key):
+            reject(f"attention {key} is not supported by Olmo / Olmo2.")
+    rope = att.get("rope")
+    if not rope:
+        reject("attention without RoPE is not supported; Olmo / Olmo2 use rotary position embeddings.")
+    if (rope.get("name") or "default") not in ("default", "fused", "complex"):  # same rotation, three kernels
+        reject(f"RoPE type {rope.get('name')!r} is not supported.")
+    if rope.get("scaling"):
+        reject("RoPE scaling is not supported by this converter.")
+    if float(_get(rope, "partial_rotary_factor", 1.0)) != 1.0:
+        reject("partial rotary embeddings are not supported by Olmo / Olmo2.")
+
+    ff = block.get("feed_forward")
+    if not isinstance(ff, dict):
+        reject("the block has no feed-forward config.")
+    if (ff.get("name") or "default") != "default" or (ff.get("activation") or "silu") != "silu":
+        reject("only the default SwiGLU feed-forward (silu) is supported.")
+    if _get(ff, "bias", True):
+        reject("feed-forward biases are not supported; the Transformers classes have no linear-layer biases.")
+
+    lm_head = model.get("lm_head") or {}
+    if (lm_head.get("name") or "default") != "default" or _get(lm_head, "bias", True):
+        reject("only the default LM head without bias is supported.")
+    kind, affine, eps = _norm(block.get("layer_norm"), "the block", reject)
+    if _norm(lm_head.get("layer_norm"), "the LM head", reject) != (kind, affine, eps):
+        reject("the LM head's layer norm differs from the blocks'; Olmo / Olmo2 use one norm type and eps.")
+
+    d, heads = int(model["d_model"]), int(att["n_heads"])
+    kv = int(att.get("n_kv_heads") or heads)
+    head_dim = int(att.get("head_dim") or d // heads)
+    qk_norm = att.get("qk_norm")
+    clip_qkv = att.get("clip_qkv")
+    if model_type == "olmo2":
+        if (kind, affine) != ("rms", True):
+            reject("a reordered_norm (OLMo 2) block needs an affine RMSNorm.")
+        if qk_norm is None:
+            reject("a reordered_norm (OLMo 2) block without qk-norm is not supported; Olmo2 always applies q/k norms.")
+        if _norm(qk_norm, "the qk-norm", reject) != (kind, affine, eps):
+            reject("the qk-norm differs from the block norm; Olmo2 uses one RMSNorm type and eps.")
+        if att.get("use_head_qk_norm"):
+            reject("per-head qk-norm (use_head_qk_norm) is not supported; Olmo2 normalises the full q/k projections.")
+        if clip_qkv is not None:
+            reject("clip_qkv is not supported for OLMo 2; Transformers' Olmo2 uses qk-norm instead of clipping.")
+    else:
+        if (kind, affine) != ("layer_norm", False):
+            reject("a pre-norm ('default') block maps to OLMo v1 only with a non-affine LayerNorm.")
+        if not math.isclose(eps, 1e-5):
+            reject(f"layer norm eps {eps} is not supported for OLMo v1; Transformers' Olmo hard-codes 1e-5.")
+        if qk_norm is not None:
+            reject("qk-norm is not supported for OLMo v1 (a pre-norm 'default' block).")
+
+    kwargs = dict(
+        vocab_size=int(model["vocab_size"]),  # OLMo-core's vocab_size is the padded embedding size
+        hidden_size=d,
+        intermediate_size=int(ff["hidden_size"]),
+        num_hidden_layers=int(model["n_layers"]),
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        hidden_act="silu",
+        initializer_range=float(model.get("init_std") or 0.02),
+        use_cache=True,
+        tie_word_embeddings=bool(model.get("tie_word_embeddings", False)),
+        rope_parameters=rope_parameters(_get(rope, "theta", 500_000)),
+        attention_bias=False,
+        attention_dropout=0.0,
+    )
+    if head_dim != d // heads or d % heads:
+        kwargs["head_dim"] = head_dim
+    if model_type == "olmo2":
+        kwargs["rms_norm_eps"] = eps
+    else:
+        kwargs["clip_qkv"] = None if clip_qkv is None else float(clip_qkv)
+    return model_type, kwargs
+
+
+def special_ids_and_length(cfg: dict, model_type: str, vocab_size: int, where: str) -> dict:
+    """eos / pad / bos and max_position_embeddings from the experiment config's tokenizer and dataset sections."""
+    dataset = cfg.get("dataset") if isinstance(cfg.get("dataset"), dict) else {}
+    tok = dataset.get("tokenizer") or cfg.get("tokenizer")
+    out: dict = {}
+    if isinstance(tok, dict) and tok.get("eos_token_id") is not None:
+        out.update(
+            eos_token_id=tok["eos_token_id"], pad_token_id=tok.get("pad_token_id"), bos_token_id=tok.get("bos_token_id")
+        )
+    elif model_type == "olmo2" and vocab_size >= DOLMA2_VOCAB:
+        logger.warning("%s: no tokenizer section; assuming dolma2 ids (eos %d, pad %d).", where, DOLMA2_EOS, DOLMA2_PAD)
+        out.update(eos_token_id=DOLMA2_EOS, pad_token_id=DOLMA2_PAD, bos_token_id=None)
+    elif model_type == "olmo" and vocab_size >= GPT_NEOX_VOCAB:
+        logger.warning(
+            "%s: no tokenizer section; assuming GPT-NeoX-OLMo ids (eos %d, pad %d).", where, GPT_NEOX_EOS, GPT_NEOX_PAD
+        )
+        out.update(eos_token_id=GPT_NEOX_EOS, pad_token_id=GPT_NEOX_PAD, bos_token_id=None)
+    else:
+        logger.warning("%s: no tokenizer section and no known vocabulary; eos / pad are left unset.", where)
+        out.update(eos_token_id=None, pad_token_id=None, bos_token_id=None)
+
+    train_module = cfg.get("train_module") if isinstance(cfg.get("train_module"), dict) else {}
+    length = (
+        dataset.get("sequence_length") or dataset.get("max_sequence_length") or train_module.get("max_sequence_length")
+    )
+    if not length:
+        length = 4096 if model_type == "olmo2" else 2048  # the published OLMo 2 / OLMo-1B values (checkpoints.md §1)
+        logger.warning("%s: no sequence length in the config; writing max_position_embeddings %d.", where, length)
+    out["max_position_embeddings"] = int(length)
+    return out
+
+
+def read(src: Path, dtype=None) -> Checkpoint:
+    src = Path(src)
+    if src.name == "model_and_optim":
+        src = src.parent
+    config_path = src / "config.json"
+    cfg = read_json(config_path)
+    if not isinstance(cfg.get("model"), dict):
+        raise ConversionError(f"{config_path} has no `model` section, which an OLMo-core step's config.json has.")
+    model_type, kwargs = model_config_to_hf(cfg["model"], where=str(config_path))
+    kwargs.update(special_ids_and_length(cfg, model_type, kwargs["vocab_size"], str(config_path)))
+
+    dcp_dir, model_pt = src / "model_and_optim", src / "model.pt"
+    if (dcp_dir / ".metadata").is_file():
+        sd = load_dcp(dcp_dir, prefix="model.")
+    elif model_pt.is_file():
+        sd = load_torch_file(model_pt)
+        if sd and all(k.startswith("model.") for k in sd):
+            sd = {k[len("model.") :]: v for k, v in sd.items()}
+    else:
+        raise ConversionError(f"{src} has neither model_and_optim/.metadata nor model.pt.")
+    hf_sd = convert_state_dict("olmo_core", sd, kwargs, dtype=dtype, desc="OLMo-core -> HF")
+    return Checkpoint(model_type, kwargs, hf_sd, source=f"OLMo-core checkpoint {src}")
