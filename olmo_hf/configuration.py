@@ -122,8 +122,8 @@ class _OlmoFamilyConfig(PreTrainedConfig):
                 f"`num_attention_heads` ({self.num_attention_heads}) must divide `hidden_size` ({self.hidden_size}); "
                 "set `head_dim` explicitly for models whose head size differs from hidden_size / num_attention_heads."
             )
-        if self.head_dim <= 0 or self.head_dim % 2:
-            raise ValueError(f"`head_dim` must be a positive even integer (RoPE rotates pairs), got {self.head_dim}.")
+        if self.head_dim <= 0:
+            raise ValueError(f"`head_dim` must be a positive integer, got {self.head_dim}.")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"`num_key_value_heads` ({self.num_key_value_heads}) must divide `num_attention_heads` "

@@ -145,8 +145,9 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
         produce garbage). Missing *head* weights (``lm_head`` of an untied model loaded from a base-model
         checkpoint, a new classification ``score``) are initialised as usual, with Transformers' warning.
 
-        Pass ``allow_missing_weights=True`` to accept random weights anyway. Loading from an explicit
-        ``state_dict`` (``pretrained_model_name_or_path=None``) is not checked.
+        Pass ``allow_missing_weights=True`` to accept random weights anyway. Not checked either: loading from an
+        explicit ``state_dict`` (``pretrained_model_name_or_path=None``), and ``output_loading_info=True``, which
+        hands the caller the report of missing / unexpected / mismatched keys to act on.
         """
         allow_missing = kwargs.pop("allow_missing_weights", False)
         want_info = kwargs.pop("output_loading_info", False)
@@ -177,7 +178,7 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
             ignore_mismatched_sizes=True,  # reported below, in one sentence naming the first offending weight
             **kwargs,
         )
-        if source is not None and not allow_missing:
+        if source is not None and not allow_missing and not want_info:
             _raise_on_missing_body_weights(model, info, source, ignore_mismatched)
         return (model, info) if want_info else model
 

@@ -89,7 +89,7 @@ def test_saved_config_has_no_private_keys_and_loads_in_plain_transformers(tmp_pa
         (dict(hidden_size=-64), "hidden_size"),
         (dict(num_hidden_layers=0), "num_hidden_layers"),
         (dict(vocab_size=-1), "vocab_size"),
-        (dict(hidden_size=64, num_attention_heads=4, head_dim=7), "head_dim"),
+        (dict(hidden_size=64, num_attention_heads=4, head_dim=-8), "head_dim"),
         (dict(attention_dropout=1.5), "attention_dropout"),
     ],
 )

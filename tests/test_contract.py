@@ -268,3 +268,12 @@ def test_missing_path_raises_a_clear_error(tmp_path):
 def test_model_repr_shows_the_module_tree():
     text = repr(tiny("olmo2"))
     assert text.startswith("Olmo2ForCausalLM(") and "(q_norm): Olmo2RMSNorm((32,), eps=1e-05)" in text
+
+
+def test_output_loading_info_hands_back_the_report_instead_of_raising(tmp_path):
+    tiny("olmo2").save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.norm.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    _, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == {"model.norm.weight"}
