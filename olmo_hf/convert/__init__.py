@@ -14,11 +14,22 @@ Formats (shared/reference/checkpoints.md §2, §4):
 
 The output is ``config.json``, ``model.safetensors``, ``generation_config.json`` (+ tokenizer files). It is
 built in a temporary directory next to ``dst`` and renamed into place, so on any error ``dst`` is untouched.
-No code from ai2-olmo, OLMo-core or hf_olmo is imported.
+No code from ai2-olmo, OLMo-core or hf_olmo is imported (``validate=True`` uses them only if importable,
+see `olmo_hf.convert.validate`).
+
+The reverse, to continue training in OLMo-core, is `to_olmo_core`: a Transformers Olmo / Olmo2 model or
+directory -> ``config.json`` (``{"model": TransformerConfig dict, "dataset": {...}}``) + ``model.pt``
+(OLMo-core state-dict keys), optionally + ``model_and_optim/`` (torch.distributed.checkpoint).
+
+    from olmo_hf.convert import to_olmo_core
+    to_olmo_core("OLMo-2-0425-1B-hf", "OLMo-2-0425-1B-core")
+
+The command line for both is ``olmo-hf convert`` / ``python -m olmo_hf.convert`` (`olmo_hf.convert.cli`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,13 +38,14 @@ from pathlib import Path
 
 import torch
 
-from . import hf_olmo, olmo_core, olmo_trainer
+from . import hf_olmo, olmo_core, olmo_trainer, validate as _validation
 from .common import Checkpoint, ConversionError, logger, model_classes, read_json
 
-__all__ = ["FORMATS", "ConversionError", "convert_checkpoint", "detect_format"]
+__all__ = ["FORMATS", "ConversionError", "convert_checkpoint", "detect_format", "to_olmo_core"]
 
 FORMATS = {"olmo_trainer": olmo_trainer.read, "olmo_core": olmo_core.read, "hf_olmo": hf_olmo.read}
-_ALIASES = {
+_ALIASES = {  # the names users (and the issue) use; "olmo" is the ai2-olmo trainer format
+    "olmo": "olmo_trainer",
     "ai2-olmo": "olmo_trainer",
     "ai2_olmo": "olmo_trainer",
     "olmo-trainer": "olmo_trainer",
@@ -100,7 +112,7 @@ def _check_dst(dst: Path, overwrite: bool) -> None:
     if dst.exists() and not dst.is_dir():
         raise ConversionError(f"{dst} exists and is not a directory.")
     if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise ConversionError(f"{dst} exists and is not empty; pass overwrite=True to replace it.")
+        raise ConversionError(f"{dst} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
 
 
 def _build_model(ckpt: Checkpoint, dtype: torch.dtype | None):
@@ -175,21 +187,33 @@ def _save_tokenizer(tok, out: Path) -> None:
             cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
 
 
-def _validate(model, out: Path) -> None:
-    """Reload what was written and check it reproduces the in-memory model."""
-    _, model_cls = model_classes(model.config.model_type)
-    reloaded = model_cls.from_pretrained(str(out), dtype=model.dtype).eval()
-    ours, theirs = model.state_dict(), reloaded.state_dict()
-    bad = [k for k in ours if k not in theirs or not torch.equal(ours[k], theirs[k])]
-    if bad:
-        raise ConversionError(
-            f"validation failed: the written checkpoint differs from the converted weights at {bad[:4]}."
-        )
-    ids = torch.arange(min(8, model.config.vocab_size)).unsqueeze(0)
-    with torch.no_grad():
-        logits = reloaded(ids).logits
-    if not torch.isfinite(logits).all():
-        raise ConversionError("validation failed: the converted model produces non-finite logits.")
+@contextlib.contextmanager
+def _atomic_dir(dst: Path, overwrite: bool):
+    """Yield an empty temporary directory next to ``dst``; on success it replaces ``dst`` by rename.
+
+    On any error (in the body or here) ``dst`` is left exactly as it was and the temporary directory is removed.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the result should look like any new directory
+    try:
+        yield tmp
+        _check_dst(dst, overwrite)  # again: something may have appeared meanwhile
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+            os.replace(dst, old / dst.name)
+            try:
+                os.replace(tmp, dst)
+            except BaseException:
+                os.replace(old / dst.name, dst)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def convert_checkpoint(src, dst, format="auto", tokenizer=None, dtype=None, overwrite=False, validate=False) -> Path:
@@ -198,11 +222,13 @@ def convert_checkpoint(src, dst, format="auto", tokenizer=None, dtype=None, over
     Args:
         src: checkpoint directory (see the module docstring for the formats).
         dst: output directory; must be absent or empty unless ``overwrite``.
-        format: "auto" (see `detect_format`), "olmo_trainer", "olmo_core" or "hf_olmo".
+        format: "auto" (see `detect_format`), "olmo_trainer" (alias "olmo"), "olmo_core" or "hf_olmo".
         tokenizer: optional ``tokenizer.json`` file or tokenizer directory to save alongside.
         dtype: output dtype ("float32", "bfloat16", "float16" or a torch.dtype); default: the checkpoint's.
         overwrite: replace a non-empty ``dst``.
-        validate: reload the written directory and check it reproduces the converted weights.
+        validate: reload the written directory and check it reproduces the converted weights; when the
+            source format's original library (ai2-olmo / OLMo-core) is importable here, also compare logits
+            with it (`olmo_hf.convert.validate`), else log a warning that that step was skipped.
 
     Raises:
         ConversionError: with a one-sentence reason; ``dst`` is then left as it was.
@@ -219,27 +245,96 @@ def convert_checkpoint(src, dst, format="auto", tokenizer=None, dtype=None, over
     model = _build_model(ckpt, torch_dtype)
     tok = _load_tokenizer(tokenizer, model.config) if tokenizer is not None else None
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
+    with _atomic_dir(dst, overwrite) as tmp:
         model.save_pretrained(str(tmp))
         if tok is not None:
             _save_tokenizer(tok, tmp)
         if validate:
-            _validate(model, tmp)
-        _check_dst(dst, overwrite)  # again: something may have appeared meanwhile
-        if dst.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-            os.replace(dst, old / dst.name)
-            try:
-                os.replace(tmp, dst)
-            except BaseException:
-                os.replace(old / dst.name, dst)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            _validation.check_reload(model, tmp)
+            _validation.check_against_original(fmt, src, tmp, model.dtype)
     logger.info("converted %s -> %s (%s, %s)", ckpt.source, dst, ckpt.model_type, model.dtype)
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------------
+# Transformers -> OLMo-core
+
+_TRANSFORMERS_MODEL_TYPES = ("olmo", "olmo2", "olmo_1124")
+
+
+def load_transformers_model(src, format="auto", dtype=None):
+    """An Olmo / Olmo2 model (olmo_hf's classes) from a Transformers directory, or from any checkpoint
+    `convert_checkpoint` reads (converted in memory). Used by `to_olmo_core`."""
+    src = Path(src)
+    torch_dtype = _resolve_dtype(dtype)
+    config_path = src / "config.json"
+    if format in ("auto", "hf", "transformers") and src.is_dir() and config_path.is_file():
+        model_type = read_json(config_path).get("model_type")
+        if model_type in _TRANSFORMERS_MODEL_TYPES:
+            _, model_cls = model_classes("olmo2" if model_type == "olmo_1124" else model_type)
+            try:
+                return model_cls.from_pretrained(str(src), dtype=torch_dtype or "auto").eval()
+            except (OSError, ValueError) as e:
+                raise ConversionError(f"{src} could not be loaded as a Transformers {model_type!r} model ({e}).") from e
+    if format in ("hf", "transformers"):
+        raise ConversionError(
+            f"{src} is not a Transformers OLMo directory (config.json with model_type 'olmo' or 'olmo2')."
+        )
+    fmt = _resolve_format(src, format)
+    return _build_model(FORMATS[fmt](src, dtype=torch_dtype), torch_dtype)
+
+
+def to_olmo_core(model_or_dir, dst, *, format="auto", dtype=None, overwrite=False, validate=False,
+                 model_and_optim=False) -> Path:
+    """Write an Olmo / Olmo2 model as an OLMo-core (ai2-olmo-core 3.x) checkpoint directory; returns ``dst``.
+
+    ``dst`` receives:
+
+    - ``config.json``: ``{"model": <TransformerConfig.as_config_dict()>, "dataset": {"sequence_length",
+      "tokenizer": <TokenizerConfig>}}``; ``TransformerConfig.from_dict(cfg["model"])`` builds the model.
+    - ``model.pt``: ``torch.save`` of the OLMo-core ``Transformer.state_dict()`` (``embeddings.weight``,
+      ``blocks.L.attention.w_q`` ...), for ``model.load_state_dict(torch.load(...), strict=True)``.
+    - with ``model_and_optim=True`` also ``model_and_optim/``: the same tensors as a torch.distributed.checkpoint
+      (keys ``model.*``), for ``olmo_core.distributed.checkpoint.load_model_and_optim_state``.
+
+    OLMo 2 maps to a ``reordered_norm`` block; OLMo v1 (incl. ``clip_qkv``) to OLMo-core's ``default`` pre-norm
+    block with a non-affine LayerNorm. Key mapping: the inverse of ``layouts.OLMO_CORE_LAYOUT``.
+
+    Args:
+        model_or_dir: an olmo_hf / Transformers Olmo or Olmo2 ``*ForCausalLM``, a Transformers directory, or an
+            original checkpoint directory (converted in memory first; ``format`` as in `convert_checkpoint`).
+        dst: output directory; must be absent or empty unless ``overwrite``. Written atomically.
+        dtype: dtype of the saved tensors; default: the model's.
+        validate: read ``model.pt`` back through olmo_hf's own OLMo-core reader and require the model's weights
+            bit for bit; when OLMo-core is importable here, also build its model from ``config.json``, load
+            ``model.pt`` strictly and compare logits.
+    """
+    from transformers import PreTrainedModel
+
+    dst = Path(dst)
+    torch_dtype = _resolve_dtype(dtype)
+    _check_dst(dst, overwrite)
+    if isinstance(model_or_dir, PreTrainedModel):
+        model = model_or_dir
+    elif isinstance(model_or_dir, (str, os.PathLike)):
+        src = Path(model_or_dir)
+        if not src.exists():
+            raise ConversionError(f"{src} does not exist.")
+        model = load_transformers_model(src, format=format, dtype=torch_dtype)
+    else:
+        raise ConversionError(f"expected a Transformers model or a directory, got {type(model_or_dir).__name__}.")
+    kw = model.config.to_dict()
+    kw["model_type"] = "olmo2" if kw.get("model_type") == "olmo_1124" else kw.get("model_type")
+    where = f"the {kw['model_type']!r} model config"
+    config = olmo_core.experiment_config_from_hf(kw, where=where)
+    state_dict = olmo_core.state_dict_from_hf(model.state_dict(), kw, dtype=torch_dtype)
+
+    with _atomic_dir(dst, overwrite) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        torch.save(state_dict, tmp / "model.pt")
+        if model_and_optim:
+            olmo_core.save_dcp(state_dict, tmp / "model_and_optim")
+        if validate:
+            _validation.check_olmo_core_export(model, tmp, state_dict)
+    logger.info("wrote OLMo-core checkpoint %s (%s, %d tensors)", dst, kw["model_type"], len(state_dict))
     return dst

@@ -1,35 +1,16 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""``python -m olmo_hf.convert SRC DST [--format F] [--tokenizer T] [--dtype D] [--overwrite] [--validate]``"""
+"""``python -m olmo_hf.convert SRC DST [--format F] [--to hf|olmo-core] [--tokenizer T] [--dtype D] [--validate]
+[--overwrite] [--model-and-optim] [--debug]``; the parser and runner live in `olmo_hf.convert.cli`."""
 
-import argparse
-import logging
 import sys
 
-from . import FORMATS, ConversionError, convert_checkpoint
+from .cli import main as _cli_main
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m olmo_hf.convert",
-        description="Convert an original OLMo checkpoint (ai2-olmo, OLMo-core, hf_olmo) into a Transformers directory.",
-    )
-    p.add_argument("src", help="original checkpoint directory")
-    p.add_argument("dst", help="output directory (Transformers format)")
-    p.add_argument("--format", default="auto", choices=["auto", *FORMATS])
-    p.add_argument("--tokenizer", help="tokenizer.json file or tokenizer directory to save alongside")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's dtype")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
-    p.add_argument("--validate", action="store_true", help="reload the output and check it against the weights")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        out = convert_checkpoint(a.src, a.dst, format=a.format, tokenizer=a.tokenizer, dtype=a.dtype,
-                                 overwrite=a.overwrite, validate=a.validate)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and convert; returns the exit code (0, 1, 2 or 130)."""
+    prog = "olmo-hf convert" if "olmo-hf" in (sys.argv[0] or "").rsplit("/", 1)[-1] else "python -m olmo_hf.convert"
+    return _cli_main(argv, prog=prog)
 
 
 if __name__ == "__main__":

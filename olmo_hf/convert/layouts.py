@@ -166,7 +166,8 @@ def convert_state_dict(
     disagrees with the config, and for a tied model whose separate output weight differs from the
     embedding. Missing keys and other shape mismatches are left to ``load_state_dict(strict=True)``.
     """
-    out = _map_keys(_compile(LAYOUTS[layout]), state_dict, Dims.from_kwargs(config_kwargs), dtype, desc, "the checkpoint")
+    dims = Dims.from_kwargs(config_kwargs)
+    out = _map_keys(_compile(LAYOUTS[layout]), state_dict, dims, dtype, desc, "the checkpoint")
     if config_kwargs.get("tie_word_embeddings"):
         lm_head = out.pop("lm_head.weight", None)  # OLMo-core stores the shared tensor under both names
         embed = out.get("model.embed_tokens.weight")
@@ -185,7 +186,7 @@ _LAYER_GROUP = r"(\d+)"
 
 
 def _source_template(pattern: str) -> str:
-    r"""The key a row's source regex matches, with ``{L}`` for its layer group: ``blocks\.(\d+)\.x`` -> ``blocks.{L}.x``."""
+    r"""The key a row's source regex matches, ``{L}`` for its layer group: ``blocks\.(\d+)\.x`` -> ``blocks.{L}.x``."""
     template = pattern.replace(_LAYER_GROUP, "{L}").replace(r"\.", ".")
     if re.search(r"[\\()\[\]*+?|^$]", template):
         raise ValueError(f"layout row {pattern!r} is not a plain key pattern; it has no inverse.")
@@ -233,7 +234,9 @@ def convert_state_dict_to_original(
     if config_kwargs.get("tie_word_embeddings"):
         lm_head, embed = sd.pop("lm_head.weight", None), sd.get("model.embed_tokens.weight")
         if lm_head is not None and embed is not None and not torch.equal(lm_head, embed):
-            raise ConversionError("the config ties the input and output embeddings but lm_head.weight differs from them.")
+            raise ConversionError(
+                "the config ties the input and output embeddings but lm_head.weight differs from them."
+            )
     return _map_keys(
         _compile(inverse_layout(layout)), sd, Dims.from_kwargs(config_kwargs), dtype, desc, "the Transformers model"
     )

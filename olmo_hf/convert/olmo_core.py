@@ -1,5 +1,5 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""OLMo-core (ai2-olmo-core 3.x) checkpoints: ``config.json`` + ``model_and_optim/`` (or ``model.pt``).
+"""OLMo-core (ai2-olmo-core 3.x) checkpoints: ``config.json`` + ``model_and_optim/`` (or ``model.pt``), both ways.
 
 ``config.json`` is an experiment config whose ``model`` section is ``TransformerConfig.as_config_dict()``.
 ``model_and_optim/`` is a torch.distributed.checkpoint directory written by
@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .common import Checkpoint, ConversionError, load_torch_file, logger, read_json, rope_parameters
-from .layouts import PROGRESS_MIN_TENSORS, convert_state_dict
+from .layouts import PROGRESS_MIN_TENSORS, convert_state_dict, convert_state_dict_to_original
 
 DOLMA2_VOCAB, DOLMA2_EOS, DOLMA2_PAD = 100278, 100257, 100277  # TokenizerConfig.dolma2() (checkpoints.md §3)
 GPT_NEOX_VOCAB, GPT_NEOX_EOS, GPT_NEOX_PAD = 50280, 50279, 1
@@ -337,3 +337,168 @@ def read(src: Path, dtype=None) -> Checkpoint:
         raise ConversionError(f"{src} has neither model_and_optim/.metadata nor model.pt.")
     hf_sd = convert_state_dict("olmo_core", sd, kwargs, dtype=dtype, desc="OLMo-core -> HF")
     return Checkpoint(model_type, kwargs, hf_sd, source=f"OLMo-core checkpoint {src}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# HF -> OLMo-core (olmo_hf.convert.to_olmo_core)
+
+_CLASSES = {  # the `_CLASS_` names OLMo-core's Config.as_config_dict writes and Config.from_dict resolves
+    "model": "olmo_core.nn.transformer.config.TransformerConfig",
+    "block": "olmo_core.nn.transformer.config.TransformerBlockConfig",
+    "attention": "olmo_core.nn.attention.AttentionConfig",
+    "rope": "olmo_core.nn.rope.RoPEConfig",
+    "norm": "olmo_core.nn.layer_norm.LayerNormConfig",
+    "feed_forward": "olmo_core.nn.feed_forward.FeedForwardConfig",
+    "lm_head": "olmo_core.nn.lm_head.LMHeadConfig",
+    "tokenizer": "olmo_core.data.tokenizer.TokenizerConfig",
+}
+# HF fields that must round-trip through model_config_to_hf unchanged (the self-check in model_config_from_hf)
+_ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "tie_word_embeddings", "rope_parameters", "rms_norm_eps", "clip_qkv")
+
+
+def _rope_theta(kw: dict, reject) -> int | float:
+    rope = kw.get("rope_parameters") or {}
+    if (rope.get("rope_type") or "default") != "default":
+        reject(f"RoPE type {rope.get('rope_type')!r} (scaling) is not supported; OLMo-core gets the default RoPE only.")
+    theta = float(rope.get("rope_theta", 10_000.0))
+    return int(theta) if theta.is_integer() else theta  # RoPEConfig.theta is an int field
+
+
+def model_config_from_hf(kw: dict, *, where: str = "the Transformers config") -> dict:
+    """Olmo / Olmo2 config kwargs (``config.to_dict()``) -> ``TransformerConfig.as_config_dict()``.
+
+    The inverse of `model_config_to_hf`, and checked against it: the returned dict, read back by
+    `model_config_to_hf`, must give the same architecture, else this raises `ConversionError`.
+
+    - OLMo 2 -> a ``reordered_norm`` block, RMSNorm (``rms_norm_eps``) on the sublayer outputs, on q/k
+      (over all heads: ``use_head_qk_norm`` false) and before the LM head.
+    - OLMo v1 -> a ``default`` (pre-norm) block with a non-affine ``default`` LayerNorm (eps 1e-5, no
+      weights) and ``clip_qkv``: exactly what ai2-olmo-core 3.0 builds for such a config.
+    """
+
+    def reject(msg: str):
+        raise ConversionError(f"{where}: {msg}")
+
+    model_type = kw.get("model_type")
+    if model_type not in ("olmo", "olmo2"):
+        reject(f"model_type {model_type!r} is not supported; only 'olmo' and 'olmo2' map to OLMo-core.")
+    if kw.get("hidden_act", "silu") != "silu":
+        reject(f"hidden_act {kw['hidden_act']!r} is not supported; OLMo-core's default feed-forward is SwiGLU (silu).")
+    if kw.get("attention_bias"):
+        reject("attention_bias is not supported; olmo_hf converts only bias-free OLMo models.")
+    if kw.get("attention_dropout"):
+        logger.warning("%s: attention_dropout %s is not carried over to OLMo-core.", where, kw["attention_dropout"])
+    d, heads = int(kw["hidden_size"]), int(kw["num_attention_heads"])
+    kv = int(kw.get("num_key_value_heads") or heads)
+    head_dim = int(kw.get("head_dim") or d // heads)
+    theta = _rope_theta(kw, reject)
+
+    if model_type == "olmo2":
+        norm = {"name": "rms", "eps": float(kw.get("rms_norm_eps", 1e-5)), "bias": False, "dtype": "float32",
+                "_CLASS_": _CLASSES["norm"]}
+        block_name = "reordered_norm"
+    else:
+        norm = {"name": "default", "eps": 1e-5, "elementwise_affine": False, "bias": False, "_CLASS_": _CLASSES["norm"]}
+        block_name = "default"
+    attention = {"name": "default", "n_heads": heads, "n_kv_heads": kv}
+    if head_dim != d // heads or d % heads:
+        attention["head_dim"] = head_dim
+    attention.update(
+        bias=False,
+        rope={"name": "default", "theta": theta, "full_precision": True, "no_global_rope": False,
+              "partial_rotary_factor": 1.0, "_CLASS_": _CLASSES["rope"]},
+    )
+    if model_type == "olmo2":
+        attention.update(qk_norm=dict(norm), use_head_qk_norm=False)
+    elif kw.get("clip_qkv") is not None:
+        attention["clip_qkv"] = float(kw["clip_qkv"])
+    attention.update(dtype="float32", scalable_softmax=False, attention_sinks=False, _CLASS_=_CLASSES["attention"],
+                     type="attention")
+    model = {
+        "d_model": d,
+        "vocab_size": int(kw["vocab_size"]),  # the (padded) embedding rows, as in OLMo-core
+        "n_layers": int(kw["num_hidden_layers"]),
+        "block": {
+            "sequence_mixer": attention,
+            "layer_norm": dict(norm),
+            "feed_forward": {"hidden_size": int(kw["intermediate_size"]), "name": "default", "bias": False,
+                             "dtype": "float32", "activation": "silu", "_CLASS_": _CLASSES["feed_forward"]},
+            "name": block_name,
+            "_CLASS_": _CLASSES["block"],
+        },
+        "lm_head": {"name": "default", "layer_norm": dict(norm), "bias": False, "dtype": "float32",
+                    "loss_implementation": "default", "_CLASS_": _CLASSES["lm_head"]},
+        "name": "default",
+        "dtype": "float32",
+        "init_method": "normal",
+        "init_seed": 0,
+        "init_std": float(kw.get("initializer_range") or 0.02),
+        "tie_word_embeddings": bool(kw.get("tie_word_embeddings", False)),
+        "_CLASS_": _CLASSES["model"],
+    }
+
+    back_type, back = model_config_to_hf(model, where=where)
+    expected = {"head_dim": head_dim, "num_key_value_heads": kv, "rope_parameters": rope_parameters(theta)}
+    if model_type == "olmo":
+        expected["clip_qkv"] = None if kw.get("clip_qkv") is None else float(kw["clip_qkv"])
+    back.setdefault("head_dim", d // heads)
+    diff = [f for f in _ARCH_FIELDS if f in back and back[f] != expected.get(f, kw.get(f))]
+    if back_type != model_type or diff:
+        reject(f"the OLMo-core config does not reproduce {', '.join(diff) or 'model_type'}; this is a bug in olmo_hf.")
+    return model
+
+
+def experiment_config_from_hf(kw: dict, *, where: str = "the Transformers config") -> dict:
+    """``{"model": TransformerConfig dict, "dataset": {"sequence_length", "tokenizer": TokenizerConfig dict}}``.
+
+    The ``dataset`` part is the subset of an OLMo-core experiment config that carries the special token ids
+    and the sequence length (what `read` takes them from); ``TokenizerConfig.vocab_size`` is the embedding size
+    since the HF config does not record the tokenizer's own size.
+    """
+    eos = kw.get("eos_token_id")
+    if isinstance(eos, list):
+        logger.warning("%s: eos_token_id is a list %s; OLMo-core takes one id, writing %s.", where, eos, eos[0])
+        eos = eos[0] if eos else None
+    tokenizer = {"vocab_size": int(kw["vocab_size"]), "eos_token_id": eos, "pad_token_id": kw.get("pad_token_id"),
+                 "bos_token_id": kw.get("bos_token_id"), "_CLASS_": _CLASSES["tokenizer"]}
+    return {
+        "model": model_config_from_hf(kw, where=where),
+        "dataset": {"sequence_length": int(kw["max_position_embeddings"]),
+                    "tokenizer": {k: v for k, v in tokenizer.items() if v is not None}},
+    }
+
+
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
+
+
+def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], kw: dict, *, dtype=None) -> dict[str, torch.Tensor]:
+    """HF Olmo / Olmo2 weights -> OLMo-core ``Transformer.state_dict()`` keys (`inverse_layout` of OLMO_CORE_LAYOUT).
+
+    A tied OLMo-core model lists the shared tensor under both ``embeddings.weight`` and ``lm_head.w_out.weight``,
+    so both are written (one storage). A tensor that is a view into a larger storage is copied, so that
+    ``torch.save`` stores only its own elements; the others are saved as they are (no extra memory).
+    """
+    sd = convert_state_dict_to_original("olmo_core", hf_sd, kw, dtype=dtype, desc="HF -> OLMo-core")
+    sd = {k: _own_storage(v.detach().to("cpu").contiguous()) for k, v in sd.items()}
+    if kw.get("tie_word_embeddings"):
+        sd["lm_head.w_out.weight"] = sd["embeddings.weight"]
+    return sd
+
+
+def save_dcp(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """``state_dict`` as a single-process torch.distributed.checkpoint directory with ``model.*`` keys, the
+    layout of OLMo-core's ``save_model_and_optim_state`` (without optimizer state)."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    unique: dict[int, str] = {}
+    sd = {}
+    for k, v in state_dict.items():  # DCP stores every name; a tied weight is saved twice, read back equal
+        sd[k] = v.clone() if id(v) in unique else v
+        unique.setdefault(id(v), k)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is disabled ... save in a single process"
+        dcp.save({"model": sd}, checkpoint_id=str(path), no_dist=True)
