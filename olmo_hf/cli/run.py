@@ -1,0 +1,249 @@
+# Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
+"""``olmo-hf run``: Transformers 4.x's ``run`` command for OLMo models, with generation controls.
+
+Every flag of 4.x ``transformers run`` keeps its meaning (``--task --input --output --model --config
+--tokenizer --column --format --device --overwrite``); added are ``--revision --dtype --max-new-tokens``,
+the sampling flags, ``--quantize --attn-implementation --seed --trust-remote-code --debug``.
+
+Differences from 4.x, on purpose: pipe mode strips each line's newline and prints each result (one JSON
+object per line) as soon as it is ready instead of a Python list repr at EOF; ``--model`` defaults to a small
+OLMo 2 checkpoint shipped in the package instead of a Hub download; errors are one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from .errors import CliError, warn
+from .formats import FORMATS, check_combination, iter_pipe, open_writer, parse_columns, read_batch, resolve_format
+from .loading import (
+    DTYPE_CHOICES,
+    LoadRequest,
+    load_config,
+    load_model_and_tokenizer,
+    resolve_device,
+    resolve_dtype,
+    resolve_quantization,
+)
+from .tasks import Task, get_task, infer_task, normalize_output
+
+__all__ = ["add_parser", "run"]
+
+DEFAULT_MAX_NEW_TOKENS = 64
+GENERATION_FLAGS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
+
+EPILOG = """\
+examples:
+  # the embedded demo model (offline, a few MB), one prompt per line, one JSON result per line
+  echo "The import statement" | olmo-hf run --task text-generation
+
+  # a local checkpoint, greedy, 20 new tokens; print only the text
+  printf 'def forward(self\\nimport torch\\n' | olmo-hf run --model ./my-olmo --no-do-sample \\
+      --max-new-tokens 20 | jq -r .generated_text
+
+  # a Hub model on GPU 0 in bf16, JSON in and out
+  olmo-hf run --model allenai/OLMo-2-0425-1B --device 0 --input prompts.json --column prompt \\
+      --output out.json --overwrite
+
+  # CSV in, CSV out (header: generated_text), sampling with a fixed seed
+  olmo-hf run --input prompts.csv --column text --do-sample --temperature 0.7 --top-p 0.9 --seed 0
+
+  # classify tab-separated pairs with a sequence-classification checkpoint
+  printf 'a premise\\ta hypothesis\\n' | olmo-hf run --task text-classification --model ./clf --column text,text_pair
+
+formats: --format names the input format and the output uses the same one (json: a list; csv: a table;
+pipe: lines). Without --format it is taken from the --input extension, or pipe without --input.
+exit codes: 0 ok, 1 unexpected failure, 2 usage error (message on stderr; --debug adds the traceback).
+Full reference: docs/cli.md."""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``run`` on the top-level CLI."""
+    p = subparsers.add_parser(
+        "run",
+        help="run a pipeline (text generation) over stdin or a JSON/CSV file, like Transformers 4.x `run`",
+        description="Run a text-generation (or text-classification) pipeline with olmo_hf's OLMo classes over "
+        "inputs from stdin (one per line) or a JSON/CSV file. Without --model it uses a small OLMo 2 demo "
+        "model shipped inside the package, so it works offline.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    io = p.add_argument_group("inputs and outputs (as in Transformers 4.x `run`)")
+    io.add_argument("--task", help="text-generation or text-classification (default: from the checkpoint's "
+                    "architectures; text-generation for a causal LM)")
+    io.add_argument("--input", metavar="FILE", help="file to read inputs from (default: stdin, one input per line)")
+    io.add_argument("--output", metavar="FILE", help="file to write outputs to (default: stdout)")
+    io.add_argument("--column", metavar="COLS", help="JSON/CSV field holding the input; `a,b` or `text=a,text_pair=b` "
+                    "for two-input tasks (with --format pipe: split lines on tabs)")
+    io.add_argument("--format", choices=("infer", *FORMATS), default="infer",
+                    help="input (and output) format; infer = from the --input extension, pipe without --input "
+                    "(default: %(default)s)")
+    io.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--model", metavar="NAME_OR_DIR",
+                       help="checkpoint directory or Hub id (default: the embedded demo model, olmo_hf/demo)")
+    model.add_argument("--config", metavar="NAME_OR_DIR", help="config to use instead of the model's")
+    model.add_argument("--tokenizer", metavar="NAME_OR_DIR", help="tokenizer to use (default: the model's)")
+    model.add_argument("--revision", metavar="REV", help="Hub branch, tag or commit of --model (and --config)")
+    model.add_argument("--device", default="-1", metavar="DEVICE",
+                       help="-1 = CPU, N = CUDA GPU N (as in 4.x); also cpu, cuda:N, mps, auto (default: %(default)s)")
+    model.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", metavar="DTYPE",
+                       help="auto (bf16 where the device supports it, else fp32), bf16, fp16 (warns for OLMo 2), "
+                       "fp32 (default: %(default)s)")
+    model.add_argument("--quantize", metavar="NAME",
+                       help="quantize on load with olmo_hf.quantization's scheme NAME (if that module is installed)")
+    model.add_argument("--attn-implementation", metavar="IMPL", help="eager, sdpa (default), flex_attention, "
+                       "flash_attention_2, ...")
+    model.add_argument("--trust-remote-code", action="store_true",
+                       help="allow a checkpoint's own Python code to run (off by default)")
+
+    gen = p.add_argument_group("generation (text-generation only)")
+    gen.add_argument("--max-new-tokens", type=int, metavar="N",
+                     help="tokens to generate per input (default: the checkpoint's generation config, "
+                     f"else {DEFAULT_MAX_NEW_TOKENS})")
+    gen.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None,
+                     help="sample instead of greedy decoding (default: the checkpoint's generation config)")
+    gen.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
+    gen.add_argument("--top-k", type=int, metavar="K", help="sample from the K most likely tokens")
+    gen.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling probability mass")
+    gen.add_argument("--repetition-penalty", type=float, metavar="R", help="penalty > 1 discourages repeats")
+    gen.add_argument("--seed", type=int, help="random seed (makes sampling reproducible)")
+
+    p.add_argument("--debug", action="store_true", help="show tracebacks and Transformers' own logs")
+    p.set_defaults(handler=run)
+    return p
+
+
+def _generation_kwargs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """Generation flags given on the command line; the rest comes from the checkpoint's generation config."""
+    defaults = model.generation_config
+    max_new_tokens = args.max_new_tokens or defaults.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    for flag in GENERATION_FLAGS[1:]:
+        value = getattr(args, flag)
+        if value is not None:
+            kwargs[flag] = value
+    sampling = [f"--{f.replace('_', '-')}" for f in ("temperature", "top_k", "top_p") if getattr(args, f) is not None]
+    if sampling and not kwargs.get("do_sample", defaults.do_sample):
+        verb = "has" if len(sampling) == 1 else "have"
+        warn(f"{', '.join(sampling)} {verb} no effect without --do-sample (decoding is greedy)")
+    return kwargs
+
+
+def _no_generation_flags(args: argparse.Namespace, task: Task) -> dict[str, Any]:
+    """For tasks that do not generate: warn about generation flags, which would be ignored."""
+    given = [f"--{flag.replace('_', '-')}" for flag in GENERATION_FLAGS if getattr(args, flag) is not None]
+    if given:
+        warn(f"{', '.join(given)} ignored: {task.name} does not generate text")
+    return {}
+
+
+def _validate_numbers(args: argparse.Namespace) -> None:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise CliError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.temperature is not None and args.temperature <= 0:
+        raise CliError(f"--temperature must be positive, got {args.temperature} (use --no-do-sample for greedy)")
+    if args.top_k is not None and args.top_k < 1:
+        raise CliError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise CliError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.repetition_penalty is not None and args.repetition_penalty <= 0:
+        raise CliError(f"--repetition-penalty must be positive, got {args.repetition_penalty}")
+
+
+def _quiet_transformers(debug: bool) -> None:
+    """Keep stderr for our messages: Transformers' warnings and weight-loading bars only with --debug."""
+    from transformers.utils import logging as hf_logging
+
+    if debug:
+        hf_logging.set_verbosity_info()
+    else:
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``olmo-hf run``; returns the exit code (errors are raised as CliError and reported by main)."""
+    import olmo_hf
+
+    olmo_hf.register()  # the CLI always runs our classes, even under OLMO_HF_NO_AUTOREGISTER=1
+    _quiet_transformers(args.debug)
+    _validate_numbers(args)
+    if args.output and os.path.exists(args.output) and not args.overwrite:
+        raise CliError(f"--output {args.output} already exists; pass --overwrite to replace it")
+    fmt = resolve_format(args.format, args.input)
+    task: Task | None = get_task(args.task) if args.task else None
+    if task is not None:  # validate flag combinations before any loading
+        check_combination(fmt, args.input, parse_columns(args.column, task), task)
+    device = resolve_device(args.device)
+    quantization_config = resolve_quantization(args.quantize, device)
+
+    request = LoadRequest(args.model, args.config, args.tokenizer, args.revision, args.trust_remote_code)
+    config = load_config(request)
+    if task is None:
+        task = infer_task(config)
+        check_combination(fmt, args.input, parse_columns(args.column, task), task)
+    columns = parse_columns(args.column, task)
+    batch = read_batch(fmt, args.input, columns) if fmt in ("json", "csv") else None
+    if task.name == "text-classification" and not any(
+        a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or [])
+    ):
+        warn(f"{request.model_name} was not saved as a sequence classifier: its classification head is randomly "
+             "initialised, so labels and scores are meaningless")
+    if args.model is None:
+        print("olmo-hf: using the embedded demo model (a tiny OLMo 2 trained on CPython's documentation); "
+              "pass --model for a real one", file=sys.stderr, flush=True)
+
+    dtype = resolve_dtype(args.dtype, device, getattr(config, "model_type", None))
+    model, tokenizer = load_model_and_tokenizer(
+        request, config, task, device, dtype, args.attn_implementation, quantization_config
+    )
+    call_kwargs = _generation_kwargs(args, model) if task.generates else _no_generation_flags(args, task)
+    if args.seed is not None:
+        from transformers import set_seed
+
+        set_seed(args.seed)
+    return _process(task, model, tokenizer, fmt, args, batch, columns, call_kwargs)
+
+
+def _process(task: Task, model: Any, tokenizer: Any, fmt: str, args: argparse.Namespace,
+             batch: list | None, columns: Any, call_kwargs: dict[str, Any]) -> int:
+    """Run the pipeline over the inputs, writing each result as soon as it is ready."""
+    import contextlib
+
+    import torch
+    from tqdm import tqdm
+    from transformers import pipeline
+
+    pipe = pipeline(task.name, model=model, tokenizer=tokenizer)  # runs on model.device; inputs are moved there
+    with contextlib.ExitStack() as stack:
+        if batch is not None:
+            inputs = tqdm(batch, desc="olmo-hf run", unit="input", file=sys.stderr, dynamic_ncols=True)
+        elif args.input:
+            inputs = iter_pipe(stack.enter_context(open(args.input, encoding="utf-8")), columns)
+        else:
+            if sys.stdin.isatty():
+                print("olmo-hf: reading inputs from stdin, one per line (Ctrl-D to finish)",
+                      file=sys.stderr, flush=True)
+            inputs = iter_pipe(sys.stdin, columns)
+
+        writer = None  # opened at the first result, so that a run without any input leaves no file behind
+        success = False
+        try:
+            with torch.inference_mode():
+                for item in inputs:
+                    results = normalize_output(task, pipe(item, **call_kwargs))
+                    writer = writer or open_writer(fmt, args.output, task)
+                    writer.write(results)
+            success = True
+        finally:
+            if writer is not None:
+                writer.close(success)
+    if writer is None:
+        source = f"--input {args.input}" if args.input else "stdin"
+        raise CliError(f"no input: {source} had no non-blank lines")
+    return 0

@@ -1,0 +1,116 @@
+# Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
+"""``olmo-hf serve`` and ``olmo-hf chat``: Transformers 5's own ``serve`` / ``chat`` commands, with our classes.
+
+``import olmo_hf`` already makes the Auto classes build our models, but ``transformers serve`` does not use
+them for text models: it loads ``getattr(transformers, config.architectures[0])``
+(``transformers/cli/serving/model_manager.py``). So before handing over to Transformers' CLI, this module
+puts our classes on the ``transformers`` module under the names serve resolves (:data:`SERVED_NAMES`):
+a checkpoint naming ``Olmo2ForCausalLM`` is then served by ``olmo_hf.Olmo2ForCausalLM``. Two legacy spellings
+found in published checkpoints are added (``OLMoForCausalLM``, allenai/OLMo-7B-0424-hf's typo, and
+``Olmo1124ForCausalLM`` of the OLMo 2 preview); plain Transformers cannot serve those at all.
+
+``chat`` is only an HTTP client of a running ``serve``. Its client refuses every request while
+``HF_HUB_OFFLINE=1``, even to localhost; for a loopback URL we lift that (nothing leaves the machine).
+
+Transformers' CLI is called through its Typer app (``transformers.cli.transformers.app``) rather than its
+``main()``: ``main()`` only adds a PyPI check whose advice ("run hf update") is wrong for a plugin pinned to
+``transformers<6``, and the app lets the usage lines say ``olmo-hf``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+from urllib.parse import urlparse
+
+__all__ = ["SERVED_NAMES", "expose_classes", "restore_classes", "run_transformers_command"]
+
+SERVED_NAMES: dict[str, str] = {
+    # name on the transformers module -> attribute of olmo_hf
+    "OlmoConfig": "OlmoConfig",
+    "Olmo2Config": "Olmo2Config",
+    "OlmoModel": "OlmoModel",
+    "Olmo2Model": "Olmo2Model",
+    "OlmoForCausalLM": "OlmoForCausalLM",
+    "Olmo2ForCausalLM": "Olmo2ForCausalLM",
+    "OlmoForSequenceClassification": "OlmoForSequenceClassification",
+    "Olmo2ForSequenceClassification": "Olmo2ForSequenceClassification",
+    "OLMoForCausalLM": "OlmoForCausalLM",  # the -hf config typo (vllm-project/vllm #4310)
+    "Olmo1124ForCausalLM": "Olmo2ForCausalLM",  # allenai/OLMo-7B-1024-preview (renamed by transformers PR #34551)
+}
+
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+_MISSING = object()
+
+
+def expose_classes() -> dict[str, Any]:
+    """Put olmo_hf's classes on the ``transformers`` module; returns what was there, for :func:`restore_classes`."""
+    import transformers
+
+    import olmo_hf
+
+    previous = {}
+    for name, ours in SERVED_NAMES.items():
+        previous[name] = transformers.__dict__.get(name, _MISSING)
+        setattr(transformers, name, getattr(olmo_hf, ours))
+    return previous
+
+
+def restore_classes(previous: dict[str, Any]) -> None:
+    """Undo :func:`expose_classes` (names that were lazily resolved before come back on next access)."""
+    import transformers
+
+    for name, value in previous.items():
+        if value is _MISSING:
+            transformers.__dict__.pop(name, None)
+        else:
+            setattr(transformers, name, value)
+
+
+def _allow_loopback_while_offline(args: list[str]) -> None:
+    """``chat MODEL [BASE_URL]``: if BASE_URL is on this machine, let the client reach it in offline mode."""
+    from huggingface_hub import constants
+
+    positional, skip_next = [], False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+        elif arg.startswith("--"):
+            skip_next = "=" not in arg  # every chat option takes a value (--user NAME, --system-prompt TEXT, ...)
+        elif "=" not in arg:  # key=value arguments are generation flags
+            positional.append(arg)
+    base_url = positional[1] if len(positional) > 1 else "http://localhost:8000"
+    if constants.HF_HUB_OFFLINE and (urlparse(base_url).hostname or "") in _LOOPBACK_HOSTS:
+        constants.HF_HUB_OFFLINE = False
+
+
+def _serving_dependencies_missing() -> list[str]:
+    import importlib.util
+
+    return [name for name in ("fastapi", "uvicorn", "openai") if importlib.util.find_spec(name) is None]
+
+
+def run_transformers_command(command: str, args: list[str]) -> int:
+    """Run ``transformers <command> <args>`` with olmo_hf's classes active; returns the exit code."""
+    if command == "serve" and not any(a in ("--help", "-h") for a in args):
+        missing = _serving_dependencies_missing()
+        if missing:
+            print(
+                f"olmo-hf serve: error: serving needs {', '.join(missing)}; install them with "
+                "pip install 'olmo_hf[serve]' (fastapi, uvicorn, openai>=1.98)",
+                file=sys.stderr,
+            )
+            return 2
+    if command == "chat":
+        _allow_loopback_while_offline(args)
+    import olmo_hf
+
+    olmo_hf.register()  # AutoConfig / AutoTokenizer paths of serve, even under OLMO_HF_NO_AUTOREGISTER=1
+    expose_classes()
+    from transformers.cli.transformers import app
+
+    try:
+        app(args=[command, *args], prog_name="olmo-hf")
+    except SystemExit as e:  # click's standalone mode always ends with SystemExit
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0

@@ -1,0 +1,138 @@
+"""`olmo-hf serve` / `olmo-hf chat`: Transformers 5's server and chat client with olmo_hf's classes.
+
+- in-process: the wrapper's serve command started on 127.0.0.1 (a free port, non-blocking), one chat
+  request, then the model the server actually loaded is checked to be olmo_hf's class, and the server stopped;
+- end to end: the installed `olmo-hf serve` in a subprocess, a completion request, and `olmo-hf chat` talking
+  to it with HF_HUB_OFFLINE=1 (Transformers' own client refuses localhost in offline mode).
+
+Skipped when the serving extras (fastapi, uvicorn, openai) are not installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import olmo_hf
+
+missing = [name for name in ("fastapi", "uvicorn", "openai") if importlib.util.find_spec(name) is None]
+pytestmark = pytest.mark.skipif(bool(missing), reason=f"serving extras not installed: {', '.join(missing)}")
+
+from test_cli_run import cli_env, olmo_hf_command, save_tiny_checkpoint  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(base: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the server exited with {proc.returncode}: {proc.stderr.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                if json.load(response) == {"status": "ok"}:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.3)
+    pytest.fail(f"no healthy server at {base} after {timeout} s")
+
+
+def post(base: str, path: str, body: dict) -> dict:
+    request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        assert response.status == 200
+        return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = save_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny")
+    assert json.loads((path / "config.json").read_text())["architectures"] == ["Olmo2ForCausalLM"]
+    return path
+
+
+def test_a_checkpoint_naming_Olmo2ForCausalLM_is_served_by_our_class(checkpoint, monkeypatch):
+    import transformers
+    from transformers.cli.serve import Serve
+
+    from olmo_hf.cli.serve import expose_classes, restore_classes, run_transformers_command
+
+    servers: list[Serve] = []
+    original_init = Serve.__init__
+
+    @functools.wraps(original_init)  # keeps the signature, from which Typer builds the options
+    def recording_init(self, *args, **kwargs):
+        servers.append(self)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Serve, "__init__", recording_init)
+    assert transformers.Olmo2ForCausalLM is not olmo_hf.Olmo2ForCausalLM  # what plain `transformers serve` would use
+    previous = expose_classes()  # what run_transformers_command does too; kept to restore afterwards
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        argv = [str(checkpoint), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--non-blocking"]
+        assert run_transformers_command("serve", argv) == 0
+        wait_healthy(base, timeout=120)
+        reply = post(base, "/v1/chat/completions", {
+            "model": str(checkpoint), "max_tokens": 3,
+            "messages": [{"role": "user", "content": "Hello"}],
+        })
+        assert reply["choices"][0]["message"]["role"] == "assistant"
+        (served,) = [entry.model for entry in servers[0]._model_manager.loaded_models.values()]
+        assert type(served) is olmo_hf.Olmo2ForCausalLM
+    finally:
+        if servers:
+            servers[0].kill_server()
+        restore_classes(previous)
+
+
+def test_installed_serve_and_chat_commands(checkpoint):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [olmo_hf_command(), "serve", str(checkpoint), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env(),
+    )
+    try:
+        wait_healthy(base, timeout=180, proc=server)
+        reply = post(base, "/v1/completions", {"model": str(checkpoint), "prompt": "The import", "max_tokens": 3})
+        assert reply["object"] == "text_completion" and reply["usage"]["completion_tokens"] == 3
+
+        # chat reads stdin: one message, "n" to "Continue generating?", then !exit
+        chat = subprocess.run(
+            [olmo_hf_command(), "chat", str(checkpoint), base, "max_new_tokens=3", "do_sample=False"],
+            input="Hello there\nn\n!exit\n", capture_output=True, text=True, env=cli_env(), timeout=180,
+        )
+        assert chat.returncode == 0, chat.stdout[-2000:] + chat.stderr[-2000:]
+        assert "OfflineModeIsEnabled" not in chat.stdout + chat.stderr
+        assert "3 tokens in" in chat.stdout
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_serve_without_the_extras_names_them(monkeypatch, capsys):
+    from olmo_hf.cli import serve
+
+    monkeypatch.setattr(serve, "_serving_dependencies_missing", lambda: ["fastapi"])
+    assert serve.run_transformers_command("serve", ["some-model"]) == 2
+    assert "pip install 'olmo_hf[serve]'" in capsys.readouterr().err
