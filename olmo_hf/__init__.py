@@ -22,6 +22,7 @@ from .modeling import (
     OlmoModel,
     OlmoPreTrainedModel,
 )
+from .quantization import quantization_config, save_quantized
 from .registration import _autoregister_enabled, is_registered, register, restore_builtin
 
 __version__ = "0.1.0"
@@ -40,6 +41,8 @@ __all__ = [
     "register",
     "restore_builtin",
     "is_registered",
+    "quantization_config",
+    "save_quantized",
 ]
 
 if _autoregister_enabled():

@@ -138,6 +138,14 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     _supports_attention_backend = True
 
+    def post_init(self) -> None:
+        super().post_init()
+        # bitsandbytes 4-bit on CPU repacks weights at the first forward; undo that before any state_dict() /
+        # save_pretrained() so that a checkpoint never differs from the model in memory (olmo_hf.quantization).
+        from .quantization import bnb_cpu_layout_state_dict_pre_hook
+
+        self.register_state_dict_pre_hook(bnb_cpu_layout_state_dict_pre_hook)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """``PreTrainedModel.from_pretrained``, but a checkpoint that lacks weights of the model body raises

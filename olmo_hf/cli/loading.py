@@ -291,6 +291,10 @@ def load_model_and_tokenizer(
         except ImportError as e:  # e.g. flash_attention_2 without the flash-attn package
             raise CliError(f"cannot load {request.model_name}: {_first_line(e)}") from e
     model.eval()
+    if quantization_config is not None and device.type == "cpu":
+        from olmo_hf.quantization import use_cpu_int8_kernel
+
+        use_cpu_int8_kernel(model)  # torchao int8 weight-only: PyTorch's fused CPU kernel instead of dequantising
 
     tok_flag, tok_name = ("--tokenizer", request.tokenizer) if request.tokenizer else ("--model", request.model_name)
     _check_exists(tok_flag, tok_name)

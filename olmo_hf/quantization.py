@@ -1,0 +1,488 @@
+# Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
+"""Quantized OLMo / OLMo 2: one call for the right Transformers config, safe saving, a CPU int8 kernel.
+
+Our model classes need nothing special: every method below goes through ``from_pretrained(...,
+quantization_config=...)`` and replaces (bitsandbytes) or re-types (torchao) the ``nn.Linear`` weights of the
+attention and MLP blocks. ``lm_head`` (and a classifier's ``score``) stay unquantized, the embedding is never
+quantized, and the norms are untouched modules that compute in float32 (see ``olmo_hf.modules``)::
+
+    import torch, olmo_hf
+    from olmo_hf.quantization import quantization_config, save_quantized
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        "allenai/OLMo-2-0425-1B", dtype=torch.bfloat16, quantization_config=quantization_config("bnb-4bit")
+    )
+    save_quantized(model, "olmo2-1b-nf4")  # never writes a checkpoint that differs from `model`
+
+Method names (case-insensitive; ``_`` and ``-`` are interchangeable), for :func:`quantization_config`:
+
+======================  =====================================================================================
+``"bnb-4bit"``          bitsandbytes 4-bit, NF4 + double quant, bf16 compute (CPU and CUDA). Aliases
+                        ``"bnb-nf4"``, ``"nf4"``, ``"4bit"``; ``"bnb-fp4"`` / ``"fp4"`` select FP4.
+``"bnb-8bit"``          bitsandbytes LLM.int8() (CPU and CUDA). Aliases ``"bnb-int8"``, ``"8bit"``, ``"llm-int8"``.
+``"int8"``              torchao int8 weight-only, per-channel (CPU and CUDA). Aliases ``"int8_weight_only"``,
+                        ``"int8wo"``.
+``"int8-dynamic"``      torchao int8 dynamic-activation int8-weight (CPU and CUDA). Aliases
+                        ``"int8_dynamic_activation_int8_weight"``, ``"int8dq"``.
+``"int4"``              torchao int4 weight-only, per-group (default group_size 128). CUDA: ``Int4WeightOnlyConfig``
+                        in the tinygemm ``"tile_packed_to_4d"`` layout (needs a bf16 model). CPU:
+                        ``IntxWeightOnlyConfig(int4, PerGroup)``, the int4 layout that runs on CPU (values stored
+                        one per int8 byte, so no memory gain over ``"int8"``). Aliases ``"int4_weight_only"``,
+                        ``"int4wo"``.
+``"none"``              no quantization: returns ``None``. Alias ``"no"``.
+======================  =====================================================================================
+
+Which methods can be saved: all of the above (Transformers serializes bitsandbytes and torchao into
+safetensors plus ``config.json["quantization_config"]``; a plain ``from_pretrained(dir)`` reloads them).
+Methods Transformers cannot serialize (quanto, HQQ, ...) are refused by :func:`save_quantized` with a message.
+
+The one trap, bitsandbytes 0.50 4-bit on a CPU with AVX512-BF16: the first forward repacks every ``Linear4bit``
+for the CPU kernel (transposed bf16 absmax), and bitsandbytes' own save path undoes that only approximately
+(double quant: ~1 % drift) or not at all (no double quant / FP4: a corrupt checkpoint AND a corrupted model
+in memory). :func:`save_quantized` (and :func:`bnb_cpu_layout_state_dict_pre_hook`, for ``state_dict()``)
+restore the standard layout exactly first; see :func:`restore_bnb_cpu_layout`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib.util
+import os
+import types
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "METHODS",
+    "quantization_config",
+    "available_methods",
+    "save_quantized",
+    "check_serializable",
+    "restore_bnb_cpu_layout",
+    "bnb_cpu_layout_state_dict_pre_hook",
+    "use_cpu_int8_kernel",
+    "memory_footprint",
+    "DEFAULT_MODULES_TO_NOT_CONVERT",
+]
+
+# Kept in full precision by every method: the LM head (quantizing it costs the most accuracy per byte saved;
+# Transformers' own default) and the sequence-classification head. Matched as module-name suffixes.
+DEFAULT_MODULES_TO_NOT_CONVERT = ("lm_head", "score")
+
+_INT4_GROUP_SIZES = (32, 64, 128, 256)  # torchao Int4WeightOnlyConfig's supported group sizes
+_INT4_CUDA_LAYOUTS = ("tile_packed_to_4d", "plain", "preshuffled", "plain_int32")
+_INT4_CPU_LAYOUTS = ("unpacked_to_int8",)
+
+
+@dataclass(frozen=True)
+class _Method:
+    backend: str  # "bitsandbytes" | "torchao" | "none"
+    summary: str
+    options: tuple[str, ...]  # keyword options accepted by quantization_config
+    aliases: dict[str, dict] = field(default_factory=dict)  # alias -> preset options
+
+
+METHODS: dict[str, _Method] = {
+    "bnb-4bit": _Method(
+        "bitsandbytes",
+        "bitsandbytes 4-bit (NF4 + double quant, bf16 compute by default)",
+        ("quant_type", "double_quant", "compute_dtype", "modules_to_not_convert"),
+        {"bnb-nf4": {"quant_type": "nf4"}, "nf4": {"quant_type": "nf4"}, "bnb-fp4": {"quant_type": "fp4"},
+         "fp4": {"quant_type": "fp4"}, "4bit": {}},
+    ),
+    "bnb-8bit": _Method(
+        "bitsandbytes",
+        "bitsandbytes LLM.int8() (8-bit weights, fp16 outlier decomposition)",
+        ("threshold", "modules_to_not_convert"),
+        {"bnb-int8": {}, "8bit": {}, "llm-int8": {}},
+    ),
+    "int8": _Method(
+        "torchao",
+        "torchao int8 weight-only (per-channel, or per-group with group_size)",
+        ("group_size", "modules_to_not_convert"),
+        {"int8-weight-only": {}, "int8wo": {}},
+    ),
+    "int8-dynamic": _Method(
+        "torchao",
+        "torchao int8 dynamic-activation (per-token) int8-weight (per-channel)",
+        ("modules_to_not_convert",),
+        {"int8-dynamic-activation-int8-weight": {}, "int8dq": {}},
+    ),
+    "int4": _Method(
+        "torchao",
+        "torchao int4 weight-only, per-group (CUDA: tinygemm layout; CPU: IntxWeightOnlyConfig)",
+        ("group_size", "packing_format", "modules_to_not_convert"),
+        {"int4-weight-only": {}, "int4wo": {}},
+    ),
+    "none": _Method("none", "no quantization (returns None)", (), {"no": {}}),
+}
+
+
+def _normalize(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def _resolve(name: str) -> tuple[str, dict]:
+    if not isinstance(name, str):
+        raise TypeError(f"The quantization method must be a name such as 'bnb-4bit' or 'int8', got {name!r}.")
+    key = _normalize(name)
+    if key in METHODS:
+        return key, {}
+    for method, spec in METHODS.items():
+        if key in spec.aliases:
+            return method, dict(spec.aliases[key])
+    known = [*METHODS, *(a for spec in METHODS.values() for a in spec.aliases)]
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(
+        f"Unknown quantization method {name!r}.{hint} Known methods: {', '.join(m for m in METHODS)} "
+        f"(also accepted: {', '.join(a for spec in METHODS.values() for a in spec.aliases)})."
+    )
+
+
+def _device_type(device: str | torch.device | None) -> str:
+    if device is None or str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device_type = torch.device(device).type
+    except (RuntimeError, TypeError):
+        device_type = str(device)
+    if device_type not in ("cpu", "cuda"):
+        raise ValueError(f"olmo_hf.quantization supports device 'cpu' or 'cuda', got {str(device)!r}.")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(device)!r} was requested but torch.cuda.is_available() is False; use device='cpu' "
+            "(every method has a CPU variant; 'int4' then uses torchao's IntxWeightOnlyConfig)."
+        )
+    return device_type
+
+
+def _require(package: str, method: str) -> None:
+    if importlib.util.find_spec(package) is None:
+        raise ImportError(
+            f"Quantization method {method!r} needs `{package}`: pip install 'olmo_hf[quantization]' "
+            f"(or pip install {package})."
+        )
+
+
+def _dtype(value: str | torch.dtype, option: str) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        dtype = value
+    else:
+        dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
+                 "fp16": torch.float16, "float16": torch.float16}.get(str(value).lower().removeprefix("torch."))
+    if dtype not in (torch.bfloat16, torch.float32, torch.float16):
+        raise ValueError(f"`{option}` must be one of bfloat16, float32, float16; got {value!r}.")
+    return dtype
+
+
+def available_methods(device: str | torch.device | None = None) -> list[str]:
+    """Canonical method names usable on ``device`` (default: cuda if available, else cpu) with the installed
+    packages: a method is listed when its backend (bitsandbytes / torchao) is importable."""
+    _device_type(device)
+    names = []
+    for name, spec in METHODS.items():
+        if spec.backend == "none" or importlib.util.find_spec(spec.backend) is not None:
+            names.append(name)
+    return names
+
+
+def quantization_config(name: str, *, device: str | torch.device | None = None, **options):
+    """The Transformers quantization config for method ``name`` on the device the model will run on.
+
+    Pass the result as ``from_pretrained(..., quantization_config=...)``; load with ``dtype=torch.bfloat16``
+    (required for int4 on CUDA, recommended everywhere).
+
+    Args:
+        name: a method name or alias (case-insensitive, ``-`` == ``_``):
+
+            - ``"bnb-4bit"`` (aliases ``"bnb-nf4"``, ``"nf4"``, ``"4bit"``; ``"bnb-fp4"``/``"fp4"``
+              select FP4): ``BitsAndBytesConfig(load_in_4bit=True)``. Options ``quant_type`` ("nf4" | "fp4",
+              default "nf4"), ``double_quant`` (default True), ``compute_dtype`` (default bfloat16).
+            - ``"bnb-8bit"`` (aliases ``"bnb-int8"``, ``"8bit"``, ``"llm-int8"``): ``BitsAndBytesConfig(
+              load_in_8bit=True)``. Option ``threshold`` (LLM.int8 outlier threshold, default 6.0).
+            - ``"int8"`` (aliases ``"int8_weight_only"``, ``"int8wo"``): ``TorchAoConfig(Int8WeightOnlyConfig())``.
+              Option ``group_size`` (default None = per output channel).
+            - ``"int8-dynamic"`` (aliases ``"int8_dynamic_activation_int8_weight"``, ``"int8dq"``):
+              ``TorchAoConfig(Int8DynamicActivationInt8WeightConfig())``.
+            - ``"int4"`` (aliases ``"int4_weight_only"``, ``"int4wo"``): option ``group_size`` (32, 64, 128 or
+              256; default 128). On CUDA ``Int4WeightOnlyConfig`` with ``packing_format`` "tile_packed_to_4d"
+              (default; torch's tinygemm kernel), "plain" (needs the mslk package), "preshuffled" (needs
+              fbgemm-gpu-genai) or "plain_int32". On CPU ``IntxWeightOnlyConfig(weight_dtype=torch.int4,
+              granularity=PerGroup(group_size))``, packing_format "unpacked_to_int8" (the only CPU layout).
+            - ``"none"`` (alias ``"no"``): returns ``None``.
+        device: where the model will run: "cpu", "cuda" (or "cuda:N"), or None/"auto" for cuda when
+            ``torch.cuda.is_available()`` else cpu.
+        modules_to_not_convert: extra module names (suffixes or regexes) to keep unquantized, on top of
+            ``DEFAULT_MODULES_TO_NOT_CONVERT`` (``lm_head``, ``score``). Accepted by every method.
+
+    Raises:
+        ValueError: unknown name, unknown or invalid option, or a layout that has no kernel on ``device``
+            (the message names a working alternative).
+        ImportError: the backend package (bitsandbytes / torchao) is not installed.
+    """
+    method, preset = _resolve(name)
+    spec = METHODS[method]
+    device_type = _device_type(device)
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        accepted = ", ".join(spec.options) or "none"
+        raise ValueError(
+            f"Unknown option(s) {sorted(unknown)} for quantization method {method!r}; accepted: {accepted}."
+        )
+    for key, value in preset.items():
+        if key in options and options[key] != value:
+            raise ValueError(f"{name!r} fixes {key}={value!r}; use {method!r} with {key}={options[key]!r} instead.")
+    options = {**preset, **options}
+    if spec.backend == "none":
+        return None
+    _require(spec.backend, method)
+    extra = options.pop("modules_to_not_convert", None) or []
+    extra = [extra] if isinstance(extra, str) else list(extra)
+    skip = list(dict.fromkeys([*DEFAULT_MODULES_TO_NOT_CONVERT, *extra]))
+
+    if spec.backend == "bitsandbytes":
+        from transformers import BitsAndBytesConfig
+
+        if method == "bnb-8bit":
+            return BitsAndBytesConfig(
+                load_in_8bit=True, llm_int8_threshold=float(options.get("threshold", 6.0)), llm_int8_skip_modules=skip
+            )
+        quant_type = str(options.get("quant_type", "nf4")).lower()
+        if quant_type not in ("nf4", "fp4"):
+            raise ValueError(f"`quant_type` for 'bnb-4bit' must be 'nf4' or 'fp4', got {quant_type!r}.")
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant_type,
+            bnb_4bit_use_double_quant=bool(options.get("double_quant", True)),
+            bnb_4bit_compute_dtype=_dtype(options.get("compute_dtype", torch.bfloat16), "compute_dtype"),
+            llm_int8_skip_modules=skip,
+        )
+
+    import torchao.quantization as ao
+    from torchao.quantization.granularity import PerGroup, PerRow
+    from transformers import TorchAoConfig
+
+    if method == "int8":
+        group_size = options.get("group_size")
+        granularity = PerRow() if group_size is None else PerGroup(int(group_size))
+        return TorchAoConfig(ao.Int8WeightOnlyConfig(granularity=granularity), modules_to_not_convert=skip)
+    if method == "int8-dynamic":
+        return TorchAoConfig(ao.Int8DynamicActivationInt8WeightConfig(), modules_to_not_convert=skip)
+
+    # int4
+    group_size = int(options.get("group_size", 128))
+    if group_size not in _INT4_GROUP_SIZES:
+        raise ValueError(f"`group_size` for 'int4' must be one of {_INT4_GROUP_SIZES}, got {group_size}.")
+    layout = str(options.get("packing_format", "tile_packed_to_4d" if device_type == "cuda" else "unpacked_to_int8"))
+    layout = layout.lower()
+    if device_type == "cpu":
+        if layout in _INT4_CUDA_LAYOUTS:
+            raise ValueError(
+                f"int4 packing_format={layout!r} is a CUDA layout with no CPU kernel in torchao "
+                f"{_version('torchao')}. On CPU use quantization_config('int4', device='cpu') (torchao "
+                f"IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup({group_size})), layout "
+                "'unpacked_to_int8'), or 'int8' / 'bnb-4bit' for a smaller or faster model."
+            )
+        if layout not in _INT4_CPU_LAYOUTS:
+            raise ValueError(f"int4 packing_format on CPU must be one of {_INT4_CPU_LAYOUTS}, got {layout!r}.")
+        return TorchAoConfig(
+            ao.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size)),
+            modules_to_not_convert=skip,
+        )
+    if layout not in _INT4_CUDA_LAYOUTS:
+        raise ValueError(
+            f"int4 packing_format={layout!r} is not a CUDA layout; use one of {_INT4_CUDA_LAYOUTS} "
+            "(default 'tile_packed_to_4d'), or device='cpu' for the CPU layout."
+        )
+    needs = {"plain": "mslk", "preshuffled": "fbgemm_gpu"}.get(layout)
+    if needs and importlib.util.find_spec(needs) is None:
+        raise ValueError(
+            f"int4 packing_format={layout!r} needs the `{needs}` package, which is not installed; use the "
+            "default packing_format='tile_packed_to_4d' (torch's built-in tinygemm kernel) instead."
+        )
+    packing_format = type(ao.Int4WeightOnlyConfig.int4_packing_format)(layout)  # torchao's Int4PackingFormat enum
+    return TorchAoConfig(
+        ao.Int4WeightOnlyConfig(group_size=group_size, int4_packing_format=packing_format), modules_to_not_convert=skip
+    )
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+# ----------------------------------------------------------------------------------------------- saving
+def check_serializable(model: nn.Module) -> None:
+    """Raise ``ValueError`` if ``model`` is quantized with a method Transformers cannot save."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or quantizer.is_serializable():
+        return
+    method = getattr(quantizer.quantization_config, "quant_method", "?")
+    method = getattr(method, "value", method)
+    raise ValueError(
+        f"This model is quantized with {method!r}, which Transformers {_version('transformers')} cannot save. "
+        "Save the unquantized checkpoint and quantize at load time (from_pretrained(..., quantization_config=...)), "
+        "or use a serializable method: " + ", ".join(m for m in METHODS if m != "none") + "."
+    )
+
+
+def _is_cpu_packed(module: nn.Module) -> bool:
+    state = getattr(getattr(module, "weight", None), "quant_state", None)
+    return bool(getattr(state, "packing_format_for_cpu", False))
+
+
+def _restore_module(module: nn.Module) -> None:
+    """Undo bitsandbytes' CPU repacking of one Linear4bit, exactly (see restore_bnb_cpu_layout)."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    param = module.weight
+    state = param.quant_state
+    # The weight nibbles are a pure permutation: bitsandbytes' inverse restores them exactly. Run it on a copy
+    # of the state with `original_nested=False`, so that it does not re-quantize absmax (its lossy step).
+    scratch = copy.copy(state)
+    scratch.original_nested = False
+    qweight, _ = _convert_weight_packed_for_cpu_inverse(param.data, scratch)
+    # absmax was reshaped to (out_features, in_features / blocksize), transposed and cast to bf16. The bf16 values
+    # are all the kernel uses from then on, so store exactly those (as float32, un-nested): repacking them on the
+    # next CPU forward reproduces the same bf16 tensor, bit for bit.
+    absmax = state.absmax.T.reshape(-1).to(torch.float32).contiguous()
+    state.absmax = absmax
+    state.dtype = state.original_dtype
+    state.nested = False
+    for attr in ("state2", "offset"):
+        if hasattr(state, attr):
+            delattr(state, attr)
+    state.packing_format_for_cpu = False
+    for attr in ("original_dtype", "original_nested", "original_qshape", "original_storage_type"):
+        if hasattr(state, attr):
+            delattr(state, attr)
+    param.data = qweight
+
+
+@torch.no_grad()
+def restore_bnb_cpu_layout(model: nn.Module) -> int:
+    """Put every bitsandbytes ``Linear4bit`` that a CPU forward repacked back into the standard layout.
+
+    bitsandbytes 0.50 repacks a 4-bit weight on its first CPU forward (when the CPU has AVX512-BF16): the nibbles
+    are re-tiled and absmax becomes a transposed bf16 tensor; double-quant absmax is de-nested. Its own
+    ``_save_to_state_dict`` inverts this only for double-quant layers, re-quantizing absmax (~1 % logit drift),
+    and for the others writes the transposed absmax as if it were not (a corrupt checkpoint, and a corrupt model
+    in memory afterwards).
+
+    This restores the weight exactly and stores the bf16 absmax the kernel actually uses as plain float32
+    (a double-quant layer is therefore saved un-nested: 0.5 instead of ~0.13 extra bits per weight on disk).
+    A checkpoint saved afterwards reloads to a model with bit-identical logits, and the in-memory model keeps
+    giving the same logits (its next forward repacks the same values). Returns the number of layers restored.
+    """
+    restored = 0
+    for module in model.modules():
+        if _is_cpu_packed(module):
+            _restore_module(module)
+            restored += 1
+    return restored
+
+
+def bnb_cpu_layout_state_dict_pre_hook(module: nn.Module, prefix: str = "", keep_vars: bool = False) -> None:
+    """``nn.Module.register_state_dict_pre_hook`` hook: run :func:`restore_bnb_cpu_layout` before any
+    ``state_dict()`` (and so before ``save_pretrained``) of the module it is registered on."""
+    restore_bnb_cpu_layout(module)
+
+
+def save_quantized(model: nn.Module, save_directory: str | os.PathLike, **save_pretrained_kwargs) -> str:
+    """``model.save_pretrained(save_directory, ...)`` that never writes a checkpoint that differs from ``model``.
+
+    - Refuses (``ValueError``) methods Transformers cannot serialize, before writing anything.
+    - Restores bitsandbytes 4-bit layers repacked by a CPU forward (:func:`restore_bnb_cpu_layout`), so saving
+      after inference is exact.
+
+    A plain ``AutoModelForCausalLM.from_pretrained(save_directory)`` (after ``import olmo_hf``) reloads it with the
+    same quantization. Returns ``save_directory``.
+    """
+    check_serializable(model)
+    restore_bnb_cpu_layout(model)
+    model.save_pretrained(save_directory, **save_pretrained_kwargs)
+    return str(save_directory)
+
+
+# ----------------------------------------------------------------------------------------------- CPU int8 kernel
+def _int8_weight_only_cpu_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    weight = self.weight
+    if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float32, torch.float16):
+        return F.linear(x, weight, self.bias)  # torchao's own path
+    # qdata: (out, in) int8; scale: (out, 1) -> (out,), in x's dtype as the kernel requires
+    scales = weight.scale.reshape(-1).to(x.dtype)
+    y = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]).contiguous(), weight.qdata, scales)
+    y = y.reshape(*x.shape[:-1], y.shape[-1])  # (..., out)
+    return y if self.bias is None else y + self.bias
+
+
+def use_cpu_int8_kernel(model: nn.Module) -> int:
+    """Run torchao int8 weight-only linears (method ``"int8"``, per-channel) through PyTorch's fused CPU kernel
+    ``torch._weight_int8pack_mm`` instead of torchao's eager path, which converts the whole int8 weight to the
+    activation dtype on every call and is several times slower than the bf16 model on CPU.
+
+    Only each module's ``forward`` changes (weights stay torchao ``Int8Tensor`` s, so saving is unaffected; a
+    reloaded model needs this call again). Inputs not on CPU fall back to torchao's path. Outputs match
+    torchao's to bf16 rounding (the kernel accumulates in float32). Returns the number of modules switched.
+    """
+    try:
+        from torchao.quantization import Int8Tensor
+    except ImportError:  # torchao missing or too old: nothing to do
+        return 0
+    switched = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not (isinstance(module, nn.Linear) and isinstance(weight, Int8Tensor)):
+            continue
+        per_channel = list(weight.block_size)[-1] == weight.qdata.shape[-1]
+        weight_only = weight.act_quant_kwargs is None and weight.act_pre_scale is None
+        zero_point = getattr(weight, "zero_point", None)
+        symmetric = zero_point is None or not bool(zero_point.any())
+        if per_channel and weight_only and symmetric:
+            module.forward = types.MethodType(_int8_weight_only_cpu_forward, module)
+            switched += 1
+    return switched
+
+
+# ----------------------------------------------------------------------------------------------- memory
+def memory_footprint(model: nn.Module, include_buffers: bool = True) -> int:
+    """Bytes actually held by the model's parameters (and buffers), counting what each quantized weight stores.
+
+    ``PreTrainedModel.get_memory_footprint()`` multiplies ``numel()`` by ``element_size()``: for a torchao
+    weight that reports the *logical* dtype (bf16), so int8 / int4 models look as big as bf16, and for
+    bitsandbytes it leaves out the quantization state (absmax, ...). This walks the inner tensors of torchao
+    tensor subclasses, adds bitsandbytes' ``quant_state`` / ``SCB`` tensors, and counts shared storage once.
+    """
+    seen: set[int] = set()
+
+    def size(t) -> int:
+        if t is None or not isinstance(t, torch.Tensor):
+            return 0
+        if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, nn.Parameter):
+            names, _ = t.__tensor_flatten__()
+            if names:
+                return sum(size(getattr(t, name)) for name in names)
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen:
+            return 0
+        seen.add(storage.data_ptr())
+        total = storage.nbytes()
+        state = getattr(t, "quant_state", None)  # bitsandbytes Params4bit
+        if state is not None:
+            total += size(state.absmax) + size(state.code)
+            if getattr(state, "nested", False):
+                total += size(state.state2.absmax) + size(state.state2.code) + size(state.offset)
+        return total + size(getattr(t, "SCB", None))  # bitsandbytes Int8Params row scales
+
+    tensors = list(model.parameters()) + (list(model.buffers()) if include_buffers else [])
+    return sum(size(t) for t in tensors)

@@ -1,0 +1,316 @@
+# Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
+"""Quantization on CPU: every method loads into our classes, generates, stays close to the fp32 model, and
+round-trips through save / reload with identical logits (olmo_hf.quantization, docs/quantization.md).
+
+The test model is tiny (hidden 256, 2 layers) with *structured* weights, so that the thresholds are tight enough
+to catch real bugs: every projection weight is ternary (-1/0/+1) times a power of two that varies by output row.
+NF4, FP4 and per-row int8 represent such weights exactly, so the remaining error comes from bf16 activations
+(0.9 % for the plain bf16 model), double-quantized absmax, int8 activation quantization (bnb-8bit,
+int8-dynamic) and, for int4, the symmetric int4 grid. Relative L2 logit error against the fp32 model, measured
+(torch 2.13 CPU, bitsandbytes 0.50.2, torchao 0.18.0) -> threshold:
+
+    bf16 0.009 | bnb-4bit (any of nf4/fp4, double quant or not) 0.009-0.010 -> 0.03 | bnb-8bit 0.022 -> 0.05
+    int8 0.010 -> 0.03 | int8-dynamic 0.028 -> 0.06 | int4 0.014 -> 0.04
+
+The row-varying scales also make absmax transposition visible: bitsandbytes' own save after a CPU forward
+gives a rel. error of 1.09 here without double quant, and a 1 % drift with it (the round trips below demand
+bit-identical logits). Random-init Gaussian weights give much larger 4-bit errors (0.3-0.45, see the benchmark).
+"""
+
+
+import pytest
+import torch
+from torch import nn
+
+import olmo_hf
+from olmo_hf import Olmo2Config, Olmo2ForCausalLM, OlmoConfig, OlmoForCausalLM
+from olmo_hf import quantization as Q
+
+torch.set_num_threads(1)
+
+bnb = pytest.importorskip("bitsandbytes")
+ao = pytest.importorskip("torchao.quantization")
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TorchAoConfig  # noqa: E402
+
+VOCAB, SEQ = 512, 24
+THRESHOLDS = {"bnb-4bit": 0.03, "bnb-8bit": 0.05, "int8": 0.03, "int8-dynamic": 0.06, "int4": 0.04}
+
+# (method, options, load dtype); every CPU-capable variant the issue lists
+CPU_CASES = [
+    ("bnb-4bit", {}, torch.bfloat16),  # nf4 + double quant, bf16 compute
+    ("bnb-4bit", {"double_quant": False}, torch.bfloat16),
+    ("bnb-fp4", {}, torch.bfloat16),
+    ("bnb-fp4", {"double_quant": False}, torch.bfloat16),
+    ("bnb-4bit", {"compute_dtype": torch.float32}, torch.float32),
+    ("bnb-8bit", {}, torch.bfloat16),
+    ("int8", {}, torch.bfloat16),
+    ("int8-dynamic", {}, torch.bfloat16),
+    ("int4", {}, torch.bfloat16),
+    ("int4_weight_only", {"group_size": 64}, torch.float32),
+]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@torch.no_grad()
+def _structure(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Ternary projections with per-row power-of-two scales, non-trivial norms, Gaussian embeddings/head."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("proj.weight"):
+            out_features, in_features = p.shape
+            base = 2.0 ** round(-0.5 * torch.log2(torch.tensor(float(in_features))).item())
+            row_scale = 2.0 ** (torch.randint(0, 3, (out_features, 1), generator=g).float() - 1)
+            p.copy_(torch.randint(-1, 2, p.shape, generator=g).float() * base * row_scale)
+        elif "norm" in name:
+            p.copy_(0.5 + torch.rand(p.shape, generator=g))
+        elif "embed" in name:
+            p.copy_(torch.randn(p.shape, generator=g))
+        elif "lm_head" in name:
+            p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
+    return model.eval()
+
+
+def _make_checkpoint(directory, family: str):
+    common = dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=128, pad_token_id=1, eos_token_id=0)
+    if family == "olmo2":
+        model = _structure(Olmo2ForCausalLM(Olmo2Config(**common, rms_norm_eps=1e-6)))
+    else:
+        model = _structure(OlmoForCausalLM(OlmoConfig(**common, clip_qkv=8.0)))
+    model.save_pretrained(directory)
+    ids = torch.randint(2, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(ids).logits
+    return str(directory), ids, ref
+
+
+@pytest.fixture(scope="module")
+def olmo2(tmp_path_factory):
+    return _make_checkpoint(tmp_path_factory.mktemp("olmo2_fp32"), "olmo2")
+
+
+@pytest.fixture(scope="module")
+def olmo1(tmp_path_factory):
+    return _make_checkpoint(tmp_path_factory.mktemp("olmo1_fp32"), "olmo")
+
+
+def _load(directory, name, dtype=torch.bfloat16, **options):
+    config = Q.quantization_config(name, device="cpu", **options)
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, quantization_config=config)
+
+
+def _canonical(name: str) -> str:
+    return Q._resolve(name)[0]
+
+
+# ----------------------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize(
+    "name, options, check",
+    [
+        ("bnb-4bit", {}, lambda c: isinstance(c, BitsAndBytesConfig) and c.load_in_4bit
+         and c.bnb_4bit_quant_type == "nf4" and c.bnb_4bit_use_double_quant
+         and c.bnb_4bit_compute_dtype == torch.bfloat16),
+        ("NF4", {"double_quant": False}, lambda c: c.bnb_4bit_quant_type == "nf4" and not c.bnb_4bit_use_double_quant),
+        ("bnb_fp4", {"compute_dtype": "float32"}, lambda c: c.bnb_4bit_quant_type == "fp4"
+         and c.bnb_4bit_compute_dtype == torch.float32),
+        ("bnb-4bit", {"quant_type": "fp4"}, lambda c: c.bnb_4bit_quant_type == "fp4"),
+        ("bnb-8bit", {"threshold": 4.0}, lambda c: c.load_in_8bit and c.llm_int8_threshold == 4.0),
+        ("llm_int8", {}, lambda c: c.load_in_8bit),
+        ("int8", {}, lambda c: isinstance(c, TorchAoConfig) and isinstance(c.quant_type, ao.Int8WeightOnlyConfig)),
+        ("int8_weight_only", {"group_size": 64},
+         lambda c: isinstance(c.quant_type, ao.Int8WeightOnlyConfig) and c.quant_type.granularity.group_size == 64),
+        ("int8_dynamic_activation_int8_weight", {},
+         lambda c: isinstance(c.quant_type, ao.Int8DynamicActivationInt8WeightConfig)),
+        ("int8-dynamic", {}, lambda c: isinstance(c.quant_type, ao.Int8DynamicActivationInt8WeightConfig)),
+        ("int4", {}, lambda c: isinstance(c.quant_type, ao.IntxWeightOnlyConfig)
+         and c.quant_type.weight_dtype == torch.int4 and c.quant_type.granularity.group_size == 128),
+        ("int4_weight_only", {"group_size": 32}, lambda c: c.quant_type.granularity.group_size == 32),
+        ("none", {}, lambda c: c is None),
+    ],
+)
+def test_quantization_config_names(name, options, check):
+    config = Q.quantization_config(name, device="cpu", **options)
+    assert check(config), config
+    if config is not None:  # lm_head (and a classifier's score) are always kept in full precision
+        bitsandbytes = isinstance(config, BitsAndBytesConfig)
+        skipped = config.llm_int8_skip_modules if bitsandbytes else config.modules_to_not_convert
+        assert {"lm_head", "score"} <= set(skipped)
+
+
+def test_default_device_is_detected(monkeypatch):
+    assert isinstance(Q.quantization_config("int4").quant_type, ao.IntxWeightOnlyConfig)  # no CUDA here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = Q.quantization_config("int4_weight_only", group_size=64)  # now the CUDA (tinygemm) layout
+    assert isinstance(config.quant_type, ao.Int4WeightOnlyConfig)
+    assert config.quant_type.group_size == 64
+    assert config.quant_type.int4_packing_format.value == "tile_packed_to_4d"
+    assert isinstance(Q.quantization_config("int4", device="cpu").quant_type, ao.IntxWeightOnlyConfig)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, match",
+    [
+        ("int5", {}, r"Unknown quantization method 'int5'.*Did you mean.*Known methods: bnb-4bit, bnb-8bit, int8"),
+        ("awq", {}, r"Known methods: bnb-4bit"),
+        ("int4", {"device": "cpu", "packing_format": "tile_packed_to_4d"},
+         r"CUDA layout with no CPU kernel.*quantization_config\('int4', device='cpu'\).*IntxWeightOnlyConfig"),
+        ("int4_weight_only", {"device": "cpu", "packing_format": "plain"}, r"CUDA layout.*IntxWeightOnlyConfig"),
+        ("int4", {"device": "cuda"}, r"torch.cuda.is_available\(\) is False; use device='cpu'"),
+        ("bnb-4bit", {"device": "mps"}, r"supports device 'cpu' or 'cuda'"),
+        ("int4", {"device": "cpu", "group_size": 100}, r"group_size.*\(32, 64, 128, 256\)"),
+        ("int8", {"device": "cpu", "bits": 4}, r"Unknown option\(s\) \['bits'\].*accepted: group_size"),
+        ("fp4", {"device": "cpu", "quant_type": "nf4"}, r"fixes quant_type='fp4'; use 'bnb-4bit'"),
+        ("bnb-4bit", {"device": "cpu", "quant_type": "int4"}, r"'nf4' or 'fp4'"),
+        ("bnb-4bit", {"device": "cpu", "compute_dtype": "int8"}, r"compute_dtype.*bfloat16, float32, float16"),
+    ],
+)
+def test_unsupported_names_and_combinations_raise(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Q.quantization_config(name, **kwargs)
+
+
+def test_int4_cuda_layout_needing_missing_package_names_the_default(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real_find_spec = Q.importlib.util.find_spec
+    monkeypatch.setattr(Q.importlib.util, "find_spec", lambda n, *a: None if n == "mslk" else real_find_spec(n, *a))
+    with pytest.raises(ValueError, match=r"needs the `mslk` package.*packing_format='tile_packed_to_4d'"):
+        Q.quantization_config("int4", device="cuda", packing_format="plain")
+
+
+def test_available_methods():
+    assert Q.available_methods("cpu") == ["bnb-4bit", "bnb-8bit", "int8", "int8-dynamic", "int4", "none"]
+
+
+# ----------------------------------------------------------------------------------------------- models on CPU
+@pytest.mark.parametrize("name, options, dtype", CPU_CASES, ids=lambda v: str(v).replace("torch.", ""))
+def test_quantized_model_runs_is_accurate_and_round_trips(olmo2, tmp_path, name, options, dtype):
+    directory, ids, ref = olmo2
+    model = _load(directory, name, dtype, **options)
+    assert isinstance(model, Olmo2ForCausalLM)
+    method = _canonical(name)
+
+    # the right modules are quantized: every attention / MLP projection, never lm_head, embeddings or norms
+    proj = model.model.layers[0].mlp.down_proj
+    if method.startswith("bnb"):
+        assert isinstance(proj, bnb.nn.Linear4bit if method == "bnb-4bit" else bnb.nn.Linear8bitLt)
+    else:
+        assert type(proj.weight).__module__.startswith("torchao")
+    assert type(model.lm_head) is nn.Linear and type(model.lm_head.weight) is nn.Parameter
+    assert type(model.model.embed_tokens.weight) is nn.Parameter
+    for module_name, module in model.named_modules():
+        if module_name.endswith("norm"):
+            assert type(module) is olmo_hf.modules.Olmo2RMSNorm and type(module.weight) is nn.Parameter
+            assert module.weight.dtype.is_floating_point
+
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert _rel(logits, ref) < THRESHOLDS[method], _rel(logits, ref)
+
+    out = model.generate(ids[:1, :8], max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=1)
+    assert out.shape == (1, 13) and bool((out[:, 8:] < VOCAB).all())
+
+    # saved AFTER inference (the bitsandbytes CPU repacking case), reloaded with a plain from_pretrained
+    Q.save_quantized(model, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, logits), "saving changed the in-memory model"
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(reloaded, Olmo2ForCausalLM)
+    assert reloaded.config.quantization_config is not None
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, logits)
+
+
+@pytest.mark.parametrize("name", ["bnb-4bit", "int8"])
+def test_olmo_v1_with_clip_qkv(olmo1, tmp_path, name):
+    directory, ids, ref = olmo1
+    model = _load(directory, name)
+    assert isinstance(model, OlmoForCausalLM)
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert _rel(logits, ref) < THRESHOLDS[name]
+    assert model.generate(ids[:1, :8], max_new_tokens=3, do_sample=False, pad_token_id=1).shape[1] >= 9
+    Q.save_quantized(model, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path)(ids).logits, logits)
+
+
+def test_extra_modules_to_not_convert(olmo2):
+    directory, _, _ = olmo2
+    model = _load(directory, "bnb-4bit", modules_to_not_convert="down_proj")  # a str or a list
+    assert type(model.model.layers[1].mlp.down_proj) is nn.Linear
+    assert isinstance(model.model.layers[1].mlp.up_proj, bnb.nn.Linear4bit)
+    assert type(model.lm_head) is nn.Linear
+
+
+# ----------------------------------------------------------------------------------------------- saving guards
+@pytest.mark.parametrize("options", [{"double_quant": False}, {}], ids=["plain", "double_quant"])
+def test_bnb_4bit_state_dict_hook_makes_plain_save_pretrained_exact(olmo2, tmp_path, options):
+    """The hook olmo_hf's PreTrainedModel can register: plain save_pretrained after a CPU forward stays exact."""
+    directory, ids, _ = olmo2
+    model = _load(directory, "bnb-4bit", **options)
+    with torch.no_grad():
+        logits = model(ids).logits
+    packed = sum(Q._is_cpu_packed(m) for m in model.modules())
+    if bnb.functional.has_avx512bf16():  # the CPU kernel repacks on the first forward only on such CPUs
+        assert packed == 14  # 7 projections x 2 layers
+    model.register_state_dict_pre_hook(Q.bnb_cpu_layout_state_dict_pre_hook)
+    model.save_pretrained(tmp_path)
+    assert not any(Q._is_cpu_packed(m) for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, logits)
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path)(ids).logits, logits)
+    assert Q.restore_bnb_cpu_layout(model) == packed  # repacked again by the forward above; restorable again
+
+
+def test_save_refuses_unserializable_quantization(olmo2, tmp_path):
+    directory, _, _ = olmo2
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    Q.check_serializable(model)  # unquantized: fine
+
+    class NotSerializable:  # stands in for quanto / HQQ, which Transformers 5.23 cannot save
+        quantization_config = type("Config", (), {"quant_method": "quanto"})()
+
+        def is_serializable(self):
+            return False
+
+    model.hf_quantizer = NotSerializable()
+    target = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"quantized with 'quanto'.*cannot save.*quantize at load time"):
+        Q.save_quantized(model, target)
+    assert not target.exists()
+
+
+# ----------------------------------------------------------------------------------------------- CPU int8 kernel
+def test_cpu_int8_kernel(olmo2, tmp_path):
+    directory, ids, ref = olmo2
+    model = _load(directory, "int8")
+    with torch.no_grad():
+        torchao_logits = model(ids).logits
+    assert Q.use_cpu_int8_kernel(model) == 14
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert _rel(logits, torchao_logits) < 0.02  # both round to bf16 (the bf16 model is 0.009 from fp32)
+    assert _rel(logits, ref) < THRESHOLDS["int8"]
+    assert model.generate(ids[:1, :8], max_new_tokens=4, min_new_tokens=4, do_sample=False).shape == (1, 12)
+    Q.save_quantized(model, tmp_path)  # weights are untouched torchao tensors: the checkpoint is torchao's
+    with torch.no_grad():
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path)(ids).logits, torchao_logits)
+    assert Q.use_cpu_int8_kernel(_load(directory, "int8-dynamic")) == 0  # only weight-only int8 is switched
+
+
+def test_memory_footprint_counts_stored_bytes(olmo2):
+    directory, _, _ = olmo2
+    bf16 = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
+    assert Q.memory_footprint(bf16) == bf16.get_memory_footprint()
+    int8 = _load(directory, "int8")
+    proj_params = sum(p.numel() for n, p in bf16.named_parameters() if n.endswith("proj.weight"))
+    # torchao reports its int8 weights at bf16 size; the stored bytes save one byte per projection weight
+    assert int8.get_memory_footprint() == bf16.get_memory_footprint()
+    saved = bf16.get_memory_footprint() - Q.memory_footprint(int8)
+    assert 0.95 * proj_params < saved < proj_params
+    nf4 = _load(directory, "bnb-4bit", double_quant=False)
+    absmax_bytes = 4 * proj_params // 64  # one float32 absmax per 64-weight block, left out by get_memory_footprint
+    assert Q.memory_footprint(nf4) >= nf4.get_memory_footprint() + absmax_bytes
