@@ -146,6 +146,14 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
 
         self.register_state_dict_pre_hook(bnb_cpu_layout_state_dict_pre_hook)
 
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes the model's tensors really hold. Unlike ``PreTrainedModel.get_memory_footprint`` this counts
+        torchao int8 / int4 weights at their stored size (not their logical bf16 size) and includes
+        bitsandbytes' quantization state; for an unquantized model the two agree."""
+        from .quantization import memory_footprint
+
+        return memory_footprint(self, include_buffers=return_buffers)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """``PreTrainedModel.from_pretrained``, but a checkpoint that lacks weights of the model body raises
