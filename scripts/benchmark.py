@@ -1,0 +1,811 @@
+#!/usr/bin/env python
+# Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
+"""Benchmark olmo_hf against Transformers' built-in OLMo / OLMo 2 classes on ONE checkpoint, in one process.
+
+A random model of a named shape is written once (by the built-in class) to a temporary directory, then loaded
+by both implementations. Timed runs are interleaved (A B, B A, A B, ...) so that drift on a shared machine hits
+both alike; the report gives medians and the median of the per-pair ratios (ours / built-in, "x" > 1 = ours is
+better for rates, < 1 for times and memory).
+
+Measured, per implementation:
+- ``from_pretrained`` wall time (and, for ours with ``--fast``, the time of the fast-path call on top);
+- prefill tokens/s: one forward over the prompt with a fresh cache (batch 1), ``logits_to_keep=1``;
+- time to first token: ``generate(max_new_tokens=1)`` (batch 1);
+- decode tokens/s at batch 1 and batch 8: ``generate`` of ``--new-tokens`` greedy tokens, timed per step by a
+  logits processor (first logits -> last logits; the prefill is excluded);
+- peak memory: in a FRESH subprocess per implementation (load, fast path, batch-1 and batch-8 generation),
+  ``ru_maxrss`` (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA);
+- the machine's read bandwidth (``torch.sum`` over 1 GiB), measured in the same run, and decode as a
+  fraction of the bandwidth roofline (bytes of weights read per decoding step / bandwidth);
+- a float32 check that both implementations (ours with the fast path when ``--fast``) produce the same greedy
+  tokens, and their max |logit difference|.
+
+Usage::
+
+    python scripts/benchmark.py --shape small --repeats 3 --threads 2
+    python scripts/benchmark.py --shape 1b --dtype bfloat16 --threads 2 --repeats 3 \\
+        --json docs/performance.json --markdown docs/performance_table.md --plot docs/performance.png
+
+Output: a JSON document (stdout, or ``--json PATH``), a Markdown table (stderr, or ``--markdown PATH``), and a
+PNG plot (``--plot PATH``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+# Named shapes. "1b" / "7b" are the published configs (olmo_hf.presets); "tiny" / "small" are synthetic.
+SHAPES = {
+    "tiny": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, vocab_size=4096),
+    "small": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, vocab_size=50304),
+}
+PRESET_OF = {
+    ("olmo2", "1b"): "allenai/OLMo-2-0425-1B",
+    ("olmo2", "7b"): "allenai/OLMo-2-1124-7B",
+    ("olmo", "1b"): "allenai/OLMo-1B-hf",
+    ("olmo", "7b"): "allenai/OLMo-7B-hf",
+}
+TARGETS = {  # ratio ours / built-in (and roofline fraction), from the performance issue
+    "decode_b1_tps": (">=", 2.0),
+    "decode_b8_tps": (">=", 1.5),
+    "prefill_tps": (">=", 1.2),
+    "load_s": ("<=", 1.0),
+    "peak_rss_mb": ("<=", 1.05),
+}
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def log(*args) -> None:
+    print("[benchmark]", *args, file=sys.stderr, flush=True)
+
+
+def lscpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+class CpuMeter:
+    """How busy the OTHER processes kept the CPUs during a sample (Linux /proc; cores, averaged over the sample).
+
+    On a shared machine a 2-thread OpenMP kernel slows down badly when one of its threads is descheduled, so each
+    timed sample records this, and ``--max-foreign-load`` repeats samples taken while others were busy."""
+
+    def __init__(self) -> None:
+        self.ok = os.path.exists("/proc/stat") and os.path.exists("/proc/self/stat")
+        self.hz = os.sysconf("SC_CLK_TCK") if self.ok else 100
+
+    def _read(self):
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle and iowait
+        with open("/proc/self/stat") as f:
+            st = f.read().rsplit(")", 1)[1].split()
+        own = int(st[11]) + int(st[12])  # utime + stime of this process (all threads)
+        return time.perf_counter(), busy, own
+
+    def start(self):
+        return self._read() if self.ok else None
+
+    def foreign_load(self, start) -> float | None:
+        if start is None:
+            return None
+        t1, busy1, own1 = self._read()
+        t0, busy0, own0 = start
+        if t1 - t0 < 0.25:  # /proc/stat counts in clock ticks (10 ms): too coarse for shorter samples
+            return None
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / self.hz / (t1 - t0)
+
+
+METER = CpuMeter()
+FP32_REFERENCE: dict = {}  # teacher-forced float32 logits of the built-in model, from the float32 check
+
+
+def measured(fn, args, label: str):
+    """Run ``fn()`` (one timed sample); repeat it, up to ``--retries`` times, while other processes kept more than
+    ``--max-foreign-load`` cores busy during it. Returns (result, foreign load of the kept sample)."""
+    best = None
+    for attempt in range(args.retries + 1):
+        if args.max_foreign_load is not None and attempt:
+            time.sleep(args.retry_sleep)
+        start = METER.start()
+        result = fn()
+        load = METER.foreign_load(start)
+        if best is None or (load is not None and best[1] is not None and load < best[1]):
+            best = (result, load)
+        if args.max_foreign_load is None or load is None or load <= args.max_foreign_load:
+            break
+        log(f"  {label}: other processes used {load:.2f} cores during the sample; repeating it")
+    return best
+
+
+def make_config(shape: str, family: str):
+    """The olmo_hf config of a named shape (then written by the built-in class)."""
+    from olmo_hf import Olmo2Config, OlmoConfig
+    from olmo_hf.presets import preset_config
+
+    if (family, shape) in PRESET_OF:
+        return preset_config(PRESET_OF[(family, shape)])
+    dims = dict(SHAPES[shape])
+    dims["num_key_value_heads"] = dims["num_attention_heads"]
+    if family == "olmo2":
+        vocab = dims["vocab_size"]
+        return Olmo2Config(
+            **dims, rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+            max_position_embeddings=4096, eos_token_id=min(100257, vocab - 2), pad_token_id=min(100277, vocab - 1),
+        )
+    return OlmoConfig(**dims, max_position_embeddings=2048, eos_token_id=min(50279, dims["vocab_size"] - 2),
+                      pad_token_id=1)
+
+
+def builtin_class(family: str):
+    import transformers
+
+    return transformers.Olmo2ForCausalLM if family == "olmo2" else transformers.OlmoForCausalLM
+
+
+def our_class(family: str):
+    import olmo_hf
+
+    return olmo_hf.Olmo2ForCausalLM if family == "olmo2" else olmo_hf.OlmoForCausalLM
+
+
+def write_checkpoint(shape: str, family: str, dtype: torch.dtype, directory: str, seed: int = 0) -> dict:
+    """A random model of ``shape``, built and saved by Transformers' built-in class (standard layout)."""
+    import transformers
+
+    ours = make_config(shape, family)
+    cfg_class = transformers.Olmo2Config if family == "olmo2" else transformers.OlmoConfig
+    config = cfg_class(**{k: v for k, v in ours.to_dict().items() if k not in ("model_type", "transformers_version")})
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    with torch.device("cpu"):
+        model = builtin_class(family)(config)
+    model = model.to(dtype if dtype != torch.float16 else torch.float32)
+    model.save_pretrained(directory)
+    n = sum(p.numel() for p in model.parameters())
+    del model
+    gc.collect()
+    return {"parameters": n, "seconds": time.perf_counter() - t0}
+
+
+def weight_bytes_per_step(model) -> int:
+    """Bytes of weights one decoding step reads: every parameter except the input embedding (a step reads one
+    row of it), with the LM head counted even when it is tied to the embedding."""
+    emb = model.get_input_embeddings().weight
+    head = getattr(model.get_output_embeddings(), "weight", None)
+    total = 0
+    for _, t in model.named_parameters():  # tied parameters are listed once
+        if t is emb and t is not head:
+            continue
+        total += t.numel() * t.element_size()
+    return total
+
+
+def measure_bandwidth(device: str, gib: float = 1.0, repeats: int = 7) -> float:
+    """Read bandwidth in GB/s: ``torch.sum`` over ``gib`` GiB of float32, median of ``repeats``."""
+    n = int(gib * 2**30 // 4)
+    x = torch.ones(n, dtype=torch.float32, device=device)
+    x.sum()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.sum()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    del x
+    return n * 4 / statistics.median(times) / 1e9
+
+
+def quantization_config_for(name: str | None, device: str):
+    if not name or name.lower() in ("none", "no"):
+        return None
+    try:
+        from olmo_hf.quantization import quantization_config
+    except ImportError as e:
+        raise SystemExit(f"--quantize {name}: olmo_hf.quantization is not available ({e}).") from e
+    try:
+        return quantization_config(name, device=device)
+    except TypeError:
+        return quantization_config(name)
+
+
+def load(impl: str, args, dtype: torch.dtype, fast: bool) -> tuple[object, float, float]:
+    """(model, from_pretrained seconds, fast-path seconds) for impl "builtin" or "ours"."""
+    cls = builtin_class(args.family) if impl == "builtin" else our_class(args.family)
+    kwargs = dict(dtype=dtype, attn_implementation=args.attn_implementation)
+    qc = quantization_config_for(args.quantize, args.device)
+    if qc is not None:
+        kwargs["quantization_config"] = qc
+    if args.device != "cpu":
+        kwargs["device_map"] = args.device
+    sync(args.device)
+    t0 = time.perf_counter()
+    model = cls.from_pretrained(args.checkpoint, **kwargs)
+    sync(args.device)
+    t_load = time.perf_counter() - t0
+    model.eval()
+    t_fast = 0.0
+    if impl == "ours" and fast:
+        from olmo_hf.fast import optimize_for_cpu_inference
+
+        t0 = time.perf_counter()
+        optimize_for_cpu_inference(model)
+        t_fast = time.perf_counter() - t0
+    return model, t_load, t_fast
+
+
+class StepTimer:
+    """A logits processor that records when each step's logits are ready (it changes nothing)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        sync(self.device)
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def generate_kwargs(args) -> dict:
+    kw = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if args.cache == "static":
+        kw["cache_implementation"] = "static"
+    if args.compile:
+        from transformers import CompileConfig
+
+        cc = CompileConfig(fullgraph=False, mode="default", dynamic=False)
+        cc._compile_all_devices = True
+        kw["compile_config"] = cc
+    return kw
+
+
+def timed_generate(model, ids, new_tokens: int, args) -> dict:
+    from transformers import LogitsProcessorList
+
+    timer = StepTimer(args.device)
+    mask = torch.ones_like(ids)
+    sync(args.device)
+    t0 = time.perf_counter()
+    out = model.generate(
+        ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+        logits_processor=LogitsProcessorList([timer]), pad_token_id=model.config.pad_token_id,
+        **generate_kwargs(args),
+    )
+    sync(args.device)
+    t_end = time.perf_counter()
+    steps = len(timer.times) - 1
+    res = {"ttft_s": timer.times[0] - t0, "total_s": t_end - t0, "tokens": out[:, ids.shape[1]:]}
+    if steps > 0:
+        res["decode_tps"] = steps * ids.shape[0] / (timer.times[-1] - timer.times[0])
+    return res
+
+
+def timed_prefill(model, ids, args) -> float:
+    from transformers import DynamicCache, StaticCache
+
+    with torch.inference_mode():
+        if args.cache == "static":
+            cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + args.new_tokens)
+        else:
+            cache = DynamicCache(config=model.config)
+        sync(args.device)
+        t0 = time.perf_counter()
+        model(ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        sync(args.device)
+        return time.perf_counter() - t0
+
+
+def forced_tokens(args, batch: int, steps: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(99)
+    return torch.randint(10, min(args.vocab_size, 50000), (batch, steps), generator=gen).to(args.device)
+
+
+def teacher_forced_logits(model, ids: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
+    """The prompt, then the tokens of ``forced`` one at a time: logits of every decoding step, (steps, batch, vocab)
+    in float32. Every model sees the same tokens, so differences do not compound through diverging choices."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    out = []
+    with torch.inference_mode():
+        model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for t in range(forced.shape[1]):
+            out.append(model(forced[:, t : t + 1], past_key_values=cache, use_cache=True).logits[:, -1].float().cpu())
+    return torch.stack(out)
+
+
+def compare_logits(a: torch.Tensor, b: torch.Tensor) -> dict:
+    d = (a - b).abs()
+    return {"max_abs": float(d.max()), "max_abs_over_max_logit": float(d.max() / a.abs().max()),
+            "mean_abs": float(d.mean()), "argmax_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
+
+
+def prompts(args, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1234)
+    hi = min(vocab, 50000)
+    b1 = torch.randint(10, hi, (1, args.prompt_len), generator=g).to(args.device)
+    b8 = torch.randint(10, hi, (8, args.prompt_len), generator=g).to(args.device)
+    return b1, b8
+
+
+# ----------------------------------------------------------------------------------------------- phases
+def check_float32(args) -> dict:
+    """Greedy tokens and prompt logits of both implementations in float32 (ours with the fast path if --fast)."""
+    res = {}
+    b1, b8 = prompts(args, args.vocab_size)
+    ids = torch.cat([b1, b8[:1]], 0)  # batch 2: exercises batched generation too
+    out = {}
+    for impl in ("builtin", "ours"):
+        model, _, _ = load(impl, args, torch.float32, fast=args.fast and args.device == "cpu")
+        with torch.inference_mode():
+            logits = model(ids, attention_mask=torch.ones_like(ids)).logits.float().cpu()
+        toks = timed_generate(model, ids, args.check_tokens, args)["tokens"].cpu()
+        out[impl] = (logits, toks)
+        if impl == "builtin" and DTYPES[args.dtype] != torch.float32:
+            # the reference for the reduced-precision tolerance (see run_timed)
+            FP32_REFERENCE["logits"] = teacher_forced_logits(model, b8, forced_tokens(args, b8.shape[0], min(16, args.new_tokens)))
+        del model
+        gc.collect()
+    (l0, t0), (l1, t1) = out["builtin"], out["ours"]
+    res["same_greedy_tokens"] = bool(torch.equal(t0, t1))
+    res["max_abs_logit_diff"] = float((l0 - l1).abs().max())
+    res["max_abs_logit"] = float(l0.abs().max())
+    res["tokens_checked"] = int(t0.numel())
+    if not res["same_greedy_tokens"]:
+        first = (t0 != t1).nonzero()[0].tolist()
+        res["first_mismatch"] = first
+    return res
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size. /proc/self/status VmHWM on Linux: ``ru_maxrss`` would carry over
+    the parent's peak across fork + exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_child(args) -> dict:
+    """Runs in a fresh process: load one implementation, run the benchmark workload, report peak memory."""
+    dtype = DTYPES[args.dtype]
+    impl = args.memory_child
+    model, t_load, t_fast = load(impl, args, dtype, fast=args.fast and args.device == "cpu")
+    rss_loaded = peak_rss_mb()
+    b1, b8 = prompts(args, model.config.vocab_size)
+    timed_generate(model, b1, args.new_tokens, args)
+    timed_generate(model, b8, args.new_tokens, args)
+    res = {"impl": impl, "peak_rss_mb": peak_rss_mb(),
+           "peak_rss_after_load_mb": rss_loaded, "load_s": t_load, "fast_s": t_fast}
+    if args.device.startswith("cuda"):
+        res["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return res
+
+
+def run_memory_children(args) -> dict:
+    out = {}
+    for impl in ("builtin", "ours"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", impl, "--checkpoint", args.checkpoint]
+        for key in ("shape", "family", "dtype", "attn_implementation", "cache", "device", "prompt_len", "new_tokens",
+                    "threads"):
+            val = getattr(args, key)
+            if val is not None:
+                cmd += [f"--{key.replace('_', '-')}", str(val)]
+        if args.quantize:
+            cmd += ["--quantize", args.quantize]
+        cmd += ["--fast" if args.fast else "--no-fast"]
+        log("memory:", impl, "in a fresh process")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            log(proc.stderr[-3000:])
+            raise SystemExit(f"memory child for {impl} failed")
+        out[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def run_timed(args) -> dict:
+    """Load both (interleaved, timed), then interleaved repeats of prefill / TTFT / decode b1 / decode b8."""
+    dtype = DTYPES[args.dtype]
+    fast = args.fast and args.device == "cpu"
+    samples: dict[str, dict[str, list]] = {i: {} for i in ("builtin", "ours")}
+
+    def add(impl, key, value):
+        samples[impl].setdefault(key, []).append(value)
+
+    models = {}
+    for r in range(args.load_repeats):
+        order = ("builtin", "ours") if r % 2 == 0 else ("ours", "builtin")
+        for impl in order:
+            models.pop(impl, None)
+            gc.collect()
+            model, t_load, t_fast = load(impl, args, dtype, fast)
+            add(impl, "load_s", t_load)
+            if impl == "ours" and fast:
+                add(impl, "fast_s", t_fast)
+            add(impl, "ready_s", t_load + t_fast)
+            models[impl] = model
+    b1, b8 = prompts(args, args.vocab_size)
+    # First (cold) call after loading: the built-in class pays its page faults here, ours paid them in fast_s.
+    for impl in ("builtin", "ours"):
+        add(impl, "cold_ttft_s", timed_generate(models[impl], b1, 1, args)["ttft_s"])
+        timed_generate(models[impl], b8, 2, args)  # warm-up
+    tokens = {}
+    for r in range(args.repeats):
+        order = ("builtin", "ours") if r % 2 == 0 else ("ours", "builtin")
+        for impl in order:
+            m = models[impl]
+            t, fload = measured(lambda: timed_prefill(m, b1, args), args, f"{impl} prefill")
+            add(impl, "prefill_tps", args.prompt_len / t)
+            add(impl, "foreign_load_prefill", fload)
+            g, fload = measured(lambda: timed_generate(m, b1, 1, args), args, f"{impl} ttft")
+            add(impl, "ttft_s", g["ttft_s"])
+            g1, fload = measured(lambda: timed_generate(m, b1, args.new_tokens, args), args, f"{impl} decode b1")
+            add(impl, "decode_b1_tps", g1.get("decode_tps"))
+            add(impl, "foreign_load_b1", fload)
+            g8, fload = measured(lambda: timed_generate(m, b8, args.new_tokens, args), args, f"{impl} decode b8")
+            add(impl, "decode_b8_tps", g8.get("decode_tps"))
+            add(impl, "ttft_b8_s", g8["ttft_s"])
+            add(impl, "foreign_load_b8", fload)
+            tokens[impl] = (g1["tokens"].cpu(), g8["tokens"].cpu())
+            fl = samples[impl]["foreign_load_b1"][-1]
+            log(f"repeat {r + 1}/{args.repeats} {impl:7s}: prefill {samples[impl]['prefill_tps'][-1]:.1f} tok/s, "
+                f"decode b1 {samples[impl]['decode_b1_tps'][-1]:.2f} tok/s, b8 {samples[impl]['decode_b8_tps'][-1]:.2f}"
+                f" tok/s (others' load during b1: {'?' if fl is None else f'{fl:.2f}'} cores)")
+    weight_bytes = weight_bytes_per_step(models["builtin"])
+    same_dtype_tokens = {
+        "b1_equal": bool(torch.equal(tokens["builtin"][0], tokens["ours"][0])),
+        "b8_equal": bool(torch.equal(tokens["builtin"][1], tokens["ours"][1])),
+        "b1_agreement": float((tokens["builtin"][0] == tokens["ours"][0]).float().mean()),
+        "b8_agreement": float((tokens["builtin"][1] == tokens["ours"][1]).float().mean()),
+    }
+    # Logits tolerance in the benchmark dtype: the prompt (prefill) and teacher-forced decoding steps (both
+    # implementations see the same tokens, so differences do not compound through diverging greedy choices).
+    with torch.inference_mode():
+        la = models["builtin"](b1).logits.float()
+        lb = models["ours"](b1).logits.float()
+    logit_diff = {"max_abs": float((la - lb).abs().max()), "max_abs_logit": float(la.abs().max()),
+                  "mean_abs": float((la - lb).abs().mean()),
+                  "argmax_agreement": float((la.argmax(-1) == lb.argmax(-1)).float().mean())}
+    forced = forced_tokens(args, b8.shape[0], min(16, args.new_tokens))
+    tf = {k: teacher_forced_logits(m, b8, forced) for k, m in models.items()}
+    logit_diff["decode"] = {"steps": forced.shape[1], "batch": b8.shape[0], **compare_logits(tf["builtin"], tf["ours"])}
+    if FP32_REFERENCE.get("logits") is not None:  # each implementation against the float32 built-in model
+        for k in ("builtin", "ours"):
+            logit_diff["decode"][f"{k}_vs_float32"] = compare_logits(FP32_REFERENCE["logits"], tf[k])
+    del tf
+    models.clear()
+    gc.collect()
+    return {"samples": samples, "weight_bytes_per_step": weight_bytes, "same_dtype_tokens": same_dtype_tokens,
+            "logits_vs_builtin": logit_diff}
+
+
+def summarize(res: dict, args) -> dict:
+    s = res["timed"]["samples"]
+    summary = {}
+    higher_better = {"prefill_tps", "decode_b1_tps", "decode_b8_tps"}
+    for key in ("prefill_tps", "decode_b1_tps", "decode_b8_tps", "ttft_s", "ttft_b8_s", "load_s", "ready_s",
+                "cold_ttft_s"):
+        a, b = s["builtin"].get(key, []), s["ours"].get(key, [])
+        if not a or not b:
+            continue
+        pairs = [y / x for x, y in zip(a, b) if x and y]
+        summary[key] = {"builtin": median(a), "ours": median(b), "ratio": median(pairs), "pairs": pairs,
+                        "higher_is_better": key in higher_better}
+    if "fast_s" in s["ours"]:
+        summary["fast_s"] = {"ours": median(s["ours"]["fast_s"])}
+    mem = res.get("memory")
+    if mem:
+        key = "peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"
+        summary["peak_rss_mb"] = {"builtin": mem["builtin"][key], "ours": mem["ours"][key],
+                                  "ratio": mem["ours"][key] / mem["builtin"][key], "higher_is_better": False}
+    bw = median(res["bandwidth_gbps"])
+    wb = res["timed"]["weight_bytes_per_step"]
+    roof = bw * 1e9 / wb
+    summary["roofline"] = {"bandwidth_gbps": bw, "weight_bytes_per_step": wb, "b1_tps": roof, "b8_tps": 8 * roof,
+                           "b1_fraction": {i: summary["decode_b1_tps"][i] / roof for i in ("builtin", "ours")},
+                           "b8_fraction": {i: summary["decode_b8_tps"][i] / (8 * roof) for i in ("builtin", "ours")}}
+    checks = {}
+    for key, (op, target) in TARGETS.items():
+        if key in summary and summary[key].get("ratio") is not None:
+            r = summary[key]["ratio"]
+            checks[key] = {"target": f"{op} {target}", "value": r, "met": r >= target if op == ">=" else r <= target}
+    if "ready_s" in summary:
+        r = summary["ready_s"]["ratio"]
+        checks["ready_s"] = {"target": "<= 1.0 (load + fast path)", "value": r, "met": r <= 1.0}
+    frac = summary["roofline"]["b1_fraction"]["ours"]
+    checks["roofline_b1"] = {"target": ">= 0.70", "value": frac, "met": frac >= 0.70}
+    if res.get("float32_check"):
+        fc = res["float32_check"]
+        checks["float32_greedy_tokens"] = {"target": "identical", "value": fc["same_greedy_tokens"],
+                                           "met": fc["same_greedy_tokens"]}
+    summary["checks"] = checks
+    summary["foreign_load_cores"] = {
+        impl: {k[len("foreign_load_"):]: median(v) for k, v in s[impl].items() if k.startswith("foreign_load_")}
+        for impl in ("builtin", "ours")
+    }
+    return summary
+
+
+def markdown(res: dict, args) -> str:
+    s = res["summary"]
+    env = res["environment"]
+    fmt = {"prefill_tps": ("prefill, batch 1 (tokens/s)", "{:.1f}"),
+           "ttft_s": ("time to first token, batch 1 (ms)", "ms"),
+           "decode_b1_tps": ("decode, batch 1 (tokens/s)", "{:.2f}"),
+           "decode_b8_tps": ("decode, batch 8 (tokens/s)", "{:.2f}"),
+           "ttft_b8_s": ("time to first token, batch 8 (ms)", "ms"),
+           "load_s": ("from_pretrained (s)", "{:.2f}"),
+           "ready_s": ("from_pretrained + fast path (s)", "{:.2f}"),
+           "cold_ttft_s": ("first call after loading, TTFT (ms)", "ms"),
+           "peak_rss_mb": ("peak memory, fresh process (MiB)", "{:.0f}")}
+    lines = [
+        f"**{args.shape} / {args.family} / {args.dtype} / {args.attn_implementation} / {args.cache} cache"
+        f"{' / compiled' if args.compile else ''}{' / ' + args.quantize if args.quantize else ''}**, "
+        f"ours {'with' if args.fast else 'without'} the fast path; {env['cpu']}, {env['threads']} threads, "
+        f"prompt {args.prompt_len}, {args.new_tokens} new tokens, {args.repeats} interleaved repeats.",
+        "",
+        "| metric | built-in | olmo_hf | ratio (median of pairs) | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    checks = s["checks"]
+    for key, (label, f) in fmt.items():
+        if key not in s:
+            continue
+        row = s[key]
+
+        def show(v):
+            if v is None:
+                return "–"
+            return f"{v * 1e3:.0f}" if f == "ms" else f.format(v)
+
+        target = checks.get(key, {}).get("target", "")
+        met = checks.get(key, {}).get("met")
+        lines.append(f"| {label} | {show(row['builtin'])} | {show(row['ours'])} | x{row['ratio']:.2f} | {target} | "
+                     f"{'' if met is None else ('yes' if met else '**no**')} |")
+    if "fast_s" in s:
+        lines.append(f"| fast-path call (s) | – | {s['fast_s']['ours']:.2f} | | | |")
+    roof = s["roofline"]
+    lines.append(
+        f"| decode b1 / bandwidth roofline | {roof['b1_fraction']['builtin']:.0%} | {roof['b1_fraction']['ours']:.0%} "
+        f"| | >= 70% | {'yes' if checks['roofline_b1']['met'] else '**no**'} |")
+    lines.append(
+        f"| decode b8 / roofline (x8) | {roof['b8_fraction']['builtin']:.0%} | {roof['b8_fraction']['ours']:.0%} | | | |")
+    lines.append("")
+    lines.append(f"Bandwidth (torch.sum over 1 GiB, median of the run): {roof['bandwidth_gbps']:.1f} GB/s; weights read "
+                 f"per decoding step: {roof['weight_bytes_per_step'] / 1e9:.3f} GB; roofline {roof['b1_tps']:.2f} tokens/s "
+                 "at batch 1.")
+    fc = res.get("float32_check")
+    if fc:
+        lines.append(f"float32 check ({fc['tokens_checked']} greedy tokens, batch 2): identical tokens: "
+                     f"**{fc['same_greedy_tokens']}**; max |logit diff| {fc['max_abs_logit_diff']:.2e} "
+                     f"(max |logit| {fc['max_abs_logit']:.2f}).")
+    ld = res["timed"]["logits_vs_builtin"]
+    st = res["timed"]["same_dtype_tokens"]
+    dd = ld.get("decode", {})
+
+    def cmp(c):
+        return (f"max |diff| {c['max_abs']:.3g} ({c['max_abs_over_max_logit']:.2%} of max |logit|), mean {c['mean_abs']:.2g}, "
+                f"argmax agreement {c['argmax_agreement']:.1%}")
+
+    lines.append(f"{args.dtype}, ours vs built-in: prompt logits max |diff| {ld['max_abs']:.3g} (max |logit| "
+                 f"{ld['max_abs_logit']:.2f}); teacher-forced decoding ({dd.get('steps')} steps, batch {dd.get('batch')}): "
+                 f"{cmp(dd)}.")
+    if "builtin_vs_float32" in dd:
+        lines.append(f"Against the float32 built-in model on the same decoding steps: built-in {args.dtype}: "
+                     f"{cmp(dd['builtin_vs_float32'])}; ours {args.dtype}: {cmp(dd['ours_vs_float32'])}.")
+    lines.append(f"Free-running greedy tokens identical to the built-in class in {args.dtype}: b1 {st['b1_equal']}, b8 "
+                 f"{st['b8_equal']} (agreement {st['b1_agreement']:.0%} / {st['b8_agreement']:.0%}; random weights give "
+                 "near-ties, so one flipped token changes the rest of the sequence).")
+    fl = s.get("foreign_load_cores", {})
+    fl_text = "; ".join(f"{impl}: " + (", ".join(f"{k} {v:.2f}" for k, v in d.items() if v is not None) or "n/a")
+                        for impl, d in fl.items())
+    lines.append(f"Load average during the run: {env['loadavg_start']} -> {env['loadavg_end']} (shared machine); "
+                 f"CPU cores kept busy by OTHER processes during the samples (median): {fl_text}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, args, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = res["summary"]
+    keys = [k for k in ("decode_b1_tps", "decode_b8_tps", "prefill_tps", "ttft_s", "load_s", "peak_rss_mb") if k in s]
+    labels = {"decode_b1_tps": "decode b1", "decode_b8_tps": "decode b8", "prefill_tps": "prefill",
+              "ttft_s": "TTFT", "load_s": "from_pretrained", "peak_rss_mb": "peak memory"}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ratios = [s[k]["ratio"] for k in keys]
+    colors = ["tab:green" if (r >= 1) == s[k].get("higher_is_better", False) or r == 1 else "tab:orange"
+              for k, r in zip(keys, ratios)]
+    ax1.bar([labels[k] for k in keys], ratios, color=colors)
+    for k in keys:
+        pairs = s[k].get("pairs") or []
+        ax1.scatter([labels[k]] * len(pairs), pairs, color="black", s=10, zorder=3)
+    for k in keys:
+        if k in TARGETS:
+            ax1.hlines(TARGETS[k][1], keys.index(k) - 0.4, keys.index(k) + 0.4, colors="red", linestyles="--")
+    ax1.axhline(1.0, color="gray", lw=0.8)
+    ax1.set_ylabel("olmo_hf / built-in (dots: per pair; red: target)")
+    ax1.set_title("Ratios (rates: higher is better; time, memory: lower)")
+    ax1.tick_params(axis="x", rotation=20)
+    for i, (k, r) in enumerate(zip(keys, ratios)):
+        ax1.annotate(f"x{r:.2f}", (i, r), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+    roof = s["roofline"]
+    groups = ["batch 1", "batch 8"]
+    fractions = {impl: [roof["b1_fraction"][impl], roof["b8_fraction"][impl]] for impl in ("builtin", "ours")}
+    rates = {impl: [s["decode_b1_tps"][impl], s["decode_b8_tps"][impl]] for impl in ("builtin", "ours")}
+    xs = list(range(len(groups)))
+    for offset, impl, label in ((-0.2, "builtin", "built-in"),
+                                (0.2, "ours", "olmo_hf" + (" (fast path)" if args.fast else ""))):
+        bars = ax2.bar([x + offset for x in xs], [100 * f for f in fractions[impl]], width=0.4, label=label)
+        for bar, rate in zip(bars, rates[impl]):
+            ax2.annotate(f"{rate:.1f} tok/s", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                         textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+    ax2.axhline(70, color="red", linestyle="--", lw=1, label="target (batch 1): 70%")
+    ax2.set_xticks(xs, groups)
+    ax2.set_ylim(0, 110)
+    ax2.set_ylabel("decode speed, % of the bandwidth roofline")
+    ax2.set_title(f"Decode, {args.shape} {args.family} {args.dtype}, {res['environment']['threads']} threads\n"
+                  f"roofline = {roof['bandwidth_gbps']:.1f} GB/s / {roof['weight_bytes_per_step'] / 1e9:.2f} GB "
+                  f"per step = {roof['b1_tps']:.1f} steps/s", fontsize=10)
+    ax2.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    log("plot written to", path)
+
+
+# ----------------------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", default="small", choices=["tiny", "small", "1b", "7b"])
+    p.add_argument("--family", default="olmo2", choices=["olmo", "olmo2"])
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--attn-implementation", default="sdpa")
+    p.add_argument("--cache", default="dynamic", choices=["dynamic", "static"])
+    p.add_argument("--compile", action="store_true", help="let generate() compile the forward (needs --cache static)")
+    p.add_argument("--quantize", default=None, help="a method name for olmo_hf.quantization.quantization_config")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--load-repeats", type=int, default=3)
+    p.add_argument("--check-tokens", type=int, default=None, help="greedy tokens for the float32 check (default: --new-tokens)")
+    p.add_argument("--no-check", action="store_true", help="skip the float32 check")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-foreign-load", type=float, default=None, metavar="CORES",
+                   help="repeat a timed sample while other processes kept more than CORES cores busy during it "
+                        "(shared machines; default: never repeat)")
+    p.add_argument("--retries", type=int, default=3, help="at most this many repeats of one sample (with --max-foreign-load)")
+    p.add_argument("--retry-sleep", type=float, default=5.0, help="seconds to wait before repeating a sample")
+    p.add_argument("--fast", dest="fast", action="store_true", default=True, help="apply olmo_hf.fast (default)")
+    p.add_argument("--no-fast", dest="fast", action="store_false")
+    p.add_argument("--checkpoint", default=None, help="use this checkpoint directory instead of writing one")
+    p.add_argument("--keep-checkpoint", action="store_true")
+    p.add_argument("--json", default=None, help="write the JSON here (default: stdout)")
+    p.add_argument("--markdown", default=None, help="write the Markdown table here (default: stderr)")
+    p.add_argument("--plot", default=None, help="write a PNG plot here")
+    p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.compile and args.cache != "static":
+        p.error("--compile needs --cache static (generate() compiles only with a static cache)")
+    if args.check_tokens is None:
+        args.check_tokens = args.new_tokens
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import transformers
+
+    import olmo_hf  # noqa: F401  (registers; we load both classes explicitly anyway)
+
+    if args.memory_child:
+        print(json.dumps(memory_child(args)))
+        return 0
+
+    env = {"cpu": lscpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "python": platform.python_version(),
+           "loadavg_start": [round(x, 2) for x in os.getloadavg()], "argv": sys.argv[1:]}
+    if args.device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name()
+    if args.fast and args.device != "cpu":
+        log("the fast path is CPU-only; running ours without it on", args.device)
+    res = {"environment": env, "args": vars(args)}
+    tmp = None
+    if args.checkpoint is None:
+        tmp = tempfile.mkdtemp(prefix=f"olmo_bench_{args.shape}_")
+        args.checkpoint = tmp
+        log(f"writing a random {args.family} {args.shape} checkpoint ({args.dtype}) to {tmp}")
+        res["checkpoint"] = write_checkpoint(args.shape, args.family, DTYPES[args.dtype], tmp)
+    with open(os.path.join(args.checkpoint, "config.json")) as f:
+        args.vocab_size = json.load(f)["vocab_size"]
+    try:
+        bw, load = measured(lambda: measure_bandwidth(args.device), args, "bandwidth")
+        res["bandwidth_gbps"] = [bw]
+        res["bandwidth_foreign_load"] = [load]
+        log(f"bandwidth {res['bandwidth_gbps'][0]:.1f} GB/s")
+        if not args.no_check:
+            log("float32 check")
+            res["float32_check"] = check_float32(args)
+            log("float32 check:", res["float32_check"])
+        if not args.no_memory:
+            res["memory"] = run_memory_children(args)
+            log("memory:", {k: round(v["peak_rss_mb"]) for k, v in res["memory"].items()})
+        res["timed"] = run_timed(args)
+        bw, load = measured(lambda: measure_bandwidth(args.device), args, "bandwidth")
+        res["bandwidth_gbps"].append(bw)
+        res["bandwidth_foreign_load"].append(load)
+        env["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        res["summary"] = summarize(res, args)
+    finally:
+        if tmp and not args.keep_checkpoint:
+            shutil.rmtree(tmp, ignore_errors=True)
+    md = markdown(res, args)
+    res["timed"]["samples"] = res["timed"]["samples"]
+    text = json.dumps(res, indent=1, default=str)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(md)
+    print(md, file=sys.stderr)
+    if args.plot:
+        plot(res, args, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
