@@ -71,6 +71,33 @@ VARIANTS = [
 VARIANT_IDS = [v.name for v in VARIANTS]
 
 
+# The small models of the loading, parallelism and training tests (GQA OLMo 2; OLMo with clip_qkv).
+SMALL = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+    initializer_range=0.05,
+    pad_token_id=0,
+    eos_token_id=1,
+    bos_token_id=None,
+)
+
+
+def small_olmo2_config(**overrides):
+    import olmo_hf
+
+    return olmo_hf.Olmo2Config(**{**SMALL, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, **overrides})
+
+
+def small_olmo_config(**overrides):
+    import olmo_hf
+
+    return olmo_hf.OlmoConfig(**{**SMALL, **overrides})
+
+
 def perturb_norms(model: torch.nn.Module, seed: int = 0) -> None:
     """Norm weights start at 1.0; move them away so that norms are actually tested."""
     gen = torch.Generator().manual_seed(seed)

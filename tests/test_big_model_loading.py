@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import small_olmo2_config, small_olmo_config
 import torch
 from transformers import AutoModelForCausalLM
 
 import olmo_hf  # noqa: F401  (registers our classes with the Auto classes)
-from olmo_hf import Olmo2Config, Olmo2ForCausalLM, OlmoConfig, OlmoForCausalLM
+from olmo_hf import Olmo2ForCausalLM, OlmoForCausalLM
 
 pytest.importorskip("accelerate", reason="device_map / offloading needs accelerate")
 
@@ -28,32 +29,13 @@ FP32_ATOL = 1e-5
 CPU_FRACTION = 0.7  # of the weights' bytes: the first layers fit on the CPU, the rest must go to disk
 MAX_LOAD_RATIO = 1.2  # peak RSS above the post-import baseline, in units of the bf16 weights' bytes
 MEASURE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "measure_load_memory.py"
-TINY = dict(
-    vocab_size=128,
-    hidden_size=64,
-    intermediate_size=256,  # layers (~250 kB each) outweigh the embeddings, so a budget can end mid-stack
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    max_position_embeddings=128,
-    initializer_range=0.05,
-    pad_token_id=0,
-    eos_token_id=1,
-    bos_token_id=None,
-)
+# layers (~250 kB each) outweigh the embeddings, so a memory budget can end mid-stack
+LAYER_HEAVY = dict(intermediate_size=256, num_hidden_layers=4)
 FAMILIES = {
-    "olmo2": (Olmo2ForCausalLM, Olmo2Config(**TINY, num_key_value_heads=2, rms_norm_eps=1e-6)),
-    "olmo": (OlmoForCausalLM, OlmoConfig(**TINY, clip_qkv=0.5)),
+    "olmo2": (Olmo2ForCausalLM, small_olmo2_config(**LAYER_HEAVY)),
+    "olmo": (OlmoForCausalLM, small_olmo_config(**LAYER_HEAVY, clip_qkv=0.5)),
 }
 LAYER_KEY = re.compile(r"^model\.layers\.(\d+)$")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core box: intra-op threads only add contention (10x slower under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import small_olmo2_config, small_olmo_config
 import torch
 from transformers import AutoModelForCausalLM
 
 import olmo_hf  # noqa: F401  (registers our classes with the Auto classes)
-from olmo_hf import Olmo2Config, Olmo2ForCausalLM, OlmoConfig, OlmoForCausalLM
+from olmo_hf import Olmo2ForCausalLM, OlmoForCausalLM
 
 pytest.importorskip("accelerate", reason="the FSDP run goes through Accelerate")
 pytestmark = pytest.mark.skipif(
@@ -34,30 +35,10 @@ STEPS = 4
 LR = 1e-3
 LOSS_ATOL = 1e-5
 TIMEOUT_S = 240
-TINY = dict(
-    vocab_size=128,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=128,
-    initializer_range=0.05,
-    pad_token_id=0,
-    eos_token_id=1,
-    bos_token_id=None,
-)
 MODELS = {
-    "olmo2-gqa": (Olmo2ForCausalLM, Olmo2Config(**TINY, num_key_value_heads=2, rms_norm_eps=1e-6)),
-    "olmo": (OlmoForCausalLM, OlmoConfig(**TINY)),
+    "olmo2-gqa": (Olmo2ForCausalLM, small_olmo2_config()),
+    "olmo": (OlmoForCausalLM, small_olmo_config()),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def single_process_training(checkpoint: Path) -> dict:

@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import small_olmo2_config, small_olmo_config
 import torch
 from transformers import AutoModelForCausalLM
 
 import olmo_hf  # noqa: F401  (registers our classes with the Auto classes)
-from olmo_hf import Olmo2Config, Olmo2ForCausalLM, OlmoConfig, OlmoForCausalLM
+from olmo_hf import Olmo2ForCausalLM, OlmoForCausalLM
 
 WORKER = Path(__file__).with_name("tp_worker.py")
 sys.path.insert(0, str(WORKER.parent))
@@ -28,36 +29,15 @@ WORLD_SIZE = 2
 FP32_ATOL = 1e-5
 TIMEOUT_S = 240
 APIS = ["distributed_config", "tp_plan"]
-TINY = dict(
-    vocab_size=256,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=128,
-    initializer_range=0.05,
-    pad_token_id=0,
-    eos_token_id=1,
-    bos_token_id=None,
-)
 MODELS = {
-    "olmo2-gqa": (Olmo2ForCausalLM, Olmo2Config(**TINY, num_key_value_heads=2, rms_norm_eps=1e-6)),
-    "olmo-clip_qkv": (OlmoForCausalLM, OlmoConfig(**TINY, clip_qkv=0.5)),
+    "olmo2-gqa": (Olmo2ForCausalLM, small_olmo2_config(vocab_size=256)),
+    "olmo-clip_qkv": (OlmoForCausalLM, small_olmo_config(vocab_size=256, clip_qkv=0.5)),
 }
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
     reason="torch.distributed with the gloo backend is not available in this torch build",
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core box: intra-op threads only add contention (10x slower under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def save_tiny(name: str, path: Path) -> Path:

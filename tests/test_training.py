@@ -13,6 +13,7 @@ Tolerances (float32):
 import copy
 
 import pytest
+from conftest import small_olmo2_config, small_olmo_config
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -22,27 +23,15 @@ from transformers import (
 )
 
 import olmo_hf  # noqa: F401  (registers our classes with the Auto classes)
-from olmo_hf import Olmo2Config, Olmo2ForCausalLM, OlmoConfig, OlmoForCausalLM
+from olmo_hf import Olmo2ForCausalLM, OlmoForCausalLM
 
 LOSS_ATOL = 1e-5
 LOGITS_ATOL = 1e-5
 VOCAB = 128
 PAD = 0
-TINY = dict(
-    vocab_size=VOCAB,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=128,
-    initializer_range=0.05,
-    pad_token_id=PAD,
-    eos_token_id=1,
-    bos_token_id=None,
-)
 FAMILIES = {
-    "olmo2": (Olmo2ForCausalLM, lambda: Olmo2Config(**TINY, num_key_value_heads=2, rms_norm_eps=1e-6)),
-    "olmo": (OlmoForCausalLM, lambda: OlmoConfig(**TINY, clip_qkv=8.0)),
+    "olmo2": (Olmo2ForCausalLM, small_olmo2_config),
+    "olmo": (OlmoForCausalLM, lambda: small_olmo_config(clip_qkv=8.0)),
 }
 # Transformers 5.23 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing (old name deprecated).
 CHECKPOINTING = (
@@ -52,15 +41,6 @@ CHECKPOINTING = (
 )
 # peft's own default for Llama-like attention (its TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING["llama"]).
 LORA_TARGETS = ["q_proj", "v_proj"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core box: intra-op threads only add contention (10x slower under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_model(family: str, seed: int = 0):
