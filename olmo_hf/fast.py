@@ -82,7 +82,6 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .modules import (
     Olmo2Attention,
-    Olmo2RMSNorm,
     OlmoAttention,
     OlmoMLP,
     eager_attention_forward,
@@ -256,9 +255,10 @@ static inline __m512 bf16x16_to_f32(const uint16_t* p, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
 
-/* One decoding step of attention, q_len = 1, no mask: out[b, 0, h, :] = softmax(scale * q[b, h] . k[b, g, s]) @ v[b, g, s]
-   with g = h / (H / G). bf16 q/k/v (last dim contiguous, other strides free), fp32 softmax and accumulation, bf16 out
-   of shape (B, 1, H, D) contiguous. Strides are in elements. */
+/* One decoding step of attention, q_len = 1, no mask:
+   out[b, 0, h, :] = softmax(scale * q[b, h] . k[b, g, s]) @ v[b, g, s]
+   with g = h / (H / G). bf16 q/k/v (last dim contiguous, other strides free), fp32 softmax and accumulation,
+   bf16 out of shape (B, 1, H, D) contiguous. Strides are in elements. */
 int olmo_hf_decode_attention_bf16(const uint16_t* q, long qsb, long qsh,
                                   const uint16_t* k, long ksb, long ksh, long kss,
                                   const uint16_t* v, long vsb, long vsh, long vss,
@@ -390,17 +390,23 @@ def _build_native():
     lib_path = os.path.join(directory, "libolmo_hf_decode.so")
     if not os.path.exists(lib_path):
         os.makedirs(directory, exist_ok=True)
-        src = os.path.join(directory, "decode.c")
-        with open(src + ".tmp", "w") as f:
+        # Unique temporary names, then atomic renames: concurrent processes (pytest-xdist, several servers) may
+        # build at the same time, and none must ever compile or load a half-written file.
+        fd, src = tempfile.mkstemp(suffix=".c", dir=directory)
+        with os.fdopen(fd, "w") as f:
             f.write(_NATIVE_SOURCE)
-        os.replace(src + ".tmp", src)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
         os.close(fd)
-        proc = subprocess.run([cc, *_NATIVE_FLAGS, "-o", tmp, src, *_NATIVE_LIBS], capture_output=True, text=True)
-        if proc.returncode != 0:
-            os.unlink(tmp)
-            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
-        os.replace(tmp, lib_path)  # atomic: concurrent processes never load a half-written library
+        try:
+            proc = subprocess.run([cc, *_NATIVE_FLAGS, "-o", tmp, src, *_NATIVE_LIBS], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
+            os.replace(src, os.path.join(directory, "decode.c"))  # kept for reference
+            os.replace(tmp, lib_path)
+        finally:
+            for path in (src, tmp):
+                if os.path.exists(path):
+                    os.unlink(path)
     native = _NativeLib(ctypes.CDLL(lib_path))
     # Self-tests against oneDNN / sdpa on small shapes (tails included) before trusting the library.
     gen = torch.Generator().manual_seed(0)
@@ -459,7 +465,9 @@ def _native_call(fn, x2d: torch.Tensor, ptr: int, n: int, k: int) -> torch.Tenso
     return out
 
 
-def _native_attention(native: _NativeLib, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+def _native_attention(
+    native: _NativeLib, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> torch.Tensor:
     """softmax(scale * q k^T) v for ONE query position: q (batch, heads, 1, head_dim), k / v (batch, kv_heads, seq,
     head_dim), any strides but the last; returns (batch, 1, heads, head_dim), what the attention interface returns."""
     b, h, _, d = q.shape
@@ -680,10 +688,13 @@ def _check_model(model: nn.Module) -> None:
     from .modeling import Olmo2PreTrainedModel, OlmoPreTrainedModel
 
     if not isinstance(model, (OlmoPreTrainedModel, Olmo2PreTrainedModel)):
-        raise TypeError(f"optimize_for_cpu_inference expects an olmo_hf OLMo / OLMo 2 model, got {type(model).__name__}.")
+        raise TypeError(
+            f"optimize_for_cpu_inference expects an olmo_hf OLMo / OLMo 2 model, got {type(model).__name__}."
+        )
     if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
         raise ValueError("This model is quantized; the CPU fast path packs plain bf16/fp32 weights only.")
-    if getattr(model, "_hf_peft_config_loaded", False) or any(type(m).__module__.startswith("peft") for m in model.modules()):
+    peft = any(type(m).__module__.startswith("peft") for m in model.modules())
+    if getattr(model, "_hf_peft_config_loaded", False) or peft:
         raise ValueError("This model carries PEFT adapters; merge them (merge_and_unload) before optimising.")
     devices = {p.device.type for p in model.parameters()}
     if devices != {"cpu"}:
@@ -785,6 +796,10 @@ def _patch(state: _State, module: nn.Module, name: str, value) -> None:
     state.patched.append((module, name))
 
 
+def _install_fused_qkv(state: _State, module: nn.Module, packed: _Packed) -> None:
+    _patch(state, module, "_fast_qkv", packed)
+
+
 def _install_fused_mlp(state: _State, module: nn.Module, packed: _Packed) -> None:
     _patch(state, module, "_fast_gate_up", packed)
     _patch(state, module, "forward", functools.partial(_fast_mlp_forward, module))
@@ -853,7 +868,7 @@ def optimize_for_cpu_inference(
                 fusable = fusable and all(m.bias is None for m in lins)
                 if fusable:
                     packer.submit(module, names, lins[0].weight.dtype,
-                                  functools.partial(lambda mod, packed: _patch(state, mod, "_fast_qkv", packed), module))
+                                  functools.partial(_install_fused_qkv, state, module))
                 else:
                     for n in names:
                         if packable(getattr(module, n)):

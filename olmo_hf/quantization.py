@@ -337,6 +337,8 @@ def check_serializable(model: nn.Module) -> None:
 
 
 def _is_cpu_packed(module: nn.Module) -> bool:
+    if type(module).__name__ != "Linear4bit":  # cheap check first: `weight` may be a computed property elsewhere
+        return False
     state = getattr(getattr(module, "weight", None), "quant_state", None)
     return bool(getattr(state, "packing_format_for_cpu", False))
 

@@ -14,17 +14,18 @@ Measured, per implementation:
 - decode tokens/s at batch 1 and batch 8: ``generate`` of ``--new-tokens`` greedy tokens, timed per step by a
   logits processor (first logits -> last logits; the prefill is excluded);
 - peak memory: in a FRESH subprocess per implementation (load, fast path, batch-1 and batch-8 generation),
-  ``ru_maxrss`` (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA);
-- the machine's read bandwidth (``torch.sum`` over 1 GiB), measured in the same run, and decode as a
-  fraction of the bandwidth roofline (bytes of weights read per decoding step / bandwidth);
+  peak RSS (``VmHWM``; CPU) or ``torch.cuda.max_memory_allocated`` (CUDA);
+- the machine's read bandwidth (``torch.sum`` over 1 GiB), measured in the same run right before every decode
+  sample, and decode as a fraction of the bandwidth roofline (bandwidth / bytes of weights read per step);
+- bf16 logits against the built-in class and against the float32 model (teacher-forced decoding steps);
 - a float32 check that both implementations (ours with the fast path when ``--fast``) produce the same greedy
   tokens, and their max |logit difference|.
 
 Usage::
 
     python scripts/benchmark.py --shape small --repeats 3 --threads 2
-    python scripts/benchmark.py --shape 1b --dtype bfloat16 --threads 2 --repeats 3 \\
-        --json docs/performance.json --markdown docs/performance_table.md --plot docs/performance.png
+    python scripts/benchmark.py --shape 1b --family olmo2 --dtype bfloat16 --threads 2 --repeats 5 \\
+        --load-repeats 7 --max-foreign-load 0.3 --json out.json --markdown out.md --plot docs/performance.png
 
 Output: a JSON document (stdout, or ``--json PATH``), a Markdown table (stderr, or ``--markdown PATH``), and a
 PNG plot (``--plot PATH``).
@@ -44,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -59,7 +59,9 @@ if REPO not in sys.path:
 # Named shapes. "1b" / "7b" are the published configs (olmo_hf.presets); "tiny" / "small" are synthetic.
 SHAPES = {
     "tiny": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, vocab_size=4096),
-    "small": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, vocab_size=50304),
+    "small": dict(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, vocab_size=50304
+    ),
 }
 PRESET_OF = {
     ("olmo2", "1b"): "allenai/OLMo-2-0425-1B",
@@ -387,7 +389,8 @@ def check_float32(args) -> dict:
         out[impl] = (logits, toks)
         if impl == "builtin" and DTYPES[args.dtype] != torch.float32:
             # the reference for the reduced-precision tolerance (see run_timed)
-            FP32_REFERENCE["logits"] = teacher_forced_logits(model, b8, forced_tokens(args, b8.shape[0], min(16, args.new_tokens)))
+            forced = forced_tokens(args, b8.shape[0], min(16, args.new_tokens))
+            FP32_REFERENCE["logits"] = teacher_forced_logits(model, b8, forced)
         del model
         gc.collect()
     (l0, t0), (l1, t1) = out["builtin"], out["ours"]
@@ -554,9 +557,13 @@ def summarize(res: dict, args) -> dict:
     wb = res["timed"]["weight_bytes_per_step"]
     frac = {}
     for impl in ("builtin", "ours"):
-        pairs = [(t, b) for t, b in zip(s[impl].get("decode_b1_tps", []), s[impl].get("bandwidth_gbps", [])) if t and b]
-        pairs8 = [(t, b) for t, b in zip(s[impl].get("decode_b8_tps", []), s[impl].get("bandwidth_gbps", [])) if t and b]
-        frac[impl] = (median([t * wb / (b * 1e9) for t, b in pairs]), median([t * wb / (8 * b * 1e9) for t, b in pairs8]))
+        bws = s[impl].get("bandwidth_gbps", [])
+        pairs = [(t, b) for t, b in zip(s[impl].get("decode_b1_tps", []), bws) if t and b]
+        pairs8 = [(t, b) for t, b in zip(s[impl].get("decode_b8_tps", []), bws) if t and b]
+        frac[impl] = (
+            median([t * wb / (b * 1e9) for t, b in pairs]),
+            median([t * wb / (8 * b * 1e9) for t, b in pairs8]),
+        )
     all_bw = [*res["bandwidth_gbps"], *s["builtin"].get("bandwidth_gbps", []), *s["ours"].get("bandwidth_gbps", [])]
     bw = median(all_bw)
     roof = bw * 1e9 / wb
@@ -630,13 +637,17 @@ def markdown(res: dict, args) -> str:
         f"| decode b1 / bandwidth roofline | {roof['b1_fraction']['builtin']:.0%} | {roof['b1_fraction']['ours']:.0%} "
         f"| | >= 70% | {'yes' if checks['roofline_b1']['met'] else '**no**'} |")
     lines.append(
-        f"| decode b8 / roofline (x8) | {roof['b8_fraction']['builtin']:.0%} | {roof['b8_fraction']['ours']:.0%} | | | |")
+        f"| decode b8 / roofline (x8) | {roof['b8_fraction']['builtin']:.0%} | {roof['b8_fraction']['ours']:.0%} "
+        "| | | |")
     lines.append("")
-    lines.append(f"Bandwidth (torch.sum over 1 GiB, measured before every decode sample): median {roof['bandwidth_gbps']:.1f} "
-                 f"GB/s (range {roof['bandwidth_min_gbps']:.1f}-{roof['bandwidth_max_gbps']:.1f}, {roof['bandwidth_samples']} "
-                 f"measurements); weights read per decoding step: {roof['weight_bytes_per_step'] / 1e9:.3f} GB; roofline "
-                 f"{roof['b1_tps']:.2f} tokens/s at batch 1 (median bandwidth). The roofline fractions above are medians of "
-                 "per-sample fractions, each against the bandwidth measured just before that sample.")
+    lines.append(
+        f"Bandwidth (torch.sum over 1 GiB, measured before every decode sample): median "
+        f"{roof['bandwidth_gbps']:.1f} GB/s (range {roof['bandwidth_min_gbps']:.1f}-{roof['bandwidth_max_gbps']:.1f}, "
+        f"{roof['bandwidth_samples']} measurements); weights read per decoding step: "
+        f"{roof['weight_bytes_per_step'] / 1e9:.3f} GB; roofline {roof['b1_tps']:.2f} tokens/s at batch 1 (median "
+        "bandwidth). The roofline fractions above are medians of per-sample fractions, each against the bandwidth "
+        "measured just before that sample."
+    )
     fc = res.get("float32_check")
     if fc:
         lines.append(f"float32 check ({fc['tokens_checked']} greedy tokens, batch 2): identical tokens: "
@@ -647,18 +658,18 @@ def markdown(res: dict, args) -> str:
     dd = ld.get("decode", {})
 
     def cmp(c):
-        return (f"max |diff| {c['max_abs']:.3g} ({c['max_abs_over_max_logit']:.2%} of max |logit|), mean {c['mean_abs']:.2g}, "
-                f"argmax agreement {c['argmax_agreement']:.1%}")
+        return (f"max |diff| {c['max_abs']:.3g} ({c['max_abs_over_max_logit']:.2%} of max |logit|), "
+                f"mean {c['mean_abs']:.2g}, argmax agreement {c['argmax_agreement']:.1%}")
 
     lines.append(f"{args.dtype}, ours vs built-in: prompt logits max |diff| {ld['max_abs']:.3g} (max |logit| "
-                 f"{ld['max_abs_logit']:.2f}); teacher-forced decoding ({dd.get('steps')} steps, batch {dd.get('batch')}): "
-                 f"{cmp(dd)}.")
+                 f"{ld['max_abs_logit']:.2f}); teacher-forced decoding ({dd.get('steps')} steps, batch "
+                 f"{dd.get('batch')}): {cmp(dd)}.")
     if "builtin_vs_float32" in dd:
         lines.append(f"Against the float32 built-in model on the same decoding steps: built-in {args.dtype}: "
                      f"{cmp(dd['builtin_vs_float32'])}; ours {args.dtype}: {cmp(dd['ours_vs_float32'])}.")
     lines.append(f"Free-running greedy tokens identical to the built-in class in {args.dtype}: b1 {st['b1_equal']}, b8 "
-                 f"{st['b8_equal']} (agreement {st['b1_agreement']:.0%} / {st['b8_agreement']:.0%}; random weights give "
-                 "near-ties, so one flipped token changes the rest of the sequence).")
+                 f"{st['b8_equal']} (agreement {st['b1_agreement']:.0%} / {st['b8_agreement']:.0%}; random weights "
+                 "give near-ties, so one flipped token changes the rest of the sequence).")
     fl = s.get("foreign_load_cores", {})
     fl_text = "; ".join(f"{impl}: " + (", ".join(f"{k} {v:.2f}" for k, v in d.items() if v is not None) or "n/a")
                         for impl, d in fl.items())
@@ -733,14 +744,16 @@ def parse_args(argv=None):
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--load-repeats", type=int, default=3)
-    p.add_argument("--check-tokens", type=int, default=None, help="greedy tokens for the float32 check (default: --new-tokens)")
+    p.add_argument("--check-tokens", type=int, default=None,
+                   help="greedy tokens for the float32 check (default: --new-tokens)")
     p.add_argument("--no-check", action="store_true", help="skip the float32 check")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-foreign-load", type=float, default=None, metavar="CORES",
                    help="repeat a timed sample while other processes kept more than CORES cores busy during it "
                         "(shared machines; default: never repeat)")
-    p.add_argument("--retries", type=int, default=3, help="at most this many repeats of one sample (with --max-foreign-load)")
+    p.add_argument("--retries", type=int, default=3,
+                   help="at most this many repeats of one sample (with --max-foreign-load)")
     p.add_argument("--retry-sleep", type=float, default=5.0, help="seconds to wait before repeating a sample")
     p.add_argument("--fast", dest="fast", action="store_true", default=True, help="apply olmo_hf.fast (default)")
     p.add_argument("--no-fast", dest="fast", action="store_false")

@@ -85,7 +85,9 @@ def test_bfloat16_as_accurate_as_the_plain_model(builtin_checkpoints, variant):
     err_plain = err_fast = 0.0
     with torch.no_grad():
         for step in [ids[:, :4], *ids[:, 4:].split(1, dim=1)]:
-            ref, plain, fast = (m(step, past_key_values=c, use_cache=True).logits.float() for m, c in zip(models, caches))
+            ref, plain, fast = (
+                m(step, past_key_values=c, use_cache=True).logits.float() for m, c in zip(models, caches)
+            )
             err_plain = max(err_plain, float((plain - ref).abs().max()))
             err_fast = max(err_fast, float((fast - ref).abs().max()))
             assert (fast - plain).abs().max() <= BF16_RTOL * ref.abs().max()
@@ -158,7 +160,9 @@ def test_growing_kv_cache_matches_dynamic_cache_after_crop(builtin_checkpoints):
                 for c in caches.values():
                     c.crop(-2)
                 continue
-            out = {k: m(step, past_key_values=caches[k], use_cache=True).logits for k, m in (("ref", ref), ("fast", fast))}
+            out = {
+                k: m(step, past_key_values=caches[k], use_cache=True).logits for k, m in (("ref", ref), ("fast", fast))
+            }
             torch.testing.assert_close(out["fast"], out["ref"], atol=FP32_ATOL, rtol=0)
     for lr, lf in zip(caches["ref"].layers, caches["fast"].layers):
         assert lf.keys.shape == lr.keys.shape
