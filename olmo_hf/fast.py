@@ -70,7 +70,6 @@ import tempfile
 import threading
 import warnings
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -78,13 +77,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .modules import (
     Olmo2Attention,
     OlmoAttention,
     OlmoMLP,
-    eager_attention_forward,
     rotate_half,
 )
 
@@ -1048,18 +1045,6 @@ def _fast_attention_forward(
         # the native kernel does in 0.04 / 0.4 ms (same math, fp32 softmax and accumulation).
         attn_output, attn_weights = _native_attention(_native, q, k, v, self.scaling), None
     else:
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            q,
-            k,
-            v,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        attn_output, attn_weights = self.attend(q, k, v, attention_mask, **kwargs)
     attn_output = attn_output.reshape(bsz, seq, -1)
     return self.o_proj(attn_output), attn_weights

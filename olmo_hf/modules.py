@@ -223,10 +223,19 @@ class OlmoAttention(nn.Module):
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)  # (batch, kv_heads, kv_seq, head_dim)
 
+        attn_output, attn_weights = self.attend(q, k, v, attention_mask, **kwargs)
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # (batch, seq, heads*head_dim)
+        return self.o_proj(attn_output), attn_weights
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The configured attention kernel: (batch, heads, seq, head_dim) q and (batch, kv_heads, kv_seq, head_dim)
+        k, v -> ((batch, seq, heads, head_dim) output, weights or None)."""
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        attn_output, attn_weights = attention_interface(
+        return attention_interface(
             self,
             q,
             k,
@@ -236,8 +245,6 @@ class OlmoAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # (batch, seq, heads*head_dim)
-        return self.o_proj(attn_output), attn_weights
 
 
 class Olmo2Attention(OlmoAttention):
