@@ -5,7 +5,9 @@
 - where: ``--device`` (4.x meaning: -1 = CPU, N = CUDA GPU N; also ``cpu``, ``cuda:1``, ``mps``, ``auto``);
 - in which precision: ``--dtype`` (``auto`` = bf16 where the device supports it, else fp32; fp16 on an OLMo 2
   model works but warns, because OLMo 2 overflows in fp16: allenai/olmo-cookbook #60);
-- quantized or not: ``--quantize NAME`` through ``olmo_hf.quantization.quantization_config`` when installed.
+- quantized or not: ``--quantize NAME`` through ``olmo_hf.quantization.quantization_config`` when installed;
+- the CPU fast path or not: ``--fast/--no-fast`` (:func:`resolve_fast`; default: on for an unquantized olmo_hf
+  model on the CPU), applied by :func:`load_model_and_tokenizer` right after loading.
 
 Every loading failure the user can fix (no such directory, a Hub id that is neither cached nor downloadable,
 a bad revision, an unknown attention implementation) becomes a one-line :class:`CliError` naming the flag,
@@ -20,6 +22,8 @@ import importlib.util
 import inspect
 import os
 import re
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "resolve_quantization",
+    "resolve_fast",
     "load_config",
     "load_model_and_tokenizer",
 ]
@@ -142,6 +147,28 @@ def resolve_quantization(name: str | None, device: torch.device) -> Any:
         raise CliError(f"--quantize {name} needs a package that is not installed: {e}") from e
     except (ValueError, KeyError) as e:
         raise CliError(f"--quantize {name}: {e}") from e
+
+
+def resolve_fast(fast: bool | None, device: torch.device, device_flag: str, quantization_config: Any) -> str:
+    """``--fast/--no-fast`` -> ``"on"`` (asked for), ``"auto"`` (the default, where it can apply) or ``"off"``.
+
+    The CPU fast path (:func:`olmo_hf.fast.optimize_for_cpu_inference`) packs plain weights of a model on the CPU,
+    so the default leaves it off on other devices and with ``--quantize``; ``--fast`` there is a usage error,
+    raised here, before anything is loaded. Whether the model is an olmo_hf OLMo / OLMo 2 model is only known
+    after loading (:func:`load_model_and_tokenizer` checks it)."""
+    if fast is False:
+        return "off"
+    if device.type != "cpu":
+        if fast:
+            raise CliError(f"--fast is a CPU fast path, but --device {device_flag} puts the model on {device}; "
+                           "drop --fast, or use --device -1 for the CPU")
+        return "off"
+    if quantization_config is not None:
+        if fast:
+            raise CliError("--fast cannot be combined with --quantize: the CPU fast path packs plain bf16/fp32 "
+                           "weights only; drop one of the two flags")
+        return "off"
+    return "on" if fast else "auto"
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -264,8 +291,14 @@ def load_model_and_tokenizer(
     dtype: torch.dtype,
     attn_implementation: str | None = None,
     quantization_config: Any = None,
+    fast: str = "off",
+    debug: bool = False,
 ) -> tuple[Any, Any]:
-    """Load the model for ``task`` on ``device`` in ``dtype``, and its tokenizer (``--tokenizer`` or the model's)."""
+    """Load the model for ``task`` on ``device`` in ``dtype``, and its tokenizer (``--tokenizer`` or the model's).
+
+    ``fast`` (from :func:`resolve_fast`): ``"on"`` / ``"auto"`` apply the CPU fast path right after loading;
+    where it cannot apply, ``"on"`` is a :class:`CliError` and ``"auto"`` keeps the plain model (a note with
+    ``debug``)."""
     import transformers
 
     auto_class = getattr(transformers, task.auto_class)
@@ -281,6 +314,7 @@ def load_model_and_tokenizer(
         kwargs["attn_implementation"] = attn_implementation
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
+
     with _loading("--model", request.model_name, request.revision):
         try:
             model = auto_class.from_pretrained(name, **kwargs)
@@ -295,6 +329,8 @@ def load_model_and_tokenizer(
         from olmo_hf.quantization import use_cpu_int8_kernel
 
         use_cpu_int8_kernel(model)  # torchao int8 weight-only: PyTorch's fused CPU kernel instead of dequantising
+    if fast != "off":
+        _apply_fast_path(model, fast, request.model_name, debug)
 
     tok_flag, tok_name = ("--tokenizer", request.tokenizer) if request.tokenizer else ("--model", request.model_name)
     _check_exists(tok_flag, tok_name)
@@ -305,3 +341,42 @@ def load_model_and_tokenizer(
             trust_remote_code=request.trust_remote_code,
         )
     return model, tokenizer
+
+
+# ------------------------------------------------------------------------------------------------ CPU fast path
+def _note(debug: bool, message: str) -> None:
+    """A diagnostic line on stderr, with ``--debug`` only."""
+    if debug:
+        print(f"olmo-hf: {message}", file=sys.stderr, flush=True)
+
+
+def _apply_fast_path(model: Any, mode: str, model_name: str, debug: bool) -> None:
+    """Apply :func:`olmo_hf.fast.optimize_for_cpu_inference` to ``model`` (``mode`` ``"on"`` or ``"auto"``).
+
+    It is all or nothing (a failure rolls the model back), so in ``"auto"`` mode a failure just leaves the plain
+    model running; in ``"on"`` mode every failure is a :class:`CliError`."""
+    from olmo_hf.modeling import Olmo2PreTrainedModel, OlmoPreTrainedModel
+
+    if not isinstance(model, (OlmoPreTrainedModel, Olmo2PreTrainedModel)):
+        if mode == "on":
+            raise CliError(f"--fast needs an olmo_hf OLMo or OLMo 2 model, but {model_name} loaded as "
+                           f"{type(model).__name__}; drop --fast")
+        _note(debug, f"CPU fast path not applied: {type(model).__name__} is not an olmo_hf OLMo / OLMo 2 model")
+        return
+
+    from olmo_hf import fast as fast_path  # imported here: it is not needed to start the CLI
+
+    start = time.perf_counter()
+    try:
+        fast_path.optimize_for_cpu_inference(model)
+    except Exception as e:  # noqa: BLE001 - auto mode must never make a run fail that works without it
+        if mode == "on":
+            raise CliError(f"--fast: the CPU fast path cannot be applied to {model_name}: "
+                           f"{type(e).__name__}: {_first_line(e)}; drop --fast") from e
+        _note(debug, f"CPU fast path not applied ({type(e).__name__}: {_first_line(e)}); running the plain model")
+        if debug:
+            import traceback
+
+            traceback.print_exception(e, file=sys.stderr)
+        return
+    _note(debug, f"CPU fast path applied in {time.perf_counter() - start:.2f} s (--no-fast skips it)")

@@ -3,11 +3,13 @@
 
 Every flag of 4.x ``transformers run`` keeps its meaning (``--task --input --output --model --config
 --tokenizer --column --format --device --overwrite``); added are ``--revision --dtype --max-new-tokens``,
-the sampling flags, ``--quantize --attn-implementation --seed --trust-remote-code --debug``.
+the sampling flags, ``--quantize --attn-implementation --fast/--no-fast --seed --trust-remote-code --debug``.
 
 Differences from 4.x, on purpose: pipe mode strips each line's newline and prints each result (one JSON
 object per line) as soon as it is ready instead of a Python list repr at EOF; ``--model`` defaults to a small
-OLMo 2 checkpoint shipped in the package instead of a Hub download; errors are one line and exit code 2.
+OLMo 2 checkpoint shipped in the package instead of a Hub download; errors are one line and exit code 2; on the
+CPU the model runs through olmo_hf's CPU fast path (:mod:`olmo_hf.fast`) unless ``--no-fast``: ``run`` owns the
+model from loading to exit, so nothing can later train, quantize or move it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .loading import (
     load_model_and_tokenizer,
     resolve_device,
     resolve_dtype,
+    resolve_fast,
     resolve_quantization,
 )
 from .tasks import Task, get_task, infer_task, normalize_output
@@ -98,6 +101,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        help="quantize on load with olmo_hf.quantization's scheme NAME (if that module is installed)")
     model.add_argument("--attn-implementation", metavar="IMPL", help="eager, sdpa (default), flex_attention, "
                        "flash_attention_2, ...")
+    model.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                       help="olmo_hf's CPU fast path (olmo_hf.fast.optimize_for_cpu_inference): oneDNN-prepacked "
+                       "weights, fused projections and native decode kernels, ~2.5x faster bf16 decoding of a 1B "
+                       "model. Default: on when the model runs on the CPU, unquantized (no --quantize), and is an "
+                       "olmo_hf OLMo / OLMo 2 model (text generation or classification); --fast makes it an error "
+                       "where it cannot apply, --no-fast turns it off. Cost: a one-off ~2 s of packing for a 1B "
+                       "model, paid back after ~15 generated tokens (text classification, prefill only, gains just "
+                       "~1.1x). Outputs: identical in float32, within bf16 rounding in bf16")
     model.add_argument("--trust-remote-code", action="store_true",
                        help="allow a checkpoint's own Python code to run (off by default)")
 
@@ -181,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         check_combination(fmt, args.input, parse_columns(args.column, task), task)
     device = resolve_device(args.device)
     quantization_config = resolve_quantization(args.quantize, device)
+    fast = resolve_fast(args.fast, device, args.device, quantization_config)
 
     request = LoadRequest(args.model, args.config, args.tokenizer, args.revision, args.trust_remote_code)
     config = load_config(request)
@@ -200,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
     dtype = resolve_dtype(args.dtype, device, getattr(config, "model_type", None))
     model, tokenizer = load_model_and_tokenizer(
-        request, config, task, device, dtype, args.attn_implementation, quantization_config
+        request, config, task, device, dtype, args.attn_implementation, quantization_config, fast, args.debug
     )
     call_kwargs = _generation_kwargs(args, model) if task.generates else _no_generation_flags(args, task)
     if args.seed is not None:
