@@ -126,6 +126,102 @@ def test_native_kernels_match_onednn_and_sdpa():
         assert (out.double() - ref).abs().max() <= (sdpa.double() - ref).abs().max() + 2**-8 * ref.abs().max()
 
 
+def _bf16_ulps(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """|out - ref| in units of ref's bf16 ulp (2^-7 of its magnitude, at least the smallest normal's)."""
+    scale = ref.float().abs().clamp_min(2.0**-126) * 2.0**-7
+    return (out.float() - ref.float()).abs() / scale
+
+
+def test_native_elementwise_kernels_compute_what_the_pytorch_modules_compute():
+    """RMSNorm, q/k norm + RoPE and SwiGLU's product in one native pass each: PyTorch's float32 arithmetic,
+    rounding for rounding, except the order in which sums of squares are added (a bf16 ulp, rarely)."""
+    import torch.nn.functional as F
+
+    from olmo_hf.fast import native as nat
+    from olmo_hf.modules import Olmo2RMSNorm, apply_rotary_pos_emb
+
+    lib = nat._native_kernel()
+    if lib is None:
+        pytest.skip("no native kernels here (they need AVX512-BF16, a C compiler and GNU OpenMP in torch)")
+    gen = torch.Generator().manual_seed(0)
+    bsz, seq, nh, nkv, hd = 3, 5, 8, 2, 64  # grouped-query heads; cos/sin broadcast over the batch
+    qkv = (3 * torch.randn(bsz, seq, (nh + 2 * nkv) * hd, generator=gen)).to(torch.bfloat16)
+    q_norm, k_norm = Olmo2RMSNorm(nh * hd), Olmo2RMSNorm(nkv * hd)
+    with torch.no_grad():
+        q_norm.weight.copy_(torch.randn(nh * hd, generator=gen))
+        k_norm.weight.copy_(torch.randn(nkv * hd, generator=gen))
+    q_norm, k_norm = q_norm.to(torch.bfloat16), k_norm.to(torch.bfloat16)
+    angles = torch.arange(seq, dtype=torch.float32)[None, :, None] * torch.rand(1, 1, hd, generator=gen)
+    cos, sin = angles.cos(), angles.sin()  # (1, seq, head_dim)
+    qk = qkv[..., : (nh + nkv) * hd]  # a strided view, as sliced from the fused projection
+    with torch.no_grad():
+        q = q_norm(qk[..., : nh * hd]).view(bsz, seq, nh, hd).transpose(1, 2)
+        k = k_norm(qk[..., nh * hd :]).view(bsz, seq, nkv, hd).transpose(1, 2)
+        q_ref, k_ref = apply_rotary_pos_emb(q, k, cos, sin)
+        norm_ref = q_norm(qk[..., : nh * hd])
+    out = nat._native_qk_norm_rope(lib, qk, nh * hd, hd, q_norm.weight.float(), k_norm.weight.float(),
+                                   q_norm.variance_epsilon, cos, sin)
+    assert out.shape == (bsz, seq, nh + nkv, hd)
+    for got, ref in ((out[:, :, :nh].transpose(1, 2), q_ref), (out[:, :, nh:].transpose(1, 2), k_ref)):
+        assert (got != ref).float().mean() < 1e-3 and _bf16_ulps(got, ref).max() <= 1
+    rotate_only = nat._native_qk_norm_rope(lib, qk, nh * hd, hd, None, None, 0.0, cos, sin)
+    q_plain, k_plain = apply_rotary_pos_emb(qk[..., : nh * hd].reshape(bsz, seq, nh, hd).transpose(1, 2),
+                                            qk[..., nh * hd :].reshape(bsz, seq, nkv, hd).transpose(1, 2), cos, sin)
+    assert torch.equal(rotate_only[:, :, :nh].transpose(1, 2), q_plain)  # no sum involved: bit-identical
+    assert torch.equal(rotate_only[:, :, nh:].transpose(1, 2), k_plain)
+
+    normed = nat._native_rms_norm(lib, qk[..., : nh * hd], q_norm.weight.float(), q_norm.variance_epsilon)
+    assert (normed != norm_ref).float().mean() < 1e-3 and _bf16_ulps(normed, norm_ref).max() <= 1
+
+    gate_up = (4 * torch.randn(bsz, seq, 2 * 96, generator=gen)).to(torch.bfloat16)
+    gate_up[0, 0, :4] = torch.tensor([-200.0, 100.0, float("inf"), 0.0])  # exp under- and overflow
+    ref = F.silu(gate_up[..., :96]).mul_(gate_up[..., 96:])
+    assert torch.equal(nat._native_silu_mul(lib, gate_up), ref)
+
+
+@pytest.mark.parametrize("family", ["olmo2", "olmo"])
+def test_bfloat16_with_every_native_kernel_as_accurate_as_the_plain_model(family, tmp_path, monkeypatch):
+    """A bf16 model whose shapes every native kernel takes (head_dim 64, GQA): prefill, then decoding steps at
+    batch 4; each kernel is called, and the result is as close to float32 as the plain bf16 model."""
+    from transformers import DynamicCache
+
+    from olmo_hf.fast import native as nat
+
+    lib = nat._native_kernel()
+    if lib is None:
+        pytest.skip("no native kernels here (they need AVX512-BF16, a C compiler and GNU OpenMP in torch)")
+    common = dict(vocab_size=128, hidden_size=256, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, initializer_range=0.05, pad_token_id=1, eos_token_id=2)
+    if family == "olmo2":
+        config, cls = olmo_hf.Olmo2Config(**common), olmo_hf.Olmo2ForCausalLM
+    else:
+        config, cls = olmo_hf.OlmoConfig(**common, clip_qkv=0.5), olmo_hf.OlmoForCausalLM
+    torch.manual_seed(0)
+    cls(config).save_pretrained(tmp_path)
+    models = [cls.from_pretrained(tmp_path, dtype=dtype).eval() for dtype in (torch.float32, torch.bfloat16,
+                                                                               torch.bfloat16)]
+    optimize_for_cpu_inference(models[2])
+    calls = {}
+    for name in ("gemv", "attention", "rms_norm", "qk_norm_rope", "silu_mul"):
+        def counted(*args, _fn=getattr(lib, name), _name=name):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _fn(*args)
+        monkeypatch.setattr(lib, name, counted)
+
+    caches = [DynamicCache(config=m.config) for m in models]
+    ids = torch.randint(3, 128, (4, 10), generator=torch.Generator().manual_seed(0))
+    err_plain = err_fast = 0.0
+    with torch.no_grad():
+        for step in [ids[:, :6], *ids[:, 6:].split(1, dim=1)]:
+            ref, plain, fast = (m(step, past_key_values=c).logits.float() for m, c in zip(models, caches))
+            err_plain = max(err_plain, float((plain - ref).abs().max()))
+            err_fast = max(err_fast, float((fast - ref).abs().max()))
+            assert (fast - plain).abs().max() <= BF16_RTOL * ref.abs().max()
+    assert err_fast <= BF16_ERROR_RATIO * err_plain + 1e-3
+    expected = {"gemv", "attention", "qk_norm_rope", "silu_mul"} | ({"rms_norm"} if family == "olmo2" else set())
+    assert expected <= set(calls), calls
+
+
 @pytest.mark.parametrize("cache", ["beam", "static", "eager-attentions"])
 def test_other_caches_and_backends(builtin_checkpoints, cache):
     """Beam search reorders the cache (the in-place growth must notice); a StaticCache takes the generic
@@ -295,3 +391,35 @@ def test_mmapped_bf16_checkpoint_pages_are_released_without_corrupting_anything(
     assert torch.equal(masked_logits(model, ids, mask), masked_logits(kept, ids, mask))
     undo(model)
     assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("fail_at", [1, 4])  # the lm_head (alone), a fused q/k/v group
+def test_a_failure_half_way_leaves_the_model_exactly_as_it_was(builtin_checkpoints, monkeypatch, fail_at):
+    """optimize_for_cpu_inference is all or nothing: if packing fails (out of memory, an interrupt), every module,
+    Parameter value and flag is what it was before the call, and the error reaches the caller."""
+    from olmo_hf.fast import packing
+
+    variant = VARIANTS[VARIANT_IDS.index("olmo2-untied-mha")]
+    model = load(variant, builtin_checkpoints[variant.name])
+    ids, mask = left_padded_batch()
+    before = masked_logits(model, ids, mask)
+    values = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    modules = dict(model.named_modules())
+    calls = {"n": 0}
+    real_packed = packing._Packed
+
+    def flaky(dense):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise MemoryError("simulated: out of memory while packing")
+        return real_packed(dense)
+
+    monkeypatch.setattr(packing, "_Packed", flaky)
+    with pytest.raises(MemoryError, match="simulated"):
+        optimize_for_cpu_inference(model)
+    assert not is_optimized(model) and calls["n"] > fail_at - 1
+    assert dict(model.named_modules()) == modules
+    assert not any("forward" in vars(m) for m in model.modules())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, values[key]), key
+    torch.testing.assert_close(masked_logits(model, ids, mask), before, atol=0, rtol=0)

@@ -65,8 +65,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..modules import OlmoAttention, OlmoMLP
-from .forwards import _fast_attention_forward, _fast_mlp_forward
+from ..modules import Olmo2RMSNorm, OlmoAttention, OlmoMLP
+from .forwards import _fast_attention_forward, _fast_mlp_forward, _fast_rms_norm_forward
 # _native_attention is not used here: tests/test_fast_path.py reads it as olmo_hf.fast._native_attention.
 from .native import _native_attention, _native_kernel  # noqa: F401
 from .packing import FastPathError, PackedLinear, _FileMappings, _Packed, _Packer
@@ -162,7 +162,8 @@ def optimize_for_cpu_inference(
     Args:
         pack: replace the linear layers by oneDNN-prepacked ones (bf16 and fp32 weights).
         fuse: fuse q/k/v and gate/up into one packed matrix each (needs ``pack``).
-        fast_attention: the leaner attention step (joint q/k norm and RoPE; fused projection when ``fuse``).
+        fast_attention: the leaner attention step (joint q/k norm and RoPE; fused projection when ``fuse``), and
+            RMSNorms in one native pass (bf16).
         grow_kv_cache: with ``fast_attention``, grow a plain ``DynamicCache`` in place instead of concatenating.
         pack_lm_head: pack ``lm_head`` / ``score`` too (never when tied to the input embedding).
         release_source_pages: give the mmap pages of the replaced dense weights back to the OS.
@@ -184,8 +185,8 @@ def optimize_for_cpu_inference(
 
     pages = _FileMappings(enabled=release_source_pages)
     shared = _shared_params(model)
-    if pack:
-        _native_kernel()  # build / load the decode kernels once, here, not in the packing threads
+    if pack or fast_attention:
+        _native_kernel()  # build / load the native kernels once, here, not in the packing threads
 
     def packable(lin: nn.Module) -> bool:
         if not (pack and _is_plain_linear(lin)) or id(lin.weight) in shared:
@@ -194,50 +195,57 @@ def optimize_for_cpu_inference(
             return False
         return lin.weight.dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
-    packer = _Packer(state, pages, workers=min(4, torch.get_num_threads()))
-    try:
-        # The largest matrix first, while little else is resident: its transient copy then sets no new peak.
-        if pack_lm_head:
-            for name in ("lm_head", "score"):
-                head = getattr(model, name, None)
-                if head is not None and packable(head):
-                    packer.submit(model, [name], head.weight.dtype)
-        for module in list(model.modules()):
-            if isinstance(module, OlmoAttention):
-                names = ["q_proj", "k_proj", "v_proj"]
-                lins = [getattr(module, n) for n in names]
-                fusable = fuse and all(packable(m) for m in lins) and len({m.weight.dtype for m in lins}) == 1
-                fusable = fusable and all(m.bias is None for m in lins)
-                if fusable:
-                    packer.submit(module, names, lins[0].weight.dtype,
-                                  functools.partial(_install_fused_qkv, state, module))
-                else:
-                    for n in names:
-                        if packable(getattr(module, n)):
-                            packer.submit(module, [n], getattr(module, n).weight.dtype)
-                if packable(module.o_proj):
-                    packer.submit(module, ["o_proj"], module.o_proj.weight.dtype)
-                if fast_attention:
-                    _patch(state, module, "forward", functools.partial(_fast_attention_forward, module))
-                    _patch(state, module, "_fast_grow_kv", grow_kv_cache)
-                    _patch(state, module, "_fast_qk_weight", None)
-            elif isinstance(module, OlmoMLP):
-                lins = [module.gate_proj, module.up_proj]
-                fusable = fuse and all(packable(m) for m in lins) and len({m.weight.dtype for m in lins}) == 1
-                fusable = fusable and all(m.bias is None for m in lins) and module.config.hidden_act == "silu"
-                if fusable:
-                    packer.submit(module, ["gate_proj", "up_proj"], lins[0].weight.dtype,
-                                  functools.partial(_install_fused_mlp, state, module))
-                else:
-                    for n in ("gate_proj", "up_proj"):
-                        if packable(getattr(module, n)):
-                            packer.submit(module, [n], getattr(module, n).weight.dtype)
-                if packable(module.down_proj):
-                    packer.submit(module, ["down_proj"], module.down_proj.weight.dtype)
-    finally:
-        packer.close()
-
+    # The state is attached first, so that a failure half-way (an exception, KeyboardInterrupt) is rolled back by
+    # undo(): the caller gets its model back exactly as it was, never half rewritten.
     model.__dict__[_STATE_ATTR] = state
+    try:
+        packer = _Packer(state, pages, workers=min(4, torch.get_num_threads()))
+        try:
+            # The largest matrix first, while little else is resident: its transient copy then sets no new peak.
+            if pack_lm_head:
+                for name in ("lm_head", "score"):
+                    head = getattr(model, name, None)
+                    if head is not None and packable(head):
+                        packer.submit(model, [name], head.weight.dtype)
+            for module in list(model.modules()):
+                if isinstance(module, OlmoAttention):
+                    names = ["q_proj", "k_proj", "v_proj"]
+                    lins = [getattr(module, n) for n in names]
+                    fusable = fuse and all(packable(m) for m in lins) and len({m.weight.dtype for m in lins}) == 1
+                    fusable = fusable and all(m.bias is None for m in lins)
+                    if fusable:
+                        packer.submit(module, names, lins[0].weight.dtype,
+                                      functools.partial(_install_fused_qkv, state, module))
+                    else:
+                        for n in names:
+                            if packable(getattr(module, n)):
+                                packer.submit(module, [n], getattr(module, n).weight.dtype)
+                    if packable(module.o_proj):
+                        packer.submit(module, ["o_proj"], module.o_proj.weight.dtype)
+                    if fast_attention:
+                        _patch(state, module, "forward", functools.partial(_fast_attention_forward, module))
+                        _patch(state, module, "_fast_grow_kv", grow_kv_cache)
+                elif isinstance(module, Olmo2RMSNorm) and fast_attention:
+                    _patch(state, module, "forward", functools.partial(_fast_rms_norm_forward, module))
+                    _patch(state, module, "_fast_weight_f32", None)  # a float32 copy of the weight, made on first use
+                elif isinstance(module, OlmoMLP):
+                    lins = [module.gate_proj, module.up_proj]
+                    fusable = fuse and all(packable(m) for m in lins) and len({m.weight.dtype for m in lins}) == 1
+                    fusable = fusable and all(m.bias is None for m in lins) and module.config.hidden_act == "silu"
+                    if fusable:
+                        packer.submit(module, ["gate_proj", "up_proj"], lins[0].weight.dtype,
+                                      functools.partial(_install_fused_mlp, state, module))
+                    else:
+                        for n in ("gate_proj", "up_proj"):
+                            if packable(getattr(module, n)):
+                                packer.submit(module, [n], getattr(module, n).weight.dtype)
+                    if packable(module.down_proj):
+                        packer.submit(module, ["down_proj"], module.down_proj.weight.dtype)
+        finally:
+            packer.close()
+    except BaseException:
+        undo(model)
+        raise
     return model
 
 

@@ -1,6 +1,8 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""The forwards that optimize_for_cpu_inference installs on OlmoAttention / OlmoMLP instances (fused projections,
-joint q/k norm and RoPE, native decode attention), and the key/value cache that grows in place."""
+"""The forwards that optimize_for_cpu_inference installs on OlmoAttention / OlmoMLP / Olmo2RMSNorm instances
+(fused projections, joint q/k norm and RoPE, native decode attention and element-wise kernels), and the key/value
+cache that grows in place. Each falls back to PyTorch operators (the same arithmetic) where a native kernel does
+not apply: float32, no compiled library, shapes it does not take, autograd, torch.compile."""
 
 from __future__ import annotations
 
@@ -10,11 +12,20 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from ..modules import (
     Olmo2Attention,
+    Olmo2RMSNorm,
     OlmoAttention,
     OlmoMLP,
     rotate_half,
 )
-from .native import _can_use_native_attention, _native_attention, _native_kernel
+from .native import (
+    _can_use_native_attention,
+    _native_attention,
+    _native_elementwise_ok,
+    _native_kernel,
+    _native_qk_norm_rope,
+    _native_rms_norm,
+    _native_silu_mul,
+)
 
 _KV_ATTR = "_olmo_hf_kv"  # set on DynamicLayer instances whose storage we manage (see _append_kv)
 _KV_GROW = 16  # key/value positions allocated at a time (re-allocation, and so a full copy, every 16 steps)
@@ -22,9 +33,34 @@ _KV_GROW = 16  # key/value positions allocated at a time (re-allocation, and so 
 
 def _fast_mlp_forward(self: OlmoMLP, x: torch.Tensor) -> torch.Tensor:
     """``down(silu(gate(x)) * up(x))`` with gate and up as one packed matrix."""
-    gate_up = self._fast_gate_up.matmul(x)
+    gate_up = self._fast_gate_up.matmul(x)  # (batch, seq, 2 * intermediate) = [gate | up]
+    if _native_elementwise_ok(gate_up) and gate_up.is_contiguous() and self.intermediate_size % 16 == 0:
+        return self.down_proj(_native_silu_mul(_native_kernel(), gate_up))
     gate, up = gate_up.split(self.intermediate_size, dim=-1)
     return self.down_proj(F.silu(gate).mul_(up))  # in place: the same values, one temporary less
+
+
+def _float32_weight(norm: Olmo2RMSNorm) -> torch.Tensor:
+    """``norm.weight`` as float32 (exactly its values: bf16 -> fp32 is exact), cached until the weight changes.
+    Multiplying float32 activations by a float32 weight gives what ``weight * hidden`` gives, without PyTorch's
+    slow mixed-dtype path."""
+    weight = norm.weight
+    cached = norm.__dict__.get("_fast_weight_f32")
+    if cached is None or cached[1] is not weight or cached[2] != weight._version:
+        cached = (weight.detach().float(), weight, weight._version)
+        norm.__dict__["_fast_weight_f32"] = cached
+    return cached[0]
+
+
+def _fast_rms_norm_forward(self: Olmo2RMSNorm, hidden_states: torch.Tensor) -> torch.Tensor:
+    """Olmo2RMSNorm in one native pass (bf16), else its own forward."""
+    if (
+        _native_elementwise_ok(hidden_states)
+        and hidden_states.shape[-1] % 16 == 0
+        and hidden_states.stride(-1) == 1
+    ):
+        return _native_rms_norm(_native_kernel(), hidden_states, _float32_weight(self), self.variance_epsilon)
+    return Olmo2RMSNorm.forward(self, hidden_states)
 
 
 def _append_kv(layer: DynamicLayer, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,11 +101,43 @@ def _can_grow(cache, layer_idx: int) -> bool:
 
 
 def _rms_norm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Olmo2RMSNorm's arithmetic (float32, weight applied before the cast back) over the last dimension."""
+    """Olmo2RMSNorm's arithmetic (float32, weight applied before the cast back) over the last dimension; ``weight``
+    float32."""
     xf = x.float()
     variance = xf.pow(2).mean(-1, keepdim=True)
     xf = xf * torch.rsqrt(variance + eps)
     return xf.mul_(weight).to(x.dtype)  # weight * xf, computed in place
+
+
+def _normed_rotated_qk(
+    self: OlmoAttention, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, normed: bool
+) -> torch.Tensor:
+    """q and k, (batch, seq, q_size + k_size) straight from the projection, through the q/k norms (OLMo 2, unless
+    ``normed``: already done) and RoPE: (batch, seq, heads + kv_heads, head_dim), in qk's dtype."""
+    bsz, seq, _ = qk.shape
+    nh, nkv, hd = self.config.num_attention_heads, self.config.num_key_value_heads, self.head_dim
+    q_size = nh * hd
+    needs_norm = isinstance(self, Olmo2Attention) and not normed
+    same_eps = not needs_norm or self.q_norm.variance_epsilon == self.k_norm.variance_epsilon
+    if _native_elementwise_ok(qk) and same_eps:
+        wq, wk, eps = None, None, 0.0
+        if needs_norm:
+            wq, wk, eps = _float32_weight(self.q_norm), _float32_weight(self.k_norm), self.q_norm.variance_epsilon
+        out = _native_qk_norm_rope(_native_kernel(), qk, q_size, hd, wq, wk, eps, cos, sin)
+        if out is not None:
+            return out
+    if needs_norm:
+        if nh == nkv and same_eps:  # one norm over q and k together
+            weight = torch.stack([_float32_weight(self.q_norm), _float32_weight(self.k_norm)])
+            qk = _rms_norm_rows(qk.reshape(bsz, seq, 2, q_size), weight, self.q_norm.variance_epsilon)
+        else:
+            qk = torch.cat([self.q_norm(qk[..., :q_size]), self.k_norm(qk[..., q_size:])], dim=-1)
+    qk = qk.reshape(bsz, seq, nh + nkv, hd)
+    # RoPE on q and k at once: exactly apply_rotary_pos_emb's float32 arithmetic, cast back to the input dtype.
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # (batch, seq, 1, head_dim)
+    rotated = qk * cos
+    rotated += rotate_half(qk) * sin  # in place: one float32 temporary less, the same values
+    return rotated.to(qk.dtype)
 
 
 def _fast_attention_forward(
@@ -87,43 +155,19 @@ def _fast_attention_forward(
 
     fused = self.__dict__.get("_fast_qkv")
     if fused is not None:
-        qkv = fused.matmul(hidden_states)
+        qkv = fused.matmul(hidden_states)  # (batch, seq, q_size + 2 * kv_size)
         clip = getattr(self.config, "clip_qkv", None)
         if clip is not None:
             qkv = qkv.clamp(-clip, clip)
-        if isinstance(self, Olmo2Attention):
-            if nh == nkv and self.q_norm.variance_epsilon == self.k_norm.variance_epsilon:
-                qk = qkv[..., : 2 * q_size].view(bsz, seq, 2, q_size)
-                weight = self.__dict__.get("_fast_qk_weight")
-                versions = (self.q_norm.weight._version, self.k_norm.weight._version)
-                if weight is None or weight[1] != versions:  # rebuilt if either norm weight was modified
-                    weight = (torch.stack([self.q_norm.weight, self.k_norm.weight]), versions)
-                    self.__dict__["_fast_qk_weight"] = weight
-                weight = weight[0]
-                qk = _rms_norm_rows(qk, weight, self.q_norm.variance_epsilon)
-                qk = qk.view(bsz, seq, 2 * nh, hd)
-            else:
-                q = self.q_norm(qkv[..., :q_size])
-                k = self.k_norm(qkv[..., q_size : q_size + kv_size])
-                qk = torch.cat([q, k], dim=-1).view(bsz, seq, nh + nkv, hd)
-        else:
-            qk = qkv[..., : q_size + kv_size].view(bsz, seq, nh + nkv, hd)
-        v = qkv[..., q_size + kv_size :].view(bsz, seq, nkv, hd)
+        qk, v, normed = qkv[..., : q_size + kv_size], qkv[..., q_size + kv_size :], False
     else:
-        q, k, v = self.project_qkv(hidden_states)
-        qk = torch.cat([q, k], dim=-1).view(bsz, seq, nh + nkv, hd)
-        v = v.view(bsz, seq, nkv, hd)
+        q, k, v = self.project_qkv(hidden_states)  # q/k norms (OLMo 2) and clip_qkv (OLMo 1.7) included
+        qk, normed = torch.cat([q, k], dim=-1), True
 
-    # RoPE on q and k at once: exactly apply_rotary_pos_emb's float32 arithmetic, cast back to the input dtype.
-    cos, sin = position_embeddings  # (batch, seq, head_dim) float32
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # (batch, seq, 1, head_dim)
-    rotated = qk * cos
-    rotated += rotate_half(qk) * sin  # in place: one float32 temporary less, the same values
-    qk = rotated.to(hidden_states.dtype)
-    del rotated
+    qk = _normed_rotated_qk(self, qk, *position_embeddings, normed=normed)  # (batch, seq, heads + kv_heads, hd)
     q = qk[:, :, :nh].transpose(1, 2)  # (batch, heads, seq, head_dim)
     k = qk[:, :, nh:].transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
-    v = v.transpose(1, 2)
+    v = v.reshape(bsz, seq, nkv, hd).transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
 
     if past_key_values is not None:
         if self.__dict__.get("_fast_grow_kv") and _can_grow(past_key_values, self.layer_idx):

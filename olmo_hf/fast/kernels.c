@@ -1,7 +1,12 @@
 /* olmo_hf's native decode kernels, called from Python through ctypes (olmo_hf/fast/native.py compiles this file
    once per machine with _NATIVE_FLAGS and declares each entry point's signature in _NativeLib):
    - olmo_hf_packed_gemv_bf16: y = x @ W^T for 1..8 rows of x, reading W as oneDNN packed it;
-   - olmo_hf_decode_attention_bf16: one decoding step of attention (one query position, no mask).
+   - olmo_hf_decode_attention_bf16: one decoding step of attention (one query position, no mask);
+   - olmo_hf_rms_norm_bf16, olmo_hf_qk_norm_rope_bf16, olmo_hf_silu_mul_bf16: the element-wise work of a layer
+     (Olmo2RMSNorm; q/k norm + RoPE; SwiGLU's product), one pass each instead of 3-10 PyTorch operators that
+     each write a float32 temporary. Same float32 arithmetic as the PyTorch modules, rounding for rounding
+     (compiled with -ffp-contract=off: no fused multiply-adds where PyTorch rounds twice), except that sums of
+     squares are added in another order (a bf16 ulp on ~1e-5 of the outputs).
    bf16 in and out, fp32 accumulation, on torch's own OpenMP threads (nthreads). Each entry point returns 0 on
    success and a negative status for arguments it does not handle. */
 #include <immintrin.h>
@@ -166,4 +171,128 @@ int olmo_hf_decode_attention_bf16(const uint16_t* q, long qsb, long qsh,
         }
     }
     return failed ? -2 : 0;
+}
+
+/* ------------------------------------------------------------------------------------------- element-wise */
+static inline __m512 load_bf16x16(const uint16_t* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
+static inline void store_bf16x16(uint16_t* p, __m512 v) {  /* round to nearest even, as .to(torch.bfloat16) */
+    _mm256_storeu_si256((__m256i*)p, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+static inline __m512 round_to_bf16(__m512 v) {  /* v.to(bfloat16).float() */
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+
+/* Olmo2RMSNorm of one row of n (multiple of 16) elements: x * rsqrt(mean(x^2) + eps), times the (fp32) weight
+   before the rounding to bf16. */
+static void rms_norm_row(const uint16_t* src, long n, const float* w, float eps, uint16_t* dst) {
+    __m512 acc = _mm512_setzero_ps();
+    for (long i = 0; i < n; i += 16) {
+        const __m512 x = load_bf16x16(src + i);
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(x, x));
+    }
+    const float variance = _mm512_reduce_add_ps(acc) / (float)n;
+    const __m512 r = _mm512_set1_ps(1.0f / sqrtf(variance + eps));
+    for (long i = 0; i < n; i += 16)
+        store_bf16x16(dst + i, _mm512_mul_ps(_mm512_mul_ps(load_bf16x16(src + i), r), _mm512_loadu_ps(w + i)));
+}
+
+/* rows of n bf16 (row r at x + r*ld) -> out (rows x n, contiguous). */
+int olmo_hf_rms_norm_bf16(const uint16_t* x, long ld, long rows, long n, const float* w, float eps, uint16_t* out,
+                          int nthreads) {
+    if (n % 16) return -1;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows > 1)
+    for (long r = 0; r < rows; ++r) rms_norm_row(x + r * ld, n, w, eps, out + r * n);
+    return 0;
+}
+
+/* RoPE of `heads` heads of hd elements: (x1, x2) -> (x1*c1 - x2*s1, x2*c2 + x1*s2), i.e. x*cos + rotate_half(x)*sin
+   with apply_rotary_pos_emb's roundings (each product, then the sum, in fp32), rounded to bf16. */
+static void rope_heads(const uint16_t* src, long heads, long hd, const float* cos, const float* sin, uint16_t* dst) {
+    const long half = hd / 2;
+    for (long h = 0; h < heads; ++h) {
+        const uint16_t* x = src + h * hd;
+        uint16_t* y = dst + h * hd;
+        for (long i = 0; i < half; i += 16) {
+            const __m512 x1 = load_bf16x16(x + i), x2 = load_bf16x16(x + half + i);
+            const __m512 minus_x2 = _mm512_sub_ps(_mm512_setzero_ps(), x2);
+            store_bf16x16(y + i, _mm512_add_ps(_mm512_mul_ps(x1, _mm512_loadu_ps(cos + i)),
+                                               _mm512_mul_ps(minus_x2, _mm512_loadu_ps(sin + i))));
+            store_bf16x16(y + half + i, _mm512_add_ps(_mm512_mul_ps(x2, _mm512_loadu_ps(cos + half + i)),
+                                                      _mm512_mul_ps(x1, _mm512_loadu_ps(sin + half + i))));
+        }
+    }
+}
+
+/* q/k of one attention block for B*S tokens. Token r = b*S + s: its q (nq = heads*hd) then k (nk = kv_heads*hd)
+   at in + r*ld_in; optional RMSNorm of the whole q and of the whole k (weights wq / wk, fp32; NULL: no norm), then
+   RoPE with the cos/sin rows at b*cs_b + s*cs_s (fp32). Output: token r's q and k heads at out + r*(nq+nk). */
+int olmo_hf_qk_norm_rope_bf16(const uint16_t* in, long ld_in, long B, long S, long nq, long nk, long hd,
+                              const float* wq, const float* wk, float eps, const float* cos, const float* sin,
+                              long cs_b, long cs_s, uint16_t* out, int nthreads) {
+    if (hd % 32 || nq % hd || nk % hd) return -1;
+    const int normed = wq != NULL || wk != NULL;
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads) if (B * S > 1)
+    {
+        uint16_t* tmp = normed ? (uint16_t*)aligned_alloc(64, ((nq + nk) * 2 + 63) / 64 * 64) : NULL;
+        if (normed && !tmp) {
+            failed = 1;
+        } else {
+            #pragma omp for schedule(static)
+            for (long r = 0; r < B * S; ++r) {
+                const uint16_t* src = in + r * ld_in;
+                if (normed) {
+                    if (wq) rms_norm_row(src, nq, wq, eps, tmp); else memcpy(tmp, src, nq * 2);
+                    if (wk) rms_norm_row(src + nq, nk, wk, eps, tmp + nq); else memcpy(tmp + nq, src + nq, nk * 2);
+                    src = tmp;
+                }
+                const long cs = (r / S) * cs_b + (r % S) * cs_s;
+                rope_heads(src, (nq + nk) / hd, hd, cos + cs, sin + cs, out + r * (nq + nk));
+            }
+            free(tmp);
+        }
+    }
+    return failed ? -2 : 0;
+}
+
+/* exp(x) in fp32: Cephes' expf polynomial (~1 ulp, like the SLEEF exp PyTorch vectorizes with), 2^n applied with
+   scalef so that large |x| overflows to inf and underflows to 0 as expf does. */
+static inline __m512 exp_ps(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(89.0f)), _mm512_set1_ps(-104.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  /* x - n*ln2, ln2 in two parts */
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* SwiGLU's product for `rows` rows of [gate | up] (n each, n a multiple of 16; row r at gu + r*ld):
+   out[r] = bf16(bf16(silu(gate)) * up), what F.silu(gate).mul_(up) computes in bf16; out is rows x n, contiguous. */
+int olmo_hf_silu_mul_bf16(const uint16_t* gu, long ld, long rows, long n, uint16_t* out, int nthreads) {
+    if (n % 16) return -1;
+    const long chunk = 512, chunks = (n + chunk - 1) / chunk;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n > 4096)
+    for (long t = 0; t < rows * chunks; ++t) {
+        const long r = t / chunks, c0 = (t % chunks) * chunk, c1 = c0 + chunk < n ? c0 + chunk : n;
+        const uint16_t* gate = gu + r * ld;
+        const uint16_t* up = gate + n;
+        for (long i = c0; i < c1; i += 16) {
+            const __m512 x = load_bf16x16(gate + i);
+            const __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x));
+            const __m512 silu = round_to_bf16(_mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e)));
+            store_bf16x16(out + r * n + i, _mm512_mul_ps(silu, load_bf16x16(up + i)));
+        }
+    }
+    return 0;
 }

@@ -18,6 +18,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from ..modules import rotate_half
+
 # Two decode-time kernels of our own, in C (kernels.c), compiled once per machine with the system C compiler
 # into ~/.cache/olmo_hf (OLMO_HF_CACHE) and checked against oneDNN / sdpa before use:
 # - olmo_hf_packed_gemv_bf16: x @ W^T for 1..8 rows, reading the SAME packed bytes as oneDNN (no second copy),
@@ -29,13 +31,15 @@ import torch.nn.functional as F
 # (same results up to accumulation order).
 _NATIVE_MAX_ROWS = 8
 _NATIVE_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.c")  # package data
-_NATIVE_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
+# -ffp-contract=off: the element-wise kernels round each product as PyTorch does (no fused multiply-adds).
+_NATIVE_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-ffp-contract=off", "-fopenmp",
+                 "-shared", "-fPIC"]
 _NATIVE_LIBS = ["-lm"]
 _native = None  # None: not tried yet; False: unavailable; else a _NativeLib
 
 
 class _NativeLib:
-    """The two entry points of the compiled library (ctypes functions; they release the GIL)."""
+    """The entry points of the compiled library (ctypes functions; they release the GIL)."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         c_long, c_ptr = ctypes.c_long, ctypes.c_void_p
@@ -46,6 +50,16 @@ class _NativeLib:
         self.attention.argtypes = [c_ptr, c_long, c_long, c_ptr, c_long, c_long, c_long, c_ptr, c_long, c_long,
                                    c_long, c_ptr, c_long, c_long, c_long, c_long, c_long, ctypes.c_float, ctypes.c_int]
         self.attention.restype = ctypes.c_int
+        c_float, c_int = ctypes.c_float, ctypes.c_int
+        self.rms_norm = lib.olmo_hf_rms_norm_bf16
+        self.rms_norm.argtypes = [c_ptr, c_long, c_long, c_long, c_ptr, c_float, c_ptr, c_int]
+        self.qk_norm_rope = lib.olmo_hf_qk_norm_rope_bf16
+        self.qk_norm_rope.argtypes = [c_ptr, c_long, c_long, c_long, c_long, c_long, c_long, c_ptr, c_ptr, c_float,
+                                      c_ptr, c_ptr, c_long, c_long, c_ptr, c_int]
+        self.silu_mul = lib.olmo_hf_silu_mul_bf16
+        self.silu_mul.argtypes = [c_ptr, c_long, c_long, c_long, c_ptr, c_int]
+        for fn in (self.rms_norm, self.qk_norm_rope, self.silu_mul):
+            fn.restype = c_int
 
 
 _native_lock = threading.Lock()
@@ -137,7 +151,34 @@ def _build_native():
         out = _native_attention(native, q, kv[0], kv[1], d**-0.5).float()
         if not torch.allclose(out, ref, atol=2e-2, rtol=2e-2):
             return None
+    if not _elementwise_self_test(native, gen):
+        return None
     return native
+
+
+def _elementwise_self_test(native: _NativeLib, gen: torch.Generator) -> bool:
+    """The element-wise kernels against the PyTorch arithmetic they replace (at most a bf16 ulp apart)."""
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return torch.allclose(a.float(), b.float(), atol=1e-6, rtol=2**-7)
+
+    def rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = x.float()
+        return (w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps))).to(x.dtype)
+
+    b, s_len, nh, nkv, hd = 2, 3, 4, 2, 64
+    x = torch.randn(b, s_len, (nh + 2 * nkv) * hd, generator=gen).to(torch.bfloat16)
+    wq, wk = torch.randn(nh * hd, generator=gen), torch.randn(nkv * hd, generator=gen)
+    cos, sin = torch.randn(2, 1, s_len, hd, generator=gen)
+    q, k = rms(x[..., : nh * hd], wq, 1e-6), rms(x[..., nh * hd : (nh + nkv) * hd], wk, 1e-6)
+    qk = torch.cat([q, k], -1).view(b, s_len, nh + nkv, hd)
+    ref = (qk * cos[:, :, None]) + (rotate_half(qk) * sin[:, :, None])
+    out = _native_qk_norm_rope(native, x[..., : (nh + nkv) * hd], nh * hd, hd, wq, wk, 1e-6, cos, sin)
+    if out is None or not close(out, ref.to(torch.bfloat16)):
+        return False
+    if not close(_native_rms_norm(native, x[..., :hd], wq[:hd], 1e-5), rms(x[..., :hd], wq[:hd], 1e-5)):
+        return False
+    gu = (4 * torch.randn(b, s_len, 2 * 48, generator=gen)).to(torch.bfloat16)
+    return close(_native_silu_mul(native, gu), F.silu(gu[..., :48]) * gu[..., 48:])
 
 
 def _native_layout_ptr(packed: torch.Tensor, dense: torch.Tensor) -> int | None:
@@ -213,4 +254,67 @@ def _can_use_native_attention(module, q, k, v, attention_mask, kwargs) -> bool:
         and not module.training
         and not torch.compiler.is_compiling()
         and not (torch.is_grad_enabled() and q.requires_grad)
+    )
+
+
+def _native_rms_norm(native: _NativeLib, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Olmo2RMSNorm of bf16 ``x`` (..., n) over its last dimension (unit stride, rows evenly strided) with a float32
+    ``weight`` (n,); n must be a multiple of 16."""
+    n = x.shape[-1]
+    rows = x.reshape(-1, n) if x.dim() != 2 else x
+    out = torch.empty(x.shape, dtype=torch.bfloat16)
+    if native.rms_norm(rows.data_ptr(), rows.stride(0), rows.shape[0], n, weight.data_ptr(), eps, out.data_ptr(),
+                       torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native rms_norm rejected its arguments")
+    return out
+
+
+def _native_qk_norm_rope(
+    native: _NativeLib, qk: torch.Tensor, q_size: int, head_dim: int, wq: torch.Tensor | None,
+    wk: torch.Tensor | None, eps: float, cos: torch.Tensor, sin: torch.Tensor,
+) -> torch.Tensor | None:
+    """q/k norm (optional) and RoPE in one pass. ``qk``: (batch, seq, q_size + k_size) bf16, q then k, unit stride
+    last; ``wq`` / ``wk``: float32 norm weights or None; ``cos`` / ``sin``: float32 (1 or batch, seq, head_dim).
+    Returns (batch, seq, heads + kv_heads, head_dim) bf16, or None for shapes the kernel does not take."""
+    bsz, seq, width = qk.shape
+    k_size = width - q_size
+    if head_dim % 32 or q_size % head_dim or k_size % head_dim or qk.stride(-1) != 1:
+        return None
+    if bsz > 1 and qk.stride(0) != seq * qk.stride(1):  # token rows must be evenly strided
+        return None
+    if cos.dtype != torch.float32 or cos.shape != sin.shape or cos.stride() != sin.stride() or cos.stride(-1) != 1:
+        return None
+    if cos.shape[0] not in (1, bsz) or cos.shape[1] != seq:
+        return None
+    cs_b = cos.stride(0) if cos.shape[0] == bsz and bsz > 1 else 0
+    out = torch.empty((bsz, seq, width // head_dim, head_dim), dtype=torch.bfloat16)
+    status = native.qk_norm_rope(
+        qk.data_ptr(), qk.stride(1), bsz, seq, q_size, k_size, head_dim,
+        None if wq is None else wq.data_ptr(), None if wk is None else wk.data_ptr(), eps,
+        cos.data_ptr(), sin.data_ptr(), cs_b, cos.stride(1), out.data_ptr(), torch.get_num_threads(),
+    )
+    if status != 0:
+        raise RuntimeError(f"olmo_hf native q/k norm + RoPE failed (status {status})")
+    return out
+
+
+def _native_silu_mul(native: _NativeLib, gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` in bf16 for ``gate_up`` (..., 2n) = [gate | up], contiguous, n a multiple of 16."""
+    n = gate_up.shape[-1] // 2
+    out = torch.empty((*gate_up.shape[:-1], n), dtype=torch.bfloat16)
+    rows = gate_up.numel() // (2 * n)
+    if native.silu_mul(gate_up.data_ptr(), 2 * n, rows, n, out.data_ptr(), torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native silu_mul rejected its arguments")
+    return out
+
+
+def _native_elementwise_ok(x: torch.Tensor) -> bool:
+    """Whether the element-wise kernels may run on ``x``: the library is loaded, bf16 on CPU, inference."""
+    return (
+        _native is not None
+        and _native is not False
+        and x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not (torch.is_grad_enabled() and x.requires_grad)
     )

@@ -241,7 +241,12 @@ class _Packer:
             lin.weight.data = torch.empty(0, dtype=lin.weight.dtype)  # the packed copy replaces the dense one
         job = (parent, names, linears, on_done)
         if self.pool is None:
-            self._install(job, self._build(datas, dtype))
+            try:
+                result = self._build(datas, dtype)
+            except BaseException as e:
+                self._restore(job, e)
+                raise
+            self._install(job, result)
             return
         self.pending.append((self.pool.submit(self._build, datas, dtype), job))
         del datas  # the worker holds the only references now (needed for the page release)
@@ -249,20 +254,49 @@ class _Packer:
             self._finish_one()
 
     def close(self) -> None:
+        """Finish every group in flight (installed, or restored if it failed), then raise the first failure."""
+        error = None
         try:
             while self.pending:
-                self._finish_one()
+                try:
+                    self._finish_one()
+                except BaseException as e:  # keep draining: no group may be left with an emptied weight
+                    error = error or e
         finally:
             if self.pool is not None:
                 self.pool.shutdown()
             self.local = None
         self.pages.trim_heap()
+        if error is not None:
+            raise error
 
     def _finish_one(self) -> None:
         future, job = self.pending.popleft()
-        self._install(job, future.result())
+        try:
+            result = future.result()
+        except BaseException as e:
+            self._restore(job, e)
+            raise
+        self._install(job, result)
+
+    @staticmethod
+    def _restore(job, error: BaseException) -> None:
+        """A group failed to pack: put its dense weights back into its nn.Linears (emptied by submit)."""
+        for lin, dense in zip(job[2], getattr(error, "olmo_hf_dense_sources", [])):
+            if dense is not None:
+                lin.weight.data = dense
 
     def _build(self, datas: list, dtype: torch.dtype) -> tuple[_Packed, int]:
+        """Pack one group; if that fails, the dense values go back into the group's nn.Linears (through the
+        exception, see _install) so that undo() can restore the whole model."""
+        try:
+            return self._pack(datas, dtype)
+        except BaseException as e:
+            if not hasattr(e, "olmo_hf_dense_sources"):  # failed before anything was released: the sources
+                e.olmo_hf_dense_sources = list(datas)
+            raise
+
+    def _pack(self, datas: list, dtype: torch.dtype) -> tuple[_Packed, int]:
         released = 0
         with torch.no_grad():
             if len(datas) == 1:
@@ -277,10 +311,15 @@ class _Packer:
                     scratch = self.local.scratch = torch.empty(rows_total * cols, dtype=dtype)
                 dense = scratch[: rows_total * cols].view(rows_total, cols)
                 torch.cat([d.to(dtype) for d in datas], dim=0, out=dense)
+                sizes = [d.shape[0] for d in datas]
                 for i in range(len(datas)):
                     released += self.pages.release(datas[i])
                     datas[i] = None
-                packed = _Packed(dense)
+                try:
+                    packed = _Packed(dense)
+                except BaseException as e:  # the sources are gone: hand back copies of their rows
+                    e.olmo_hf_dense_sources = [rows.clone() for rows in dense.split(sizes)]
+                    raise
                 del dense
             for i, data in enumerate(datas):
                 if data is not None:
