@@ -124,6 +124,15 @@ def test_native_kernels_match_onednn_and_sdpa():
         assert out.shape == sdpa.shape == (b, 1, h, d)
         # at least as close to the float64 result as sdpa's own bf16 kernel (plus one bf16 ulp of slack)
         assert (out.double() - ref).abs().max() <= (sdpa.double() - ref).abs().max() + 2**-8 * ref.abs().max()
+    for b, h, g, s_len, d in ((1, 16, 16, 130, 128), (3, 4, 2, 37, 64), (2, 2, 1, 1, 32)):  # a whole prompt, causal
+        q = torch.randn(b, s_len, h, d, generator=gen).to(torch.bfloat16).transpose(1, 2)
+        k, v = torch.randn(2, b, g, s_len + 5, d, generator=gen).to(torch.bfloat16)[..., :s_len, :]
+        ref = F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(h // g, 1),
+                                             v.double().repeat_interleave(h // g, 1), is_causal=True).transpose(1, 2)
+        sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=g != h).transpose(1, 2)
+        out = fast.native._native_prefill_attention(native, q, k, v, d**-0.5)
+        assert out.shape == sdpa.shape == (b, s_len, h, d)
+        assert (out.double() - ref).abs().max() <= (sdpa.double() - ref).abs().max() + 2**-8 * ref.abs().max()
 
 
 def _bf16_ulps(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -202,7 +211,7 @@ def test_bfloat16_with_every_native_kernel_as_accurate_as_the_plain_model(family
                                                                                torch.bfloat16)]
     optimize_for_cpu_inference(models[2])
     calls = {}
-    for name in ("gemv", "attention", "rms_norm", "qk_norm_rope", "silu_mul"):
+    for name in ("gemv", "attention", "prefill_attention", "rms_norm", "qk_norm_rope", "silu_mul"):
         def counted(*args, _fn=getattr(lib, name), _name=name):
             calls[_name] = calls.get(_name, 0) + 1
             return _fn(*args)
@@ -218,7 +227,8 @@ def test_bfloat16_with_every_native_kernel_as_accurate_as_the_plain_model(family
             err_fast = max(err_fast, float((fast - ref).abs().max()))
             assert (fast - plain).abs().max() <= BF16_RTOL * ref.abs().max()
     assert err_fast <= BF16_ERROR_RATIO * err_plain + 1e-3
-    expected = {"gemv", "attention", "qk_norm_rope", "silu_mul"} | ({"rms_norm"} if family == "olmo2" else set())
+    expected = {"gemv", "attention", "prefill_attention", "qk_norm_rope", "silu_mul"}
+    expected |= {"rms_norm"} if family == "olmo2" else set()
     assert expected <= set(calls), calls
 
 

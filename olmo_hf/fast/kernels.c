@@ -2,6 +2,7 @@
    once per machine with _NATIVE_FLAGS and declares each entry point's signature in _NativeLib):
    - olmo_hf_packed_gemv_bf16: y = x @ W^T for 1..8 rows of x, reading W as oneDNN packed it;
    - olmo_hf_decode_attention_bf16: one decoding step of attention (one query position, no mask);
+   - olmo_hf_prefill_attention_bf16: causal attention over a whole unpadded prompt (up to 4096 tokens);
    - olmo_hf_rms_norm_bf16, olmo_hf_qk_norm_rope_bf16, olmo_hf_silu_mul_bf16: the element-wise work of a layer
      (Olmo2RMSNorm; q/k norm + RoPE; SwiGLU's product), one pass each instead of 3-10 PyTorch operators that
      each write a float32 temporary. Same float32 arithmetic as the PyTorch modules, rounding for rounding
@@ -295,4 +296,95 @@ int olmo_hf_silu_mul_bf16(const uint16_t* gu, long ld, long rows, long n, uint16
         }
     }
     return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- prefill attention */
+/* Causal attention over a whole prompt (S queries = S keys, no mask: an unpadded prefill), for S <= 4096:
+   out[b, i, h, :] = softmax_j<=i(scale * q[b, h, i] . k[b, g, j]) @ v[b, g, j], g = h / (H / G).
+   Work item = (b, h, block of 16 queries). q.k^T with AVX512-BF16 dot products (fp32 accumulation): the 16 queries'
+   (dim pair) values form one vector, each key's pair is broadcast. Softmax and p @ v in fp32 (v converted once per
+   item). bf16 out of shape (B, S, H, D) contiguous. Strides in elements; the last dimension contiguous. */
+int olmo_hf_prefill_attention_bf16(const uint16_t* q, long qsb, long qsh, long qss,
+                                   const uint16_t* k, long ksb, long ksh, long kss,
+                                   const uint16_t* v, long vsb, long vsh, long vss,
+                                   uint16_t* out, long B, long H, long G, long S, long D, float scale, int nthreads) {
+    if (D % 32 || D > 256 || S < 1 || S > 4096 || G < 1 || H % G) return -1;
+    const long rep = H / G, QB = (S + 15) / 16, P = D / 2, nd = D / 16;
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        uint32_t* qt = (uint32_t*)aligned_alloc(64, sizeof(uint32_t) * 16 * P);
+        float* sc = (float*)aligned_alloc(64, sizeof(float) * 16 * (size_t)((S + 7) / 8 * 8));
+        float* vf = (float*)aligned_alloc(64, sizeof(float) * (size_t)S * D);
+        if (!qt || !sc || !vf) {
+            failed = 1;
+        } else {
+            #pragma omp for schedule(dynamic, 1)
+            for (long item = 0; item < B * H * QB; ++item) {
+                const long qb = QB - 1 - item % QB;  /* the longest blocks first */
+                const long bh = item / QB, b = bh / H, h = bh % H, g = h / rep;
+                const long i0 = qb * 16, nq = S - i0 < 16 ? S - i0 : 16, nk = i0 + nq;  /* keys 0 .. nk-1 */
+                const uint16_t* qp = q + b * qsb + h * qsh;
+                const uint16_t* kp = k + b * ksb + g * ksh;
+                const uint16_t* vp = v + b * vsb + g * vsh;
+                for (long p = 0; p < P; ++p)
+                    for (long qi = 0; qi < 16; ++qi) {
+                        uint32_t pair = 0;
+                        if (qi < nq) memcpy(&pair, qp + (i0 + qi) * qss + 2 * p, 4);
+                        qt[p * 16 + qi] = pair;
+                    }
+                /* scores, key-major: sc[j * 16 + qi] */
+                for (long j0 = 0; j0 < nk; j0 += 8) {
+                    __m512 acc[8];
+                    for (int u = 0; u < 8; ++u) acc[u] = _mm512_setzero_ps();
+                    const long nu = nk - j0 < 8 ? nk - j0 : 8;
+                    const uint16_t* kr[8];  /* the 8 key rows (the last one repeated past the end) */
+                    for (int u = 0; u < 8; ++u) kr[u] = kp + (j0 + (u < nu ? u : nu - 1)) * kss;
+                    for (long p = 0; p < P; ++p) {
+                        const __m512bh qv = (__m512bh)_mm512_load_si512((const void*)(qt + p * 16));
+                        for (int u = 0; u < 8; ++u) {
+                            int32_t pair;
+                            memcpy(&pair, kr[u] + 2 * p, 4);
+                            acc[u] = _mm512_dpbf16_ps(acc[u], qv, (__m512bh)_mm512_set1_epi32(pair));
+                        }
+                    }
+                    for (int u = 0; u < nu; ++u) {
+                        const long j = j0 + u;
+                        __m512 s = _mm512_mul_ps(acc[u], _mm512_set1_ps(scale));
+                        if (j >= i0) {  /* the diagonal block: query lane qi sees keys j <= i0 + qi */
+                            const __mmask16 visible = (__mmask16)(0xffffu << (j - i0));
+                            s = _mm512_mask_blend_ps(visible, _mm512_set1_ps(-INFINITY), s);
+                        }
+                        _mm512_store_ps(sc + j * 16, s);
+                    }
+                }
+                /* softmax over j for each query lane (fp32): exp(s - max), and the sums */
+                __m512 mx = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
+                for (long j = 0; j < nk; ++j) mx = _mm512_max_ps(mx, _mm512_load_ps(sc + j * 16));
+                for (long j = 0; j < nk; ++j) {
+                    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_load_ps(sc + j * 16), mx));
+                    _mm512_store_ps(sc + j * 16, e);
+                    sum = _mm512_add_ps(sum, e);
+                }
+                float inv[16];
+                _mm512_storeu_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.0f), sum));
+                /* p @ v, query by query, with v in fp32 */
+                for (long j = 0; j < nk; ++j)
+                    for (long c = 0; c < nd; ++c) _mm512_store_ps(vf + j * D + 16 * c, load_bf16x16(vp + j * vss + 16 * c));
+                for (long qi = 0; qi < nq; ++qi) {
+                    __m512 o[16];
+                    for (long c = 0; c < nd; ++c) o[c] = _mm512_setzero_ps();
+                    for (long j = 0; j <= i0 + qi; ++j) {
+                        const __m512 pj = _mm512_set1_ps(sc[j * 16 + qi]);
+                        for (long c = 0; c < nd; ++c) o[c] = _mm512_fmadd_ps(pj, _mm512_load_ps(vf + j * D + 16 * c), o[c]);
+                    }
+                    uint16_t* op = out + ((b * S + i0 + qi) * H + h) * D;
+                    const __m512 r = _mm512_set1_ps(inv[qi]);
+                    for (long c = 0; c < nd; ++c) store_bf16x16(op + 16 * c, _mm512_mul_ps(o[c], r));
+                }
+            }
+        }
+        free(qt); free(sc); free(vf);
+    }
+    return failed ? -2 : 0;
 }

@@ -58,7 +58,11 @@ class _NativeLib:
                                       c_ptr, c_ptr, c_long, c_long, c_ptr, c_int]
         self.silu_mul = lib.olmo_hf_silu_mul_bf16
         self.silu_mul.argtypes = [c_ptr, c_long, c_long, c_long, c_ptr, c_int]
-        for fn in (self.rms_norm, self.qk_norm_rope, self.silu_mul):
+        self.prefill_attention = lib.olmo_hf_prefill_attention_bf16
+        strided = [c_ptr, c_long, c_long, c_long]  # a (batch, heads, seq, head_dim) tensor: pointer and 3 strides
+        self.prefill_attention.argtypes = [*strided * 3, c_ptr, c_long, c_long, c_long, c_long, c_long, c_float,
+                                           c_int]
+        for fn in (self.rms_norm, self.qk_norm_rope, self.silu_mul, self.prefill_attention):
             fn.restype = c_int
 
 
@@ -151,6 +155,13 @@ def _build_native():
         out = _native_attention(native, q, kv[0], kv[1], d**-0.5).float()
         if not torch.allclose(out, ref, atol=2e-2, rtol=2e-2):
             return None
+    for b, h, g, s_len, d in ((2, 4, 2, 37, 32), (1, 2, 2, 1, 64)):
+        q, k, v = (torch.randn(b, h if i == 0 else g, s_len, d, generator=gen).to(torch.bfloat16) for i in range(3))
+        ref = F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(h // g, 1),
+                                             v.float().repeat_interleave(h // g, 1), is_causal=True).transpose(1, 2)
+        out = _native_prefill_attention(native, q, k, v, d**-0.5).float()
+        if not torch.allclose(out, ref, atol=2e-2, rtol=2e-2):
+            return None
     if not _elementwise_self_test(native, gen):
         return None
     return native
@@ -239,12 +250,35 @@ def _native_attention(
     return out
 
 
+def _native_prefill_attention(
+    native: _NativeLib, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Causal softmax(scale * q k^T) v over a whole prompt (as many queries as keys, no padding): q (batch, heads,
+    seq, head_dim), k / v (batch, kv_heads, seq, head_dim), any strides but the last; returns (batch, seq, heads,
+    head_dim), what the attention interface returns."""
+    b, h, s_len, d = q.shape
+    out = torch.empty((b, s_len, h, d), dtype=torch.bfloat16)
+    status = native.prefill_attention(
+        q.data_ptr(), q.stride(0), q.stride(1), q.stride(2), k.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
+        v.data_ptr(), v.stride(0), v.stride(1), v.stride(2), out.data_ptr(), b, h, k.shape[1], s_len, d, scale,
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        raise RuntimeError(f"olmo_hf native prefill attention failed (status {status})")
+    return out
+
+
+_PREFILL_ATTENTION_MAX_SEQ = 4096  # kernels.c: olmo_hf_prefill_attention_bf16
+
+
 def _can_use_native_attention(module, q, k, v, attention_mask, kwargs) -> bool:
-    """Decoding steps only (one query position, no mask: what sdpa gets from an unpadded batch), bf16, sdpa."""
+    """Unmasked steps with sdpa in bf16: a decoding step (one query position, what sdpa gets from an unpadded
+    batch), or a whole unpadded prompt (as many queries as keys, causal) whose head_dim the kernel takes."""
+    prefill = q.shape[2] == k.shape[2] <= _PREFILL_ATTENTION_MAX_SEQ and q.shape[-1] % 32 == 0 and q.shape[-1] <= 256
     return (
         _native is not None
         and _native is not False
-        and q.shape[2] == 1
+        and (q.shape[2] == 1 or prefill)
         and attention_mask is None
         and module.config._attn_implementation == "sdpa"
         and q.dtype == k.dtype == v.dtype == torch.bfloat16
