@@ -38,11 +38,17 @@ What it does (each step can be switched off, see the keyword arguments):
    each layer's keys and values live in a buffer with spare room at the end, so a decoding step writes one
    position instead of concatenating (copying) the whole cache of every layer. ``layer.keys`` / ``.values``
    stay what ``DynamicLayer`` promises (every cached position, in order); other caches use their own ``update``.
+5. **Native element-wise kernels and attention (bf16).** RMSNorm, q/k norm + RoPE and SwiGLU's
+   ``silu(gate) * up`` each run as one pass of ``kernels.c`` instead of several PyTorch operators with float32
+   temporaries (PyTorch's bf16 x fp32 element-wise path is slow), with the same float32 arithmetic; attention of
+   an unpadded prompt (causal, no mask) and of a decoding step runs in native kernels with fp32 softmax.
 
 Numerics. In float32 the fast path gives the same greedy tokens as the plain model and logits within 1e-5
 (tests/test_fast_path.py). In bfloat16 the products accumulate (in fp32) in another order than ``F.linear``
 does, so outputs may differ by a bf16 ulp and logits by a few bf16 ulps of their scale (docs/performance.md);
-norms, RoPE and attention compute exactly what the plain modules compute.
+norms and RoPE compute what the plain modules compute (a bf16 ulp apart on ~1e-5 of the values: sums of squares
+add in another order), and the native attention is at least as close to the float64 result as sdpa's bf16
+kernel. Float32 models take none of the native kernels.
 
 What stays true: ``state_dict()`` / ``save_pretrained()`` write the standard keys and dense tensors;
 ``model.config``, ``generate()``, every attention implementation and every ``Cache`` class work; deepcopy and
@@ -53,8 +59,11 @@ quantized, carry PEFT adapters, or are not on CPU are refused by :func:`optimize
 Why ``from_pretrained`` does not apply it: it is only right for CPU inference, and packing reads every weight
 once (about 1-2 s for the 1B model, which the plain model pays instead as page faults during its first
 forward). Users routinely load a model and then train it, wrap it with PEFT, quantize it or move it to a GPU; a
-default that refuses any of those is worse than one explicit call. ``olmo-hf run`` / ``serve`` can apply it,
-because they own the model's whole lifetime.
+default that refuses any of those is worse than one explicit call. ``olmo-hf run`` applies it by default on the
+CPU (``--no-fast`` turns it off), because it owns the model's whole lifetime.
+
+If packing fails half-way (out of memory, an interrupt), the model is rolled back to exactly what it was and the
+error propagates: the call is all or nothing.
 """
 
 from __future__ import annotations
