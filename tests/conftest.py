@@ -134,3 +134,15 @@ def left_padded_batch(seed: int = 0, lengths=(11, 7, 4)):
         ids[row, width - n :] = torch.randint(3, VOCAB, (n,), generator=gen)
         mask[row, width - n :] = 1
     return ids, mask
+
+
+@pytest.fixture
+def restore_transformers_logging():
+    """`olmo-hf run` sets Transformers' verbosity and progress bars for its process: give the next test the old
+    state back."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    yield
+    hf_logging.set_verbosity(verbosity)
+    (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()

@@ -25,15 +25,7 @@ from test_cli_run import DEMO, PROMPTS, save_tiny_checkpoint
 GREEDY_FP32 = ["--dtype", "fp32", "--no-do-sample", "--max-new-tokens", "12"]
 
 
-@pytest.fixture(autouse=True)
-def restore_transformers_logging():
-    """`run` sets Transformers' verbosity and progress bars for the process: put them back after each test."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    yield
-    hf_logging.set_verbosity(verbosity)
-    (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+pytestmark = pytest.mark.usefixtures("restore_transformers_logging")  # conftest.py
 
 
 @pytest.fixture

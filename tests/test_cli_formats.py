@@ -12,7 +12,6 @@ import json
 
 import pytest
 import torch
-from transformers.utils import logging as hf_logging
 
 from olmo_hf.cli import main
 from olmo_hf.cli import loading
@@ -23,13 +22,7 @@ from olmo_hf.cli.tasks import TASKS, get_task
 GEN, CLF = TASKS["text-generation"], TASKS["text-classification"]
 
 
-@pytest.fixture(autouse=True)
-def restore_transformers_logging():
-    """`olmo-hf run` quiets Transformers' logger for its process; give the next test the old state back."""
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    yield
-    hf_logging.set_verbosity(verbosity)
-    (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+pytestmark = pytest.mark.usefixtures("restore_transformers_logging")  # conftest.py
 
 
 # ----------------------------------------------------------------------------------------------- formats

@@ -120,7 +120,7 @@ def test_native_kernels_match_onednn_and_sdpa():
         ref = F.scaled_dot_product_attention(q.double(), kv[0].double().repeat_interleave(h // g, 1),
                                              kv[1].double().repeat_interleave(h // g, 1)).transpose(1, 2)
         sdpa = F.scaled_dot_product_attention(q, kv[0], kv[1], enable_gqa=g != h).transpose(1, 2)
-        out = fast._native_attention(native, q, kv[0], kv[1], d**-0.5)
+        out = fast.native._native_attention(native, q, kv[0], kv[1], d**-0.5)
         assert out.shape == sdpa.shape == (b, 1, h, d)
         # at least as close to the float64 result as sdpa's own bf16 kernel (plus one bf16 ulp of slack)
         assert (out.double() - ref).abs().max() <= (sdpa.double() - ref).abs().max() + 2**-8 * ref.abs().max()

@@ -76,8 +76,7 @@ from torch import nn
 
 from ..modules import Olmo2RMSNorm, OlmoAttention, OlmoMLP
 from .forwards import _fast_attention_forward, _fast_mlp_forward, _fast_rms_norm_forward
-# _native_attention is not used here: tests/test_fast_path.py reads it as olmo_hf.fast._native_attention.
-from .native import _native_attention, _native_kernel  # noqa: F401
+from .native import _native_kernel
 from .packing import FastPathError, PackedLinear, _FileMappings, _Packed, _Packer
 
 __all__ = [
