@@ -433,3 +433,26 @@ def test_a_failure_half_way_leaves_the_model_exactly_as_it_was(builtin_checkpoin
     for key, value in model.state_dict().items():
         assert torch.equal(value, values[key]), key
     torch.testing.assert_close(masked_logits(model, ids, mask), before, atol=0, rtol=0)
+
+
+def test_without_packing_the_fast_forwards_still_train(tmp_path):
+    """optimize_for_cpu_inference(pack=False) keeps plain nn.Linears; if the caller turns gradients back on, for
+    all weights or only the norms (activations then need no gradient: the native kernels must see the weight's
+    flag), every weight gets the plain model's gradient."""
+    config = olmo_hf.Olmo2Config(vocab_size=128, hidden_size=256, intermediate_size=384, num_hidden_layers=1,
+                                 num_attention_heads=4, num_key_value_heads=2, pad_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    olmo_hf.Olmo2ForCausalLM(config).save_pretrained(tmp_path)
+    plain, fast = (olmo_hf.Olmo2ForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16) for _ in range(2))
+    optimize_for_cpu_inference(fast, pack=False)
+    ids = torch.randint(3, 128, (2, 8), generator=torch.Generator().manual_seed(0))
+    for trained in ("", "norm"):  # every weight; only the norms
+        for model in (plain, fast):
+            model.zero_grad(set_to_none=True)
+            for name, p in model.named_parameters():
+                p.requires_grad_(trained in name)
+            model(ids, labels=ids).loss.backward()
+        for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+            if trained in name:
+                assert q.grad is not None, name
+                torch.testing.assert_close(q.grad, p.grad, atol=0, rtol=0)

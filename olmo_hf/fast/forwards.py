@@ -53,12 +53,18 @@ def _float32_weight(norm: Olmo2RMSNorm) -> torch.Tensor:
     return cached[0]
 
 
+def _needs_grad(*norms: Olmo2RMSNorm) -> bool:
+    """Whether autograd must see these norms' weights (the native kernels are inference-only)."""
+    return torch.is_grad_enabled() and any(norm.weight.requires_grad for norm in norms)
+
+
 def _fast_rms_norm_forward(self: Olmo2RMSNorm, hidden_states: torch.Tensor) -> torch.Tensor:
     """Olmo2RMSNorm in one native pass (bf16), else its own forward."""
     if (
         _native_elementwise_ok(hidden_states)
         and hidden_states.shape[-1] % 16 == 0
         and hidden_states.stride(-1) == 1
+        and not _needs_grad(self)
     ):
         return _native_rms_norm(_native_kernel(), hidden_states, _float32_weight(self), self.variance_epsilon)
     return Olmo2RMSNorm.forward(self, hidden_states)
@@ -120,7 +126,7 @@ def _normed_rotated_qk(
     q_size = nh * hd
     needs_norm = isinstance(self, Olmo2Attention) and not normed
     same_eps = not needs_norm or self.q_norm.variance_epsilon == self.k_norm.variance_epsilon
-    if _native_elementwise_ok(qk) and same_eps:
+    if _native_elementwise_ok(qk) and same_eps and not (needs_norm and _needs_grad(self.q_norm, self.k_norm)):
         wq, wk, eps = None, None, 0.0
         if needs_norm:
             wq, wk, eps = _float32_weight(self.q_norm), _float32_weight(self.k_norm), self.q_norm.variance_epsilon
