@@ -576,9 +576,8 @@ def summarize(res: dict, args) -> dict:
         if key in summary and summary[key].get("ratio") is not None:
             r = summary[key]["ratio"]
             checks[key] = {"target": f"{op} {target}", "value": r, "met": r >= target if op == ">=" else r <= target}
-    if "ready_s" in summary:
-        r = summary["ready_s"]["ratio"]
-        checks["ready_s"] = {"target": "<= 1.0 (load + fast path)", "value": r, "met": r <= 1.0}
+    # ready_s (from_pretrained + the fast-path call) is reported, not checked: the loading target is
+    # from_pretrained itself, and the fast path is a separate, explicit call (docs/performance.md, "Loading").
     frac = summary["roofline"]["b1_fraction"]["ours"]
     checks["roofline_b1"] = {"target": ">= 0.70", "value": frac, "met": frac >= 0.70}
     if res.get("float32_check"):
