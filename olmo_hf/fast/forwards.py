@@ -43,8 +43,8 @@ def _fast_mlp_forward(self: OlmoMLP, x: torch.Tensor) -> torch.Tensor:
 
 def _float32_weight(norm: Olmo2RMSNorm) -> torch.Tensor:
     """``norm.weight`` as float32 (exactly its values: bf16 -> fp32 is exact), cached until the weight changes.
-    Multiplying float32 activations by a float32 weight gives what ``weight * hidden`` gives, without PyTorch's
-    slow mixed-dtype path."""
+    The native kernels read it; the PyTorch fallback multiplies by it, which gives what ``weight * hidden``
+    gives."""
     weight = norm.weight
     cached = norm.__dict__.get("_fast_weight_f32")
     if cached is None or cached[1] is not weight or cached[2] != weight._version:
