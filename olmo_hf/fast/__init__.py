@@ -40,7 +40,7 @@ What it does (each step can be switched off, see the keyword arguments):
    stay what ``DynamicLayer`` promises (every cached position, in order); other caches use their own ``update``.
 5. **Native element-wise kernels and attention (bf16).** RMSNorm, q/k norm + RoPE and SwiGLU's
    ``silu(gate) * up`` each run as one pass of ``kernels.c`` instead of several PyTorch operators that each
-   write a fresh float32 temporary (fresh memory costs page faults), with the same float32 arithmetic; attention of
+   read and write a float32 temporary, with the same float32 arithmetic; attention of
    an unpadded prompt (causal, no mask) and of a decoding step runs in native kernels with fp32 softmax.
 
 Numerics. In float32 the fast path gives the same greedy tokens as the plain model and logits within 1e-5
