@@ -456,3 +456,27 @@ def test_without_packing_the_fast_forwards_still_train(tmp_path):
             if trained in name:
                 assert q.grad is not None, name
                 torch.testing.assert_close(q.grad, p.grad, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_compile_with_a_static_cache_gives_the_eager_tokens(tmp_path, dtype):
+    """generate() compiling the forward (static cache, fullgraph): each packed product is one opaque custom op in
+    the graph (Inductor cannot lower a weight it did not pack itself), and the tokens are the eager ones."""
+    from torch._dynamo.utils import counters
+    from transformers.generation import CompileConfig
+
+    config = olmo_hf.Olmo2Config(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                 num_attention_heads=4, pad_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    olmo_hf.Olmo2ForCausalLM(config).save_pretrained(tmp_path)
+    model = optimize_for_cpu_inference(olmo_hf.Olmo2ForCausalLM.from_pretrained(tmp_path, dtype=dtype))
+    ids = torch.randint(3, 128, (2, 7), generator=torch.Generator().manual_seed(0))
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, cache_implementation="static")
+    eager = model.generate(ids, **kwargs)
+    compile_config = CompileConfig(fullgraph=True)
+    compile_config._compile_all_devices = True  # generate() compiles on CUDA only unless told
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = model.generate(ids, compile_config=compile_config, **kwargs)
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert torch.equal(compiled, eager)

@@ -46,6 +46,8 @@ def _float32_weight(norm: Olmo2RMSNorm) -> torch.Tensor:
     The native kernels read it; the PyTorch fallback multiplies by it, which gives what ``weight * hidden``
     gives."""
     weight = norm.weight
+    if torch.compiler.is_compiling():  # no cache in a traced graph: the conversion is one fused cast there
+        return weight.float()
     cached = norm.__dict__.get("_fast_weight_f32")
     if cached is None or cached[1] is not weight or cached[2] != weight._version:
         cached = (weight.detach().float(), weight, weight._version)

@@ -5,9 +5,11 @@ that reads it) and ``_Packer``, which swaps them into a model and gives the dens
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import sys
 import threading
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,10 +24,30 @@ class FastPathError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- packed linear
+_PACKED_BY_HANDLE: dict[int, weakref.ref] = {}  # handle -> _Packed, for the custom op that torch.compile sees
+_HANDLES = itertools.count()
+
+
+@torch.library.custom_op("olmo_hf::packed_matmul", mutates_args=())
+def _packed_matmul_op(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    """``x @ W.T`` for the _Packed registered under ``handle``. Under torch.compile the product is this opaque op:
+    the compiled graph calls it, and it runs eagerly (native kernel or oneDNN), because Inductor cannot lower a
+    oneDNN-prepacked weight it did not pack itself."""
+    packed = _PACKED_BY_HANDLE[handle]()
+    if packed is None:
+        raise RuntimeError("olmo_hf.fast: a compiled graph outlived the packed weight it reads; compile again")
+    return packed.eager_matmul(x)
+
+
+@_packed_matmul_op.register_fake
+def _(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
 class _Packed:
     """One oneDNN-prepacked weight, shared by the PackedLinear(s) that read it (several for a fused matrix)."""
 
-    __slots__ = ("tensor", "dtype", "out_features", "in_features", "native_ptr")
+    __slots__ = ("tensor", "dtype", "out_features", "in_features", "native_ptr", "handle", "__weakref__")
 
     def __init__(self, dense: torch.Tensor) -> None:
         self.dtype = dense.dtype
@@ -34,6 +56,8 @@ class _Packed:
         self.tensor = torch.ops.mkldnn._reorder_linear_weight(dense.detach(), 1)
         # Address of the packed bytes for the native decode kernel, if it can read this weight's layout.
         self.native_ptr = _native_layout_ptr(self.tensor, dense) if _native_kernel() is not None else None
+        self.handle = next(_HANDLES)
+        _PACKED_BY_HANDLE[self.handle] = weakref.ref(self, lambda _, h=self.handle: _PACKED_BY_HANDLE.pop(h, None))
 
     def dense(self) -> torch.Tensor:
         return self.tensor.to_dense()
@@ -45,12 +69,13 @@ class _Packed:
                 "This model was optimised for CPU inference (olmo_hf.fast); its packed linear layers cannot be "
                 "trained or differentiated. Call olmo_hf.fast.undo(model) first, or run under torch.no_grad()."
             )
-        if (
-            self.native_ptr is not None
-            and x.dtype == torch.bfloat16
-            and x.numel() <= _NATIVE_MAX_ROWS * x.shape[-1]
-            and not torch.compiler.is_compiling()
-        ):
+        if torch.compiler.is_compiling():
+            out = torch.ops.olmo_hf.packed_matmul(x, self.handle, self.out_features)
+            return out if bias is None else out + bias
+        return self.eager_matmul(x, bias)
+
+    def eager_matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.native_ptr is not None and x.dtype == torch.bfloat16 and x.numel() <= _NATIVE_MAX_ROWS * x.shape[-1]:
             out = _native_matmul(x, self.native_ptr, self.out_features, self.in_features)
             return out if bias is None else out + bias
         return torch.ops.mkldnn._linear_pointwise(x, self.tensor, bias, "none", [], "")
