@@ -103,12 +103,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        "flash_attention_2, ...")
     model.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                        help="olmo_hf's CPU fast path (olmo_hf.fast.optimize_for_cpu_inference): oneDNN-prepacked "
-                       "weights, fused projections and native decode kernels, ~2.5x faster bf16 decoding of a 1B "
+                       "weights, fused projections and native kernels, ~2.9x faster bf16 decoding of a 1B "
                        "model. Default: on when the model runs on the CPU, unquantized (no --quantize), and is an "
                        "olmo_hf OLMo / OLMo 2 model (text generation or classification); --fast makes it an error "
                        "where it cannot apply, --no-fast turns it off. Cost: a one-off ~2 s of packing for a 1B "
-                       "model, paid back after ~15 generated tokens (text classification, prefill only, gains just "
-                       "~1.1x). Outputs: identical in float32, within bf16 rounding in bf16")
+                       "model, paid back after ~15 generated tokens (text classification, prefill only, gains "
+                       "~1.25x). Outputs: identical in float32, within bf16 rounding in bf16")
     model.add_argument("--trust-remote-code", action="store_true",
                        help="allow a checkpoint's own Python code to run (off by default)")
 
