@@ -51,24 +51,12 @@ PROMPT_LEN, LOGITS_LEN, SEED = 8, 64, 0
 
 
 def olmo2_1b_config(small: bool = False):
-    """allenai/OLMo-2-0425-1B's architecture (checkpoints.md §1), or a tiny one for smoke runs."""
-    from olmo_hf import Olmo2Config
+    """allenai/OLMo-2-0425-1B's published config (olmo_hf.presets), or a tiny one of the same kind for smoke runs."""
+    from olmo_hf.presets import preset_config
 
-    shape = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16,
-                 vocab_size=100352)
-    if small:
-        shape = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
-                     vocab_size=4096)
-    return Olmo2Config(
-        **shape,
-        num_key_value_heads=shape["num_attention_heads"],
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
-        eos_token_id=100257 if not small else 0,
-        pad_token_id=100277 if not small else 1,
-        tie_word_embeddings=False,
-    )
+    tiny = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=4, vocab_size=4096, eos_token_id=0, pad_token_id=1)
+    return preset_config("allenai/OLMo-2-0425-1B", **(tiny if small else {}))
 
 
 def build_checkpoint(directory: str | os.PathLike, small: bool = False, seed: int = SEED) -> Path:

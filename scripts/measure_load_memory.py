@@ -38,36 +38,13 @@ import tempfile
 import time
 from pathlib import Path
 
-# allenai/OLMo-2-0425-1B config.json (the fields that matter for the weights' shapes and for loading).
-OLMO2_0425_1B_SHAPE = dict(
-    vocab_size=100352,
-    hidden_size=2048,
-    intermediate_size=8192,
-    num_hidden_layers=16,
-    num_attention_heads=16,
-    num_key_value_heads=16,
-    max_position_embeddings=4096,
-    rms_norm_eps=1e-6,
-    rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
-    tie_word_embeddings=False,
-    pad_token_id=100277,
-    eos_token_id=100257,
-    bos_token_id=None,
-)
-
-# A ~270 MB bf16 model with the same structure, for a quick check (the test suite uses it).
-SMALL_SHAPE = dict(
-    OLMO2_0425_1B_SHAPE,
-    vocab_size=32768,
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=4,
-    num_attention_heads=8,
-    num_key_value_heads=8,
-    pad_token_id=1,
-    eos_token_id=2,
-)
-SHAPES = {"olmo2-0425-1b": OLMO2_0425_1B_SHAPE, "small": SMALL_SHAPE}
+PRESET = "allenai/OLMo-2-0425-1B"  # olmo_hf.presets: the published config.json
+SHAPES = {
+    "olmo2-0425-1b": {},
+    # A ~270 MB bf16 model with the same structure, for a quick check (the test suite uses it).
+    "small": dict(vocab_size=32768, hidden_size=1024, intermediate_size=4096, num_hidden_layers=4,
+                  num_attention_heads=8, num_key_value_heads=8, pad_token_id=1, eos_token_id=2),
+}
 
 MODES = {
     # name -> extra from_pretrained kwargs (dtype is always bf16, the checkpoint's dtype)
@@ -90,9 +67,10 @@ def write_checkpoint(path: Path, shape: str) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from olmo_hf import Olmo2Config, Olmo2ForCausalLM
+    from olmo_hf import Olmo2ForCausalLM
+    from olmo_hf.presets import preset_config
 
-    config = Olmo2Config(**SHAPES[shape])
+    config = preset_config(PRESET, **SHAPES[shape])
     config.dtype = torch.bfloat16
     with torch.device("meta"):
         skeleton = Olmo2ForCausalLM(config)

@@ -18,36 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from olmo_hf.convert import cli
 
+from ai2_olmo_checkpoints import ai2_olmo_state_dict, write_ai2_olmo
+
 REPO = Path(__file__).resolve().parents[1]
-D, HEADS, LAYERS, MLP, VOCAB = 16, 4, 2, 64, 128  # MLP = fused up+gate rows
-AI2_OLMO1 = dict(
-    d_model=D, n_heads=HEADS, n_layers=LAYERS, mlp_hidden_size=MLP, vocab_size=100, embedding_size=VOCAB,
-    activation_type="swiglu", block_type="sequential", rope=True, alibi=False, include_bias=False,
-    layer_norm_type="default", layer_norm_with_affine=False, attention_layer_norm=False, layer_norm_eps=1e-5,
-    weight_tying=False, max_sequence_length=64, eos_token_id=99, pad_token_id=98,
-)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-
-
-def write_ai2_olmo(path: Path) -> Path:
-    """A synthetic ai2-olmo trainer step (config.yaml + model.pt), weights std 0.1."""
-    g = torch.Generator().manual_seed(0)
-    sd = {"transformer.wte.weight": 0.1 * torch.randn(VOCAB, D, generator=g),
-          "transformer.ff_out.weight": 0.1 * torch.randn(VOCAB, D, generator=g)}
-    for i in range(LAYERS):
-        b = f"transformer.blocks.{i}."
-        sd[b + "att_proj.weight"] = 0.1 * torch.randn(3 * D, D, generator=g)
-        sd[b + "attn_out.weight"] = 0.1 * torch.randn(D, D, generator=g)
-        sd[b + "ff_proj.weight"] = 0.1 * torch.randn(MLP, D, generator=g)
-        sd[b + "ff_out.weight"] = 0.1 * torch.randn(D, MLP // 2, generator=g)
-    path.mkdir(parents=True)
-    (path / "config.yaml").write_text(yaml.safe_dump({"model": AI2_OLMO1}))
-    torch.save(sd, path / "model.pt")
-    return path
 
 
 def write_tokenizer(path: Path) -> Path:
@@ -59,7 +36,8 @@ def write_tokenizer(path: Path) -> Path:
 
 @pytest.fixture
 def ckpt(tmp_path) -> Path:
-    return write_ai2_olmo(tmp_path / "step1000")
+    # a synthetic trainer step, weights std 0.1
+    return write_ai2_olmo(tmp_path / "step1000", state_dict=ai2_olmo_state_dict(std=0.1))
 
 
 def run(args, python=sys.executable, env=None) -> subprocess.CompletedProcess:
