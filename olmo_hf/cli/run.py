@@ -108,7 +108,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        "olmo_hf OLMo / OLMo 2 model (text generation or classification); --fast makes it an error "
                        "where it cannot apply, --no-fast turns it off. Cost: a one-off ~2 s of packing for a 1B "
                        "model, paid back after ~15 generated tokens (text classification, prefill only, gains "
-                       "~1.25x). Outputs: identical in float32, within bf16 rounding in bf16")
+                       "~1.2x). Outputs: identical in float32, within bf16 rounding in bf16")
     model.add_argument("--trust-remote-code", action="store_true",
                        help="allow a checkpoint's own Python code to run (off by default)")
 
