@@ -24,6 +24,7 @@ from .modeling import (
 )
 from .quantization import quantization_config, save_quantized
 from .registration import _autoregister_enabled, is_registered, register, restore_builtin
+from .release_guard import UnsupportedTransformersError, warn_if_untested
 
 __version__ = "0.1.0"
 
@@ -43,7 +44,10 @@ __all__ = [
     "is_registered",
     "quantization_config",
     "save_quantized",
+    "UnsupportedTransformersError",
 ]
+
+warn_if_untested()
 
 if _autoregister_enabled():
     register()

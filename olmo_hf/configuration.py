@@ -19,6 +19,8 @@ from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
+from .compat import CACHE_KEYS_TO_DECLARE
+
 __all__ = ["OlmoConfig", "Olmo2Config"]
 
 # Shared by both families: attention is tensor-parallel along heads, the MLP along its hidden dimension.
@@ -38,7 +40,8 @@ _MLP_TP_PLAN = {
 class _OlmoFamilyConfig(PreTrainedConfig):
     """Fields and validation common to OLMo and OLMo 2 (not registered; use a subclass)."""
 
-    keys_to_ignore_at_inference = ["past_key_values"]
+    if CACHE_KEYS_TO_DECLARE is not None:  # what the built-in configs declare on releases before 5.24
+        keys_to_ignore_at_inference = CACHE_KEYS_TO_DECLARE
     base_model_pp_plan = _PP_PLAN
 
     vocab_size: int = 50304  # GPT-NeoX-OLMo vocabulary (50280) padded to a multiple of 128

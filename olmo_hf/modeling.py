@@ -23,8 +23,10 @@ from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from .compat import CACHE_FIELD, CACHE_KEYS_TO_DECLARE, cache_argument, cache_kwargs, mask_cache_kwargs, output_cache
 from .configuration import Olmo2Config, OlmoConfig
 from .legacy import load_legacy_checkpoint
+from .release_guard import ensure_release_verified
 from .modules import (
     Olmo2Attention,
     Olmo2RMSNorm,
@@ -44,13 +46,18 @@ __all__ = [
     "Olmo2ForCausalLM",
     "Olmo2ForSequenceClassification",
     "MissingWeightsError",
+    "MismatchedWeightsError",
 ]
 
 logger = logging.get_logger(__name__)
 
 
 class MissingWeightsError(ValueError):
-    """A checkpoint lacks weights of the model body, which would otherwise be initialised randomly."""
+    """A checkpoint lacks weights the model needs, which would otherwise be initialised randomly."""
+
+
+class MismatchedWeightsError(RuntimeError):
+    """A checkpoint weight has another shape than the config implies (Transformers raises a ``RuntimeError`` too)."""
 
 
 # ----------------------------------------------------------------------------------------------- decoder layers
@@ -65,12 +72,13 @@ class OlmoDecoderLayer(GradientCheckpointingLayer):
         self.input_layernorm = OlmoLayerNorm(config.hidden_size)
         self.post_attention_layernorm = OlmoLayerNorm(config.hidden_size)
 
+    @cache_argument
     def forward(
         self,
         hidden_states: torch.Tensor,  # (batch, seq, hidden)
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs: Unpack[TransformersKwargs],
@@ -79,7 +87,7 @@ class OlmoDecoderLayer(GradientCheckpointingLayer):
             hidden_states=self.input_layernorm(hidden_states),
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             position_embeddings=position_embeddings,
             **kwargs,
@@ -102,12 +110,13 @@ class Olmo2DecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = Olmo2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_feedforward_layernorm = Olmo2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
+    @cache_argument
     def forward(
         self,
         hidden_states: torch.Tensor,  # (batch, seq, hidden)
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs: Unpack[TransformersKwargs],
@@ -116,7 +125,7 @@ class Olmo2DecoderLayer(GradientCheckpointingLayer):
             hidden_states=hidden_states,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             position_embeddings=position_embeddings,
             **kwargs,
@@ -131,7 +140,8 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
 
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    if CACHE_KEYS_TO_DECLARE is not None:  # what the built-in classes declare on releases before 5.24
+        _skip_keys_device_placement = CACHE_KEYS_TO_DECLARE
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -139,6 +149,7 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def post_init(self) -> None:
+        ensure_release_verified()  # a no-op on the tested Transformers releases (olmo_hf.release_guard)
         super().post_init()
         # bitsandbytes 4-bit on CPU repacks weights at the first forward; undo that before any state_dict() /
         # save_pretrained() so that a checkpoint never differs from the model in memory (olmo_hf.quantization).
@@ -156,14 +167,21 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, but a checkpoint that lacks weights of the model body raises
-        :class:`MissingWeightsError` instead of silently initialising them at random (what made older OLMo tooling
-        produce garbage). Missing *head* weights (``lm_head`` of an untied model loaded from a base-model
-        checkpoint, a new classification ``score``) are initialised as usual, with Transformers' warning.
+        """``PreTrainedModel.from_pretrained`` with Transformers' semantics, plus one promise: no weight the checkpoint
+        should provide is silently random.
 
-        Pass ``allow_missing_weights=True`` to accept random weights anyway. Not checked either: loading from an
-        explicit ``state_dict`` (``pretrained_model_name_or_path=None``), and ``output_loading_info=True``, which
-        hands the caller the report of missing / unexpected / mismatched keys to act on.
+        - A weight whose shape in the checkpoint differs from the config raises :class:`MismatchedWeightsError` (a
+          ``RuntimeError``, as in Transformers) naming it, unless ``ignore_mismatched_sizes=True``: then exactly the
+          mismatched weights are re-initialised and listed in Transformers' loading report (the standard way to
+          fine-tune a classifier with another number of labels).
+        - A weight of the model body that the checkpoint lacks raises :class:`MissingWeightsError`, and so does a
+          missing ``lm_head`` of a causal LM whose config does not tie it to the embedding. A new classification
+          head (``score``) is initialised as usual, with Transformers' report.
+        - ``allow_missing_weights=True`` is the explicit opt-out: missing weights are initialised randomly (e.g. a new
+          ``lm_head`` on a base-model checkpoint).
+        - ``output_loading_info=True`` returns ``(model, info)`` as in Transformers; it waives no check.
+
+        Loading from an explicit ``state_dict`` (``pretrained_model_name_or_path=None``) is not checked.
         """
         allow_missing = kwargs.pop("allow_missing_weights", False)
         want_info = kwargs.pop("output_loading_info", False)
@@ -182,20 +200,21 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
             for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies"):
                 kwargs.pop(key, None)
             model, info = super().from_pretrained(
-                None, *model_args, config=config, state_dict=state_dict, output_loading_info=True, **kwargs
+                None, *model_args, config=config, state_dict=state_dict, output_loading_info=True,
+                ignore_mismatched_sizes=True, **kwargs,
             )
-            _raise_on_missing_body_weights(model, info, source, ignore_mismatched, strict=True)
+            _check_loaded_weights(model, info, source, ignore_mismatched, allow_missing, strict=True)
             _fix_legacy_generation_config(model, source)
             return (model, info) if want_info else model
         model, info = super().from_pretrained(
             source,
             *model_args,
             output_loading_info=True,
-            ignore_mismatched_sizes=True,  # reported below, in one sentence naming the first offending weight
+            ignore_mismatched_sizes=True,  # checked below, with an error that names the first offending weight
             **kwargs,
         )
-        if source is not None and not allow_missing and not want_info:
-            _raise_on_missing_body_weights(model, info, source, ignore_mismatched)
+        if source is not None:
+            _check_loaded_weights(model, info, source, ignore_mismatched, allow_missing)
         return (model, info) if want_info else model
 
 
@@ -214,29 +233,41 @@ def _fix_legacy_generation_config(model: PreTrainedModel, source: str | os.PathL
         model.generation_config.eos_token_id = model.config.eos_token_id = 50279
 
 
-def _raise_on_missing_body_weights(
+def _check_loaded_weights(
     model: PreTrainedModel,
     info: dict,
     source: str | os.PathLike,
     ignore_mismatched_sizes: bool,
+    allow_missing: bool,
     strict: bool = False,
 ) -> None:
-    head_prefixes = () if strict else ("lm_head.", "score.")
+    """Raise unless every weight the checkpoint should provide was loaded (see ``from_pretrained``)."""
+    model_name = type(model).__name__
     if strict and info.get("unexpected_keys"):
         raise MissingWeightsError(
-            f"{source} has weights that {type(model).__name__} does not use "
+            f"{source} has weights that {model_name} does not use "
             f"({', '.join(sorted(info['unexpected_keys'])[:3])}); the checkpoint does not match its config."
         )
-    if not ignore_mismatched_sizes and info.get("mismatched_keys"):
-        key, in_checkpoint, in_model = sorted(info["mismatched_keys"])[0]
-        raise MissingWeightsError(
+    mismatched = sorted(info.get("mismatched_keys", ()))
+    if mismatched and not ignore_mismatched_sizes:
+        key, in_checkpoint, in_model = mismatched[0]
+        raise MismatchedWeightsError(
             f"{source} does not fit its config: {key} has shape {tuple(in_checkpoint)} in the checkpoint but "
-            f"{tuple(in_model)} in {type(model).__name__} ({len(info['mismatched_keys'])} such weight(s)); fix "
-            "config.json, or pass ignore_mismatched_sizes=True to re-initialise those weights randomly."
+            f"{tuple(in_model)} in {model_name} ({len(mismatched)} such weight(s)); fix config.json, or pass "
+            "ignore_mismatched_sizes=True to re-initialise those weights randomly."
         )
-    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(head_prefixes))
+    if allow_missing:
+        return
+    new_heads = () if strict else ("score.",)  # a new classifier head is the point of loading a body into one
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(new_heads))
     if not missing:
         return
+    if missing == ["lm_head.weight"]:
+        raise MissingWeightsError(
+            f"{source} has no lm_head.weight and its config does not tie the output layer to the embedding, so "
+            f"{model_name} would predict with a random output layer; load it with AutoModel for the base model, "
+            "or pass allow_missing_weights=True to train a new head."
+        )
     shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
     unexpected = sorted(info.get("unexpected_keys", ()))
     hint = (
@@ -246,7 +277,7 @@ def _raise_on_missing_body_weights(
         "or pass allow_missing_weights=True to initialise the missing weights randomly."
     )
     raise MissingWeightsError(
-        f"{source} does not contain {len(missing)} weight(s) of {type(model).__name__} ({shown}); "
+        f"{source} does not contain {len(missing)} weight(s) of {model_name} ({shown}); "
         f"refusing to initialise them randomly. {hint}"
     )
 
@@ -288,6 +319,7 @@ class _DecoderStack:
     def make_final_norm(config) -> nn.Module:
         raise NotImplementedError
 
+    @cache_argument
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -295,7 +327,7 @@ class _DecoderStack:
         input_ids: torch.LongTensor | None = None,  # (batch, seq)
         attention_mask: torch.Tensor | None = None,  # (batch, kv_seq), 1 = attend; or a 4D mask
         position_ids: torch.LongTensor | None = None,  # (batch, seq)
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,  # (batch, seq, hidden)
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
@@ -304,10 +336,10 @@ class _DecoderStack:
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)  # (batch, seq, hidden)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)  # (1, seq)
 
@@ -315,8 +347,8 @@ class _DecoderStack:
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             position_ids=position_ids,
+            **mask_cache_kwargs(cache),
         )
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)  # 2 x (batch, seq, head_dim)
@@ -326,11 +358,11 @@ class _DecoderStack:
                 attention_mask=causal_mask,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **cache_kwargs(cache),  # under the release's name: GradientCheckpointingLayer looks for it there
                 **kwargs,
             )
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), **{CACHE_FIELD: cache})
 
 
 class OlmoModel(_DecoderStack, OlmoPreTrainedModel):
@@ -370,13 +402,14 @@ class _CausalLMHead:
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @cache_argument
     @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,  # (batch, seq)
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,  # (batch, seq); -100 = ignored; shifted inside the loss
         use_cache: bool | None = None,
@@ -398,7 +431,7 @@ class _CausalLMHead:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -411,7 +444,7 @@ class _CausalLMHead:
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_FIELD: output_cache(outputs)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )

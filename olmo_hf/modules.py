@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.integrations import use_kernel_forward_from_hub
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 
+from .compat import cache_argument
 from .configuration import Olmo2Config, OlmoConfig
 
 OLMO_LAYER_NORM_EPS = 1e-5  # hard-coded in OLMo v1 (ai2-olmo LayerNorm default; no eps field in -hf configs)
@@ -44,9 +44,13 @@ class OlmoLayerNorm(nn.Module):
         return f"{self.normalized_shape}, eps={OLMO_LAYER_NORM_EPS}, elementwise_affine=False"
 
 
-@use_kernel_forward_from_hub("RMSNorm")
 class Olmo2RMSNorm(nn.Module):
-    """RMSNorm with a weight, computed in float32, weight applied before the cast back (OLMo 2)."""
+    """RMSNorm with a weight, computed in float32, weight applied before the cast back (OLMo 2).
+
+    Deliberately not ``@use_kernel_forward_from_hub("RMSNorm")``: the Hub's RMSNorm kernels (Liger) implement
+    Llama's RMSNorm, which casts before multiplying by the weight. Transformers 5.25 removed the decorator from its
+    own OLMo classes for that reason (``modular_olmo2.py``, "main diff with Llama").
+    """
 
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -128,12 +132,14 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-@use_kernel_forward_from_hub("rotary_pos_emb")
 def apply_rotary_pos_emb(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q (batch, heads, seq, head_dim) and k (batch, kv_heads, seq, head_dim) by float32 cos/sin
-    (batch, seq, head_dim); the result keeps q's and k's dtypes."""
+    (batch, seq, head_dim); the result keeps q's and k's dtypes.
+
+    Not a Hub kernel (no ``use_kernel_forward_from_hub("rotary_pos_emb")``), as in Transformers 5.25's OLMo classes:
+    here q and k are rotated by float32 cos/sin and cast back once, and no Hub kernel has been shown to do the same."""
     cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)  # (batch, 1, seq, head_dim)
     q_embed = (q * cos) + (rotate_half(q) * sin)
     k_embed = (k * cos) + (rotate_half(k) * sin)
@@ -202,12 +208,13 @@ class OlmoAttention(nn.Module):
             q, k, v = q.clamp(-clip, clip), k.clamp(-clip, clip), v.clamp(-clip, clip)
         return q, k, v
 
+    @cache_argument
     def forward(
         self,
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]  # (batch, seq)
@@ -220,8 +227,8 @@ class OlmoAttention(nn.Module):
 
         cos, sin = position_embeddings
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)  # (batch, kv_heads, kv_seq, head_dim)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (batch, kv_heads, kv_seq, head_dim)
 
         attn_output, attn_weights = self.attend(q, k, v, attention_mask, **kwargs)
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # (batch, seq, heads*head_dim)

@@ -329,6 +329,8 @@ def timed_generate(model, ids, new_tokens: int, args) -> dict:
 def timed_prefill(model, ids, args) -> float:
     from transformers import DynamicCache, StaticCache
 
+    from olmo_hf.compat import cache_kwargs
+
     with torch.inference_mode():
         if args.cache == "static":
             cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + args.new_tokens)
@@ -336,7 +338,7 @@ def timed_prefill(model, ids, args) -> float:
             cache = DynamicCache(config=model.config)
         sync(args.device)
         t0 = time.perf_counter()
-        model(ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(ids, attention_mask=torch.ones_like(ids), **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
         sync(args.device)
         return time.perf_counter() - t0
 
@@ -351,12 +353,14 @@ def teacher_forced_logits(model, ids: torch.Tensor, forced: torch.Tensor) -> tor
     in float32. Every model sees the same tokens, so differences do not compound through diverging choices."""
     from transformers import DynamicCache
 
+    from olmo_hf.compat import cache_kwargs
+
     cache = DynamicCache(config=model.config)
     out = []
     with torch.inference_mode():
-        model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(ids, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
         for t in range(forced.shape[1]):
-            out.append(model(forced[:, t : t + 1], past_key_values=cache, use_cache=True).logits[:, -1].float().cpu())
+            out.append(model(forced[:, t : t + 1], **cache_kwargs(cache), use_cache=True).logits[:, -1].float().cpu())
     return torch.stack(out)
 
 

@@ -1,7 +1,7 @@
 """`olmo-hf serve` / `olmo-hf chat`: Transformers 5's server and chat client with olmo_hf's classes.
 
-- in-process: the wrapper's serve command started on 127.0.0.1 (a free port, non-blocking), one chat
-  request, then the model the server actually loaded is checked to be olmo_hf's class, and the server stopped;
+- in-process: the wrapper's serve command started on 127.0.0.1 (a free port) in a thread, one chat request, then
+  the model the server actually loaded is checked to be olmo_hf's class, and the server stopped;
 - end to end: the installed `olmo-hf serve` in a subprocess, a completion request, and `olmo-hf chat` talking
   to it with HF_HUB_OFFLINE=1 (Transformers' own client refuses localhost in offline mode).
 
@@ -15,6 +15,7 @@ import importlib.util
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -65,40 +66,51 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def test_a_checkpoint_naming_Olmo2ForCausalLM_is_served_by_our_class(checkpoint, monkeypatch):
-    import transformers
-    from transformers.cli.serve import Serve
+SERVED_BY_OURS = "with olmo_hf.Olmo2ForCausalLM"  # the line olmo-hf serve prints from the process that loads it
 
+
+def test_a_checkpoint_naming_Olmo2ForCausalLM_is_served_by_our_class(checkpoint, capfd):
+    """The wrapper's serve command, in a thread of this process, stopped through the uvicorn server it started
+    (Transformers 5.25 removed `--non-blocking` and `Serve.kill_server()`). From 5.25 the model loads in a spawned
+    process, which inherits this test's stderr: the announcement comes from whichever process loaded it."""
+    import uvicorn
+
+    from olmo_hf.cli import serve_loader
     from olmo_hf.cli.serve import expose_classes, restore_classes, run_transformers_command
 
-    servers: list[Serve] = []
-    original_init = Serve.__init__
+    servers: list[uvicorn.Server] = []
+    original_server_init = uvicorn.Server.__init__
 
-    @functools.wraps(original_init)  # keeps the signature, from which Typer builds the options
-    def recording_init(self, *args, **kwargs):
+    def recording_server_init(self, *args, **kwargs):
         servers.append(self)
-        original_init(self, *args, **kwargs)
+        original_server_init(self, *args, **kwargs)
 
-    monkeypatch.setattr(Serve, "__init__", recording_init)
-    assert transformers.Olmo2ForCausalLM is not olmo_hf.Olmo2ForCausalLM  # what plain `transformers serve` would use
+    module, name = serve_loader._MODULE, serve_loader._NAME
+    original_loader = getattr(module, name)
     previous = expose_classes()  # what run_transformers_command does too; kept to restore afterwards
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    argv = [str(checkpoint), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    exit_codes: list[int] = []
+    uvicorn.Server.__init__ = recording_server_init
+    thread = threading.Thread(target=lambda: exit_codes.append(run_transformers_command("serve", argv)), daemon=True)
+    thread.start()
     try:
-        argv = [str(checkpoint), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--non-blocking"]
-        assert run_transformers_command("serve", argv) == 0
         wait_healthy(base, timeout=120)
         reply = post(base, "/v1/chat/completions", {
             "model": str(checkpoint), "max_tokens": 3,
             "messages": [{"role": "user", "content": "Hello"}],
         })
         assert reply["choices"][0]["message"]["role"] == "assistant"
-        (served,) = [entry.model for entry in servers[0]._model_manager.loaded_models.values()]
-        assert type(served) is olmo_hf.Olmo2ForCausalLM
     finally:
-        if servers:
-            servers[0].kill_server()
+        for server in servers:
+            server.should_exit = True
+        thread.join(timeout=60)
+        uvicorn.Server.__init__ = original_server_init
+        setattr(module, name, original_loader)
         restore_classes(previous)
+    assert exit_codes == [0]
+    assert SERVED_BY_OURS in capfd.readouterr().err
 
 
 def test_installed_serve_and_chat_commands(checkpoint):
@@ -128,6 +140,7 @@ def test_installed_serve_and_chat_commands(checkpoint):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+    assert SERVED_BY_OURS in server.stderr.read()
 
 
 def test_serve_without_the_extras_names_them(monkeypatch, capsys):

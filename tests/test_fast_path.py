@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 import olmo_hf
 from olmo_hf.fast import FastPathError, PackedLinear, is_optimized, optimize_for_cpu_inference, undo
+from olmo_hf.compat import cache_kwargs
 
 from conftest import VARIANT_IDS, VARIANTS, left_padded_batch
 
@@ -86,7 +87,7 @@ def test_bfloat16_as_accurate_as_the_plain_model(builtin_checkpoints, variant):
     with torch.no_grad():
         for step in [ids[:, :4], *ids[:, 4:].split(1, dim=1)]:
             ref, plain, fast = (
-                m(step, past_key_values=c, use_cache=True).logits.float() for m, c in zip(models, caches)
+                m(step, **cache_kwargs(c), use_cache=True).logits.float() for m, c in zip(models, caches)
             )
             err_plain = max(err_plain, float((plain - ref).abs().max()))
             err_fast = max(err_fast, float((fast - ref).abs().max()))
@@ -222,7 +223,7 @@ def test_bfloat16_with_every_native_kernel_as_accurate_as_the_plain_model(family
     err_plain = err_fast = 0.0
     with torch.no_grad():
         for step in [ids[:, :6], *ids[:, 6:].split(1, dim=1)]:
-            ref, plain, fast = (m(step, past_key_values=c).logits.float() for m, c in zip(models, caches))
+            ref, plain, fast = (m(step, **cache_kwargs(c)).logits.float() for m, c in zip(models, caches))
             err_plain = max(err_plain, float((plain - ref).abs().max()))
             err_fast = max(err_fast, float((fast - ref).abs().max()))
             assert (fast - plain).abs().max() <= BF16_RTOL * ref.abs().max()
@@ -268,7 +269,7 @@ def test_growing_kv_cache_matches_dynamic_cache_after_crop(builtin_checkpoints):
                     c.crop(-2)
                 continue
             out = {
-                k: m(step, past_key_values=caches[k], use_cache=True).logits for k, m in (("ref", ref), ("fast", fast))
+                k: m(step, **cache_kwargs(caches[k]), use_cache=True).logits for k, m in (("ref", ref), ("fast", fast))
             }
             torch.testing.assert_close(out["fast"], out["ref"], atol=FP32_ATOL, rtol=0)
     for lr, lf in zip(caches["ref"].layers, caches["fast"].layers):

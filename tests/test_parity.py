@@ -12,6 +12,7 @@ from conftest import VARIANT_IDS, VARIANTS, left_padded_batch
 from transformers import AutoModelForCausalLM, DynamicCache
 
 import olmo_hf
+from olmo_hf.compat import cache_kwargs
 
 FP32_ATOL = 1e-5
 ATTN = ["eager", "sdpa"]
@@ -76,12 +77,12 @@ def test_cached_decoding_matches_builtin_and_full_forward(variant, attn, builtin
     with torch.no_grad():
         full = ours(full_ids, attention_mask=full_mask).logits
         caches = {m: DynamicCache(config=m.config) for m in (ref, ours)}
-        outs = {m: m(ids, attention_mask=mask, past_key_values=caches[m], use_cache=True).logits for m in caches}
+        outs = {m: m(ids, attention_mask=mask, **cache_kwargs(caches[m]), use_cache=True).logits for m in caches}
         assert max_diff(outs[ref], outs[ours], mask) <= FP32_ATOL
         for step in range(steps.shape[1]):
             step_mask = full_mask[:, : ids.shape[1] + step + 1]
             logits = {
-                m: m(steps[:, step : step + 1], attention_mask=step_mask, past_key_values=caches[m], use_cache=True).logits
+                m: m(steps[:, step : step + 1], attention_mask=step_mask, **cache_kwargs(caches[m]), use_cache=True).logits
                 for m in caches
             }
             assert max_diff(logits[ref], logits[ours]) <= FP32_ATOL
@@ -91,16 +92,18 @@ def test_cached_decoding_matches_builtin_and_full_forward(variant, attn, builtin
 
 @pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-def test_greedy_generation_tokens_identical_to_builtin(variant, cache_implementation, builtin_checkpoints):
+def test_greedy_generation_tokens_identical_to_builtin_and_to_uncached(variant, cache_implementation, builtin_checkpoints):
+    """Four ways to the same tokens: the built-in class with this cache, ours with it, and ours without a cache
+    (a release that stopped handing the cache to our layers would still match the built-in if both broke)."""
     ref, ours = load_pair(variant, builtin_checkpoints[variant.name])
     ids, mask = left_padded_batch()
-    kwargs = dict(
-        attention_mask=mask, max_new_tokens=8, do_sample=False, cache_implementation=cache_implementation, pad_token_id=1
-    )
-    expected = ref.generate(ids, **kwargs)
-    actual = ours.generate(ids, **kwargs)
+    kwargs = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=1)
+    expected = ref.generate(ids, cache_implementation=cache_implementation, **kwargs)
+    actual = ours.generate(ids, cache_implementation=cache_implementation, **kwargs)
+    uncached = ours.generate(ids, use_cache=False, **kwargs)
     assert actual.shape == (3, ids.shape[1] + 8)
     assert torch.equal(expected, actual)
+    assert torch.equal(uncached, actual)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..modeling import MismatchedWeightsError
 from .errors import CliError, warn
 from .tasks import Task
 
@@ -248,7 +249,7 @@ def _loading(flag: str, name: str, revision: str | None) -> Iterator[None]:
         yield
     except CliError:
         raise
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, MismatchedWeightsError) as e:
         raise CliError(_explain(e, flag, name, revision)) from e
 
 

@@ -43,28 +43,31 @@ _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _MISSING = object()
 
 
-def expose_classes() -> dict[str, Any]:
-    """Put olmo_hf's classes on the ``transformers`` module; returns what was there, for :func:`restore_classes`."""
-    import transformers
-
+def expose_classes(module: Any = None) -> dict[str, Any]:
+    """Put olmo_hf's classes on the ``transformers`` module (or on ``module``, another object standing for it);
+    returns what was there, for :func:`restore_classes`."""
     import olmo_hf
+
+    if module is None:
+        import transformers as module
 
     previous = {}
     for name, ours in SERVED_NAMES.items():
-        previous[name] = transformers.__dict__.get(name, _MISSING)
-        setattr(transformers, name, getattr(olmo_hf, ours))
+        previous[name] = module.__dict__.get(name, _MISSING)
+        setattr(module, name, getattr(olmo_hf, ours))
     return previous
 
 
-def restore_classes(previous: dict[str, Any]) -> None:
+def restore_classes(previous: dict[str, Any], module: Any = None) -> None:
     """Undo :func:`expose_classes` (names that were lazily resolved before come back on next access)."""
-    import transformers
+    if module is None:
+        import transformers as module
 
     for name, value in previous.items():
         if value is _MISSING:
-            transformers.__dict__.pop(name, None)
+            module.__dict__.pop(name, None)
         else:
-            setattr(transformers, name, value)
+            setattr(module, name, value)
 
 
 def _allow_loopback_while_offline(args: list[str]) -> None:
@@ -107,8 +110,13 @@ def run_transformers_command(command: str, args: list[str]) -> int:
 
     olmo_hf.register()  # AutoConfig / AutoTokenizer paths of serve, even under OLMO_HF_NO_AUTOREGISTER=1
     expose_classes()
-    from transformers.cli.transformers import app
+    if command == "serve":
+        from .serve_loader import install
 
+        install()  # and in the process that loads the model, wherever Transformers puts it
+    from ..compat import transformers_cli_app
+
+    app = transformers_cli_app()
     try:
         app(args=[command, *args], prog_name="olmo-hf")
     except SystemExit as e:  # click's standalone mode always ends with SystemExit

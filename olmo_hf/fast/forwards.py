@@ -154,7 +154,7 @@ def _fast_attention_forward(
     hidden_states: torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
     attention_mask: torch.Tensor | None,
-    past_key_values=None,
+    cache=None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same contract and arithmetic as ``OlmoAttention.forward`` / ``Olmo2Attention.forward``."""
@@ -178,11 +178,11 @@ def _fast_attention_forward(
     k = qk[:, :, nh:].transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
     v = v.reshape(bsz, seq, nkv, hd).transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
 
-    if past_key_values is not None:
-        if self.__dict__.get("_fast_grow_kv") and _can_grow(past_key_values, self.layer_idx):
-            k, v = _append_kv(past_key_values.layers[self.layer_idx], k, v)
+    if cache is not None:
+        if self.__dict__.get("_fast_grow_kv") and _can_grow(cache, self.layer_idx):
+            k, v = _append_kv(cache.layers[self.layer_idx], k, v)
         else:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+            k, v = cache.update(k, v, self.layer_idx)
 
     if _can_use_native_attention(self, q, k, v, attention_mask, kwargs):
         # One decoding step: sdpa's flash kernel spends ~0.3 ms (batch 1) to 3 ms (batch 8) per layer on what
