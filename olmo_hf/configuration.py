@@ -71,7 +71,7 @@ class _OlmoFamilyConfig(PreTrainedConfig):
         """As in ``PreTrainedConfig``, but a config.json of another architecture raises a clear ``ValueError``
         instead of Transformers' warning (loading it would build a model with the wrong layout)."""
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        from .convert.hf_olmo import hf_olmo_config_to_kwargs, is_hf_olmo_config  # lazy: convert imports us
+        from .ai2_olmo_format import hf_olmo_config_to_kwargs, is_hf_olmo_config  # lazy: it imports torch
 
         if is_hf_olmo_config(config_dict):  # legacy ai2-olmo fields (d_model, n_layers, ...): translate
             model_type, translated = hf_olmo_config_to_kwargs(config_dict)

@@ -7,7 +7,7 @@ allenai/OLMo PR #631) and fused ai2-olmo weights under ``model.transformer.*``. 
 them into random weights (allenai/OLMo PR #556). Here, at load time and in this one place:
 
 - ``HfOlmoConfig.from_dict`` (registered with ``AutoConfig`` for "hf_olmo") translates the config into an
-  ``OlmoConfig`` / ``Olmo2Config`` (``olmo_hf.convert.hf_olmo`` holds the field table);
+  ``OlmoConfig`` / ``Olmo2Config`` (``olmo_hf.ai2_olmo_format`` holds the field table);
 - :func:`load_legacy_checkpoint` reads the weights and maps them to our layout (fused ``att_proj`` split into
   q/k/v, ``ff_proj`` into up/gate, ``ff_out`` to ``lm_head`` or tied), which ``from_pretrained`` then loads
   strictly: no missing, unexpected or newly initialised weights.
@@ -22,7 +22,7 @@ import torch
 from transformers.utils import cached_file
 
 from .configuration import Olmo2Config, OlmoConfig
-from .convert.hf_olmo import convert_hf_olmo_state_dict, hf_olmo_config_to_kwargs, is_hf_olmo_config, load_hf_olmo_weights
+from .ai2_olmo_format import convert_hf_olmo_state_dict, hf_olmo_config_to_kwargs, is_hf_olmo_config, load_hf_olmo_weights
 
 logger = logging.getLogger(__name__)
 

@@ -151,11 +151,6 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
     def post_init(self) -> None:
         ensure_release_verified()  # a no-op on the tested Transformers releases (olmo_hf.release_guard)
         super().post_init()
-        # bitsandbytes 4-bit on CPU repacks weights at the first forward; undo that before any state_dict() /
-        # save_pretrained() so that a checkpoint never differs from the model in memory (olmo_hf.quantization).
-        from .quantization import bnb_cpu_layout_state_dict_pre_hook
-
-        self.register_state_dict_pre_hook(bnb_cpu_layout_state_dict_pre_hook)
 
     def get_memory_footprint(self, return_buffers: bool = True) -> int:
         """Bytes the model's tensors really hold. Unlike ``PreTrainedModel.get_memory_footprint`` this counts
@@ -215,6 +210,12 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
         )
         if source is not None:
             _check_loaded_weights(model, info, source, ignore_mismatched, allow_missing)
+        if getattr(model, "is_quantized", False):
+            # bitsandbytes 4-bit on CPU repacks weights at the first forward; undo that before any state_dict() /
+            # save_pretrained() so that a checkpoint never differs from the model in memory.
+            from .quantization import protect_state_dict
+
+            protect_state_dict(model)
         return (model, info) if want_info else model
 
 

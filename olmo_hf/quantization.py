@@ -41,7 +41,9 @@ The one trap, bitsandbytes 0.50 4-bit on a CPU with AVX512-BF16: the first forwa
 for the CPU kernel (transposed bf16 absmax), and bitsandbytes' own save path undoes that only approximately
 (double quant: ~1 % drift) or not at all (no double quant / FP4: a corrupt checkpoint AND a corrupted model
 in memory). :func:`save_quantized` (and :func:`bnb_cpu_layout_state_dict_pre_hook`, for ``state_dict()``)
-restore the standard layout exactly first; see :func:`restore_bnb_cpu_layout`.
+restore the standard layout exactly first; see :func:`restore_bnb_cpu_layout`. Our ``from_pretrained`` calls
+:func:`protect_state_dict` on every quantized model it loads, so ``state_dict()`` / ``save_pretrained`` are exact
+too, whichever quantization config (ours or a plain ``BitsAndBytesConfig``) the user passed.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compat import bnb_unpack_cpu_weight, has_int8_weight_only_mm, int8_weight_only_mm
+
 __all__ = [
     "METHODS",
     "quantization_config",
@@ -65,6 +69,7 @@ __all__ = [
     "check_serializable",
     "restore_bnb_cpu_layout",
     "bnb_cpu_layout_state_dict_pre_hook",
+    "protect_state_dict",
     "use_cpu_int8_kernel",
     "memory_footprint",
     "DEFAULT_MODULES_TO_NOT_CONVERT",
@@ -345,15 +350,13 @@ def _is_cpu_packed(module: nn.Module) -> bool:
 
 def _restore_module(module: nn.Module) -> None:
     """Undo bitsandbytes' CPU repacking of one Linear4bit, exactly (see restore_bnb_cpu_layout)."""
-    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
     param = module.weight
     state = param.quant_state
     # The weight nibbles are a pure permutation: bitsandbytes' inverse restores them exactly. Run it on a copy
     # of the state with `original_nested=False`, so that it does not re-quantize absmax (its lossy step).
     scratch = copy.copy(state)
     scratch.original_nested = False
-    qweight, _ = _convert_weight_packed_for_cpu_inverse(param.data, scratch)
+    qweight, _ = bnb_unpack_cpu_weight(param.data, scratch)
     # absmax was reshaped to (out_features, in_features / blocksize), transposed and cast to bf16. The bf16 values
     # are all the kernel uses from then on, so store exactly those (as float32, un-nested): repacking them on the
     # next CPU forward reproduces the same bf16 tensor, bit for bit.
@@ -400,6 +403,16 @@ def bnb_cpu_layout_state_dict_pre_hook(module: nn.Module, prefix: str = "", keep
     restore_bnb_cpu_layout(module)
 
 
+def protect_state_dict(model: nn.Module) -> bool:
+    """Register :func:`bnb_cpu_layout_state_dict_pre_hook` on a model holding bitsandbytes 4-bit layers (once), so
+    that its ``state_dict()`` never carries the CPU-repacked layout. Returns whether the model has such layers."""
+    if not any(type(module).__name__ == "Linear4bit" for module in model.modules()):
+        return False
+    if getattr(model, "_olmo_hf_bnb_state_dict_hook", None) is None:
+        model._olmo_hf_bnb_state_dict_hook = model.register_state_dict_pre_hook(bnb_cpu_layout_state_dict_pre_hook)
+    return True
+
+
 def save_quantized(model: nn.Module, save_directory: str | os.PathLike, **save_pretrained_kwargs) -> str:
     """``model.save_pretrained(save_directory, ...)`` that never writes a checkpoint that differs from ``model``.
 
@@ -423,7 +436,7 @@ def _int8_weight_only_cpu_forward(self: nn.Linear, x: torch.Tensor) -> torch.Ten
         return F.linear(x, weight, self.bias)  # torchao's own path
     # qdata: (out, in) int8; scale: (out, 1) -> (out,), in x's dtype as the kernel requires
     scales = weight.scale.reshape(-1).to(x.dtype)
-    y = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]).contiguous(), weight.qdata, scales)
+    y = int8_weight_only_mm(x.reshape(-1, x.shape[-1]).contiguous(), weight.qdata, scales)
     y = y.reshape(*x.shape[:-1], y.shape[-1])  # (..., out)
     return y if self.bias is None else y + self.bias
 
@@ -440,6 +453,8 @@ def use_cpu_int8_kernel(model: nn.Module) -> int:
     try:
         from torchao.quantization import Int8Tensor
     except ImportError:  # torchao missing or too old: nothing to do
+        return 0
+    if not has_int8_weight_only_mm():  # a torch without the fused kernel: torchao's own path stays
         return 0
     switched = 0
     for module in model.modules():

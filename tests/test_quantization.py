@@ -248,7 +248,8 @@ def test_extra_modules_to_not_convert(olmo2):
 # ----------------------------------------------------------------------------------------------- saving guards
 @pytest.mark.parametrize("options", [{"double_quant": False}, {}], ids=["plain", "double_quant"])
 def test_bnb_4bit_state_dict_hook_makes_plain_save_pretrained_exact(olmo2, tmp_path, options):
-    """The hook olmo_hf's PreTrainedModel can register: plain save_pretrained after a CPU forward stays exact."""
+    """The hook our from_pretrained registers on quantized models: plain save_pretrained after a CPU forward stays
+    exact."""
     directory, ids, _ = olmo2
     model = _load(directory, "bnb-4bit", **options)
     with torch.no_grad():
@@ -256,13 +257,20 @@ def test_bnb_4bit_state_dict_hook_makes_plain_save_pretrained_exact(olmo2, tmp_p
     packed = sum(Q._is_cpu_packed(m) for m in model.modules())
     if bnb.functional.has_avx512bf16():  # the CPU kernel repacks on the first forward only on such CPUs
         assert packed == 14  # 7 projections x 2 layers
-    model.register_state_dict_pre_hook(Q.bnb_cpu_layout_state_dict_pre_hook)
+    assert model._olmo_hf_bnb_state_dict_hook is not None  # registered by from_pretrained, not by the test
     model.save_pretrained(tmp_path)
     assert not any(Q._is_cpu_packed(m) for m in model.modules())
     with torch.no_grad():
         assert torch.equal(model(ids).logits, logits)
         assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path)(ids).logits, logits)
     assert Q.restore_bnb_cpu_layout(model) == packed  # repacked again by the forward above; restorable again
+
+
+def test_unquantized_models_carry_no_state_dict_hook(olmo2):
+    directory, _, _ = olmo2
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    assert getattr(model, "_olmo_hf_bnb_state_dict_hook", None) is None
+    assert not model._state_dict_pre_hooks
 
 
 def test_save_refuses_unserializable_quantization(olmo2, tmp_path):

@@ -21,7 +21,7 @@ import torch
 
 from olmo_hf import Olmo2Config, Olmo2ForCausalLM, OlmoConfig, OlmoForCausalLM
 from olmo_hf.convert import ConversionError, convert_checkpoint, to_olmo_core
-from olmo_hf.convert.layouts import OLMO_CORE_LAYOUT, inverse_layout
+from olmo_hf.layouts import OLMO_CORE_LAYOUT, inverse_layout
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-5

@@ -1,22 +1,24 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""Pieces shared by the per-format readers: the error type, the one import of our model classes,
-checkpoint file loading and the `Checkpoint` every reader returns."""
+"""Pieces shared by the per-format readers: the one import of our model classes and the `Checkpoint` every
+reader returns. The error type and the checkpoint file loaders live in `olmo_hf.ai2_olmo_format` (load-time legacy
+loading uses them too) and are re-exported here."""
 
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-logger = logging.getLogger("olmo_hf.convert")
+from ..ai2_olmo_format import (  # noqa: F401 - shared with olmo_hf.legacy; re-exported for the readers
+    ConversionError,
+    load_safetensors_file,
+    load_torch_file,
+    read_json,
+    rope_parameters,
+)
 
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted; the message says why in one sentence."""
+from ..ai2_olmo_format import logger  # noqa: E402,F401 - one logger for conversion messages
 
 
 @dataclass
@@ -36,45 +38,3 @@ def model_classes(model_type: str):
     return {"olmo": (OlmoConfig, OlmoForCausalLM), "olmo2": (Olmo2Config, Olmo2ForCausalLM)}[model_type]
 
 
-def load_torch_file(path: Path) -> dict[str, torch.Tensor]:
-    """torch.load a state-dict file (tensors only), turning truncation or corruption into one clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"{path} does not exist.")
-    try:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):  # the legacy (non-zip) format cannot be memory-mapped
-                raise
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ConversionError(
-            f"{path} could not be read as a PyTorch checkpoint; it may be truncated or corrupt "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
-        ) from e
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ConversionError(f"{path} does not hold a flat state dict of tensors.")
-    return sd
-
-
-def load_safetensors_file(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as e:  # noqa: BLE001
-        raise ConversionError(f"{path} could not be read as safetensors; it may be truncated or corrupt ({e}).") from e
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError as e:
-        raise ConversionError(f"{path} does not exist.") from e
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{path} is not valid JSON ({e}).") from e
-
-
-def rope_parameters(theta: float) -> dict:
-    return {"rope_type": "default", "rope_theta": float(theta)}

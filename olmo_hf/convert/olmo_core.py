@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .common import Checkpoint, ConversionError, load_torch_file, logger, read_json, rope_parameters
-from .layouts import PROGRESS_MIN_TENSORS, convert_state_dict, convert_state_dict_to_original
+from ..layouts import PROGRESS_MIN_TENSORS, convert_state_dict, convert_state_dict_to_original
 
 DOLMA2_VOCAB, DOLMA2_EOS, DOLMA2_PAD = 100278, 100257, 100277  # TokenizerConfig.dolma2() (checkpoints.md §3)
 GPT_NEOX_VOCAB, GPT_NEOX_EOS, GPT_NEOX_PAD = 50280, 50279, 1

@@ -119,8 +119,7 @@ def _ai2_olmo_logits(fmt: str, src: Path, ids: torch.Tensor, dtype: torch.dtype)
     from olmo.config import ModelConfig
     from olmo.model import OLMo
 
-    from .hf_olmo import HF_OLMO_PREFIX, load_hf_olmo_weights
-    from .olmo_trainer import strip_prefix
+    from ..ai2_olmo_format import HF_OLMO_PREFIX, load_hf_olmo_weights, strip_prefix
 
     if fmt == "olmo_trainer":
         raw = yaml.safe_load((src / "config.yaml").read_text())["model"]

@@ -20,7 +20,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .common import ConversionError
+
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message says why in one sentence."""
+
 
 PROGRESS_MIN_TENSORS = 100  # show a progress bar only for checkpoints with at least this many tensors
 
