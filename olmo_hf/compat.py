@@ -166,7 +166,8 @@ def mkldnn_bf16_supported() -> bool:
 
 def has_mkldnn_packed_linear() -> bool:
     """Whether torch exposes oneDNN's weight prepacking and packed linear ops (CPU builds with mkldnn)."""
-    return all(hasattr(torch.ops.mkldnn, op) for op in ("_reorder_linear_weight", "_linear_pointwise", "_nbytes"))
+    ops = ("_reorder_linear_weight", "_linear_pointwise", "_nbytes", "data_ptr")
+    return all(hasattr(torch.ops.mkldnn, op) for op in ops)
 
 
 def mkldnn_pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -177,6 +178,11 @@ def mkldnn_pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
 def mkldnn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ W.T (+ bias)`` with a weight packed by :func:`mkldnn_pack_linear_weight`."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def mkldnn_data_ptr(packed: torch.Tensor) -> int:
+    """Address of an opaque mkldnn tensor's data (its blocked layout), for native kernels that read it."""
+    return int(torch.ops.mkldnn.data_ptr(packed))
 
 
 def mkldnn_nbytes(packed: torch.Tensor) -> int:

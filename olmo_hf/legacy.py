@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.utils import cached_file
 
-from .configuration import Olmo2Config, OlmoConfig
 from .ai2_olmo_format import convert_hf_olmo_state_dict, hf_olmo_config_to_kwargs, is_hf_olmo_config, load_hf_olmo_weights
+from .compat import cached_file_or_none
+from .configuration import Olmo2Config, OlmoConfig
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +67,7 @@ def read_config_json(pretrained_model_name_or_path: str | os.PathLike, **kwargs)
 
     hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if kwargs.get(k) is not None}
     try:
-        path = cached_file(
-            str(pretrained_model_name_or_path),
-            "config.json",
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-            **hub_kwargs,
-        )
+        path = cached_file_or_none(str(pretrained_model_name_or_path), "config.json", **hub_kwargs)
     except OSError:
         return None
     if path is None:

@@ -25,8 +25,8 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
 )
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from .compat import auto_config_extra_content, auto_model_extra_content
 from .configuration import Olmo2Config, OlmoConfig
 from .legacy import HfOlmoConfig
 from .modeling import (
@@ -64,7 +64,7 @@ def register() -> None:
     for alias, config_class in MODEL_TYPE_ALIASES.items():
         # Bypasses AutoConfig.register's check that the class's own model_type equals the key: an alias
         # loads into the real class and is saved back under the current name.
-        CONFIG_MAPPING._extra_content[alias] = config_class
+        auto_config_extra_content()[alias] = config_class
     for auto_class, mapping in _MODELS.items():
         for config_class, model_class in mapping.items():
             auto_class.register(config_class, model_class, exist_ok=True)
@@ -73,15 +73,15 @@ def register() -> None:
 def restore_builtin() -> None:
     """Undo :func:`register`: the Auto classes build Transformers' built-in OLMo classes again."""
     for key in [*_CONFIGS, *MODEL_TYPE_ALIASES]:
-        CONFIG_MAPPING._extra_content.pop(key, None)
+        auto_config_extra_content().pop(key, None)
     for auto_class, mapping in _MODELS.items():
         for config_class in mapping:
-            auto_class._model_mapping._extra_content.pop(config_class, None)
+            auto_model_extra_content(auto_class).pop(config_class, None)
 
 
 def is_registered() -> bool:
     """Whether ``AutoConfig`` currently resolves "olmo2" to olmo_hf's config class."""
-    return CONFIG_MAPPING._extra_content.get("olmo2") is Olmo2Config
+    return auto_config_extra_content().get("olmo2") is Olmo2Config
 
 
 def _autoregister_enabled() -> bool:

@@ -118,7 +118,7 @@ def _check_dst(dst: Path, overwrite: bool) -> None:
 def _build_model(ckpt: Checkpoint, dtype: torch.dtype | None):
     """Our model class with the checkpoint's weights, loaded strictly: a key or shape mismatch is an error."""
     from transformers import GenerationConfig
-    from transformers.initialization import no_init_weights
+    from ..compat import no_init_weights
 
     config_cls, model_cls = model_classes(ckpt.model_type)
     sd = ckpt.state_dict

@@ -225,7 +225,7 @@ def check_olmo_core_export(model, out: Path, written: dict[str, torch.Tensor]) -
 
 
 def _our_fp32_logits_from_model(model, ids: torch.Tensor) -> torch.Tensor:
-    from transformers.initialization import no_init_weights
+    from ..compat import no_init_weights
 
     if model.dtype == torch.float32:
         fp32 = model

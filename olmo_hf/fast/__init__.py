@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..compat import has_mkldnn_packed_linear, mkldnn_bf16_supported
 from ..modules import Olmo2RMSNorm, OlmoAttention, OlmoMLP
 from .forwards import _fast_attention_forward, _fast_mlp_forward, _fast_rms_norm_forward
 from .native import _native_kernel
@@ -182,7 +183,7 @@ def optimize_for_cpu_inference(
     if is_optimized(model):
         return model
     _check_model(model)
-    if pack and not torch.backends.mkldnn.is_available():
+    if pack and not (torch.backends.mkldnn.is_available() and has_mkldnn_packed_linear()):
         pack = False
     state = _State(options=dict(pack=pack, fuse=fuse, fast_attention=fast_attention, grow_kv_cache=grow_kv_cache))
     state.was_training = model.training
@@ -201,7 +202,7 @@ def optimize_for_cpu_inference(
             return False
         if lin.weight.dtype not in _PACKABLE_DTYPES:
             return False
-        return lin.weight.dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return lin.weight.dtype != torch.bfloat16 or mkldnn_bf16_supported()
 
     # The state is attached first, so that a failure half-way (an exception, KeyboardInterrupt) is rolled back by
     # undo(): the caller gets its model back exactly as it was, never half rewritten.

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from ..compat import tensor_version
 from ..modules import (
     Olmo2Attention,
     Olmo2RMSNorm,
@@ -49,8 +50,8 @@ def _float32_weight(norm: Olmo2RMSNorm) -> torch.Tensor:
     if torch.compiler.is_compiling():  # no cache in a traced graph: the conversion is one fused cast there
         return weight.float()
     cached = norm.__dict__.get("_fast_weight_f32")
-    if cached is None or cached[1] is not weight or cached[2] != weight._version:
-        cached = (weight.detach().float(), weight, weight._version)
+    if cached is None or cached[1] is not weight or cached[2] != tensor_version(weight):
+        cached = (weight.detach().float(), weight, tensor_version(weight))
         norm.__dict__["_fast_weight_f32"] = cached
     return cached[0]
 

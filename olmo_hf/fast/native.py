@@ -18,6 +18,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from ..compat import mkldnn_data_ptr, mkldnn_linear, mkldnn_nbytes, mkldnn_pack_linear_weight
 from ..modules import rotate_half
 
 # Two decode-time kernels of our own, in C (kernels.c), compiled once per machine with the system C compiler
@@ -139,11 +140,11 @@ def _build_native():
     for n, k, m in ((100, 96, 1), (64, 64, 5), (130, 2048, 8), (7, 40, 3)):
         w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
         x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+        packed = mkldnn_pack_linear_weight(w)
         ptr = _native_layout_ptr(packed, w)
         if ptr is None:
             return None
-        ref = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "").float()
+        ref = mkldnn_linear(x, packed, None).float()
         out = _native_call(native.gemv, x, ptr, n, k).float()
         if not torch.allclose(out, ref, atol=1e-2 * k**0.5, rtol=1e-2):
             return None
@@ -200,9 +201,9 @@ def _native_layout_ptr(packed: torch.Tensor, dense: torch.Tensor) -> int | None:
     try:
         n, k = dense.shape
         n_pad, k_pad = -(-n // 64) * 64, -(-k // 32) * 32
-        if torch.ops.mkldnn._nbytes(packed) != n_pad * k_pad * 2:
+        if mkldnn_nbytes(packed) != n_pad * k_pad * 2:
             return None
-        ptr = int(torch.ops.mkldnn.data_ptr(packed))
+        ptr = mkldnn_data_ptr(packed)
     except (RuntimeError, AttributeError):
         return None
     bits = dense.detach().contiguous().view(torch.int16)

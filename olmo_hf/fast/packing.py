@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import nn
 
+from ..compat import mkldnn_linear, mkldnn_pack_linear_weight, storage_use_count
 from .native import _NATIVE_MAX_ROWS, _native_kernel, _native_layout_ptr, _native_matmul
 
 
@@ -53,7 +54,7 @@ class _Packed:
         self.dtype = dense.dtype
         self.out_features, self.in_features = dense.shape
         # The batch-size hint only steers oneDNN's choice of blocked layout; 1 favours decoding.
-        self.tensor = torch.ops.mkldnn._reorder_linear_weight(dense.detach(), 1)
+        self.tensor = mkldnn_pack_linear_weight(dense.detach())
         # Address of the packed bytes for the native decode kernel, if it can read this weight's layout.
         self.native_ptr = _native_layout_ptr(self.tensor, dense) if _native_kernel() is not None else None
         self.handle = next(_HANDLES)
@@ -78,7 +79,7 @@ class _Packed:
         if self.native_ptr is not None and x.dtype == torch.bfloat16 and x.numel() <= _NATIVE_MAX_ROWS * x.shape[-1]:
             out = _native_matmul(x, self.native_ptr, self.out_features, self.in_features)
             return out if bias is None else out + bias
-        return torch.ops.mkldnn._linear_pointwise(x, self.tensor, bias, "none", [], "")
+        return mkldnn_linear(x, self.tensor, bias)
 
     # copy.deepcopy / pickle (torch.save of a whole model): carry the dense weight, repack on the other side
     def __getstate__(self):
@@ -178,7 +179,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _storage_use_count(t: torch.Tensor) -> int:
-    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+    return storage_use_count(t)
 
 
 _SOLE_OWNER_COUNT = None
