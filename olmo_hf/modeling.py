@@ -174,7 +174,9 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
           head (``score``) is initialised as usual, with Transformers' report.
         - ``allow_missing_weights=True`` is the explicit opt-out: missing weights are initialised randomly (e.g. a new
           ``lm_head`` on a base-model checkpoint).
-        - ``output_loading_info=True`` returns ``(model, info)`` as in Transformers; it waives no check.
+        - ``output_loading_info=True`` returns ``(model, info)`` as in Transformers: the caller gets the report of
+          missing weights to act on instead of an error (Transformers' own model tests rely on this). It does not
+          waive a shape mismatch.
 
         Loading from an explicit ``state_dict`` (``pretrained_model_name_or_path=None``) is not checked.
         """
@@ -198,7 +200,7 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
                 None, *model_args, config=config, state_dict=state_dict, output_loading_info=True,
                 ignore_mismatched_sizes=True, **kwargs,
             )
-            _check_loaded_weights(model, info, source, ignore_mismatched, allow_missing, strict=True)
+            _check_loaded_weights(model, info, source, ignore_mismatched, allow_missing or want_info, strict=True)
             _fix_legacy_generation_config(model, source)
             return (model, info) if want_info else model
         model, info = super().from_pretrained(
@@ -209,7 +211,7 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
             **kwargs,
         )
         if source is not None:
-            _check_loaded_weights(model, info, source, ignore_mismatched, allow_missing)
+            _check_loaded_weights(model, info, source, ignore_mismatched, allow_missing or want_info)
         if getattr(model, "is_quantized", False):
             # bitsandbytes 4-bit on CPU repacks weights at the first forward; undo that before any state_dict() /
             # save_pretrained() so that a checkpoint never differs from the model in memory.

@@ -90,6 +90,21 @@ def test_fast_greedy_float32_output_is_identical_to_the_plain_model(cli):
     assert fast_out == plain_out
 
 
+# Recorded with transformers 5.23.0 (the last release before the `cache` rename), `olmo-hf run`, plain and fast model
+# in float32; every supported release must print exactly this (CI runs the suite on the oldest and the newest).
+DEMO_CONTINUATION = (
+    "The Python interpreter of the exception.\n\nIf the \"name\" statement is a file object, the module is used to "
+    "the same as the class is raised.  If the default is not called, the function is None, the same value is used"
+)
+
+
+@pytest.mark.parametrize("fast", ["--fast", "--no-fast"])
+def test_demo_greedy_continuation_is_the_one_recorded_before_the_cache_rename(cli, fast):
+    code, out, err, _ = cli("--no-do-sample", "--dtype", "fp32", fast, stdin="The Python interpreter\n")
+    assert code == 0, err
+    assert json.loads(out)["generated_text"] == DEMO_CONTINUATION
+
+
 def test_classification_checkpoint_gets_the_fast_path_score_head_included(cli, tiny):
     args = ("--model", str(tiny["clf"]), "--dtype", "fp32")
     code, fast_out, err, (fast_model,) = cli(*args)

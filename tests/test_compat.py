@@ -148,3 +148,21 @@ def test_the_check_can_be_skipped_explicitly(fresh_guard, monkeypatch):
     monkeypatch.setenv(release_guard.SKIP_ENV, "1")
     monkeypatch.setattr(fresh_guard, "verify_release", lambda: pytest.fail("checked although skipped"))
     tiny()
+
+
+def test_pyproject_declares_exactly_the_tested_range():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    (spec,) = [d for d in deps if re.match(r"transformers\b", d)]
+    assert spec == f"transformers>={release_guard.OLDEST_TESTED},<={release_guard.NEWEST_TESTED}"
+
+
+def test_the_running_release_is_in_the_tested_range():
+    from packaging.version import Version
+
+    running = Version(transformers.__version__)
+    assert Version(release_guard.OLDEST_TESTED) <= running <= Version(release_guard.NEWEST_TESTED)

@@ -2,8 +2,9 @@
 
 The matrix: a checkpoint that lacks a body weight, one whose weights have another shape than its config implies,
 a causal LM without its untied ``lm_head``, and a classifier loaded with another number of labels; each loaded
-with the defaults, ``ignore_mismatched_sizes=True``, ``output_loading_info=True`` and the opt-out
-``allow_missing_weights=True``, for both families. What loads is compared tensor by tensor with the file.
+with the defaults, ``ignore_mismatched_sizes=True``, ``output_loading_info=True`` (which hands back the report of
+missing weights, as in Transformers, but waives no shape mismatch) and the opt-out ``allow_missing_weights=True``,
+for both families. What loads is compared tensor by tensor with the file.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ def assert_equals_file_except(model, path: Path, reinitialised: set[str]) -> Non
 
 # ---------------------------------------------------------------------------------------- a missing body weight
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("option", ["default", "ignore_mismatched_sizes", "output_loading_info"])
-def test_a_missing_body_weight_raises_whatever_else_is_passed(family, option, tmp_path):
+@pytest.mark.parametrize("option", ["default", "ignore_mismatched_sizes"])
+def test_a_missing_body_weight_raises(family, option, tmp_path):
     edit_weights(save(family, tmp_path), lambda w: w.pop(DROPPED))
     with pytest.raises(MissingWeightsError, match=rf"{DROPPED}.*refusing to initialise them randomly"):
         load(AutoModelForCausalLM, tmp_path, option)
@@ -90,6 +91,15 @@ def test_a_missing_body_weight_loads_randomly_only_when_allowed_explicitly(famil
     model, _ = load(AutoModelForCausalLM, tmp_path, "allow_missing_weights")
     assert_equals_file_except(model, tmp_path, reinitialised=set())
     assert model.state_dict()[DROPPED].shape == (32, 64)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_output_loading_info_hands_back_the_missing_weights_instead_of_raising(family, tmp_path):
+    """As in Transformers (its own model tests read the report): the caller has the list to act on."""
+    edit_weights(save(family, tmp_path), lambda w: w.pop(DROPPED))
+    model, info = load(AutoModelForCausalLM, tmp_path, "output_loading_info")
+    assert info["missing_keys"] == {DROPPED}
+    assert_equals_file_except(model, tmp_path, reinitialised=set())
 
 
 # ------------------------------------------------------------------------------------ weights of the wrong shape
@@ -118,7 +128,7 @@ def test_ignore_mismatched_sizes_reinitialises_exactly_the_misshaped_weights(fam
 
 # ------------------------------------------------------------------------------------- the untied output layer
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("option", ["default", "ignore_mismatched_sizes", "output_loading_info"])
+@pytest.mark.parametrize("option", ["default", "ignore_mismatched_sizes"])
 def test_a_causal_lm_without_its_untied_lm_head_raises(family, option, tmp_path):
     edit_weights(save(family, tmp_path), lambda w: w.pop("lm_head.weight"))
     with pytest.raises(MissingWeightsError, match="no lm_head.weight.*random output layer"):
@@ -126,10 +136,12 @@ def test_a_causal_lm_without_its_untied_lm_head_raises(family, option, tmp_path)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_new_lm_head_needs_the_explicit_opt_out(family, tmp_path):
+@pytest.mark.parametrize("option", ["allow_missing_weights", "output_loading_info"])
+def test_a_new_lm_head_needs_the_opt_out_or_the_report(family, option, tmp_path):
     edit_weights(save(family, tmp_path), lambda w: w.pop("lm_head.weight"))
-    model, _ = load(AutoModelForCausalLM, tmp_path, "allow_missing_weights")
+    model, info = load(AutoModelForCausalLM, tmp_path, option)
     assert_equals_file_except(model, tmp_path, reinitialised=set())
+    assert info is None or info["missing_keys"] == {"lm_head.weight"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
