@@ -146,3 +146,14 @@ def restore_transformers_logging():
     yield
     hf_logging.set_verbosity(verbosity)
     (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Transformers 5.23 renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` (the old
+    name is deprecated there); 5.21 has only the old one."""
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+
+
+def is_activation_checkpointing(model) -> bool:
+    """``is_activation_checkpointing`` from 5.23 (``is_gradient_checkpointing`` deprecated there), else the old name."""
+    return getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing

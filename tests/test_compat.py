@@ -17,6 +17,8 @@ import olmo_hf
 from olmo_hf import compat, release_guard
 from olmo_hf.modules import Olmo2RMSNorm, apply_rotary_pos_emb
 
+from conftest import enable_activation_checkpointing
+
 TINY = dict(
     vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=2, eos_token_id=2, pad_token_id=1, max_position_embeddings=64,
@@ -83,8 +85,7 @@ def test_config_declares_what_the_builtin_config_declares(family):
 def test_gradient_checkpointing_drops_the_cache_under_the_release_name():
     """GradientCheckpointingLayer clears the cache only under the name the release uses; ours hands it over so."""
     model = tiny().train()
-    # Transformers 5.25 renamed gradient_checkpointing_enable (deprecated) to activation_checkpointing_enable
-    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    enable_activation_checkpointing(model)
     out = model(ids(), use_cache=True, labels=ids())
     out.loss.backward()
     assert compat.output_cache(out) is None or compat.output_cache(out).get_seq_length() == 0

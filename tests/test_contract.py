@@ -12,6 +12,8 @@ from transformers import AutoModel, AutoModelForCausalLM, StaticCache
 
 import olmo_hf
 from olmo_hf.modeling import MissingWeightsError
+
+from conftest import enable_activation_checkpointing, is_activation_checkpointing
 from olmo_hf.compat import cache_kwargs
 
 TINY = dict(
@@ -142,8 +144,8 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(family):
     for checkpointing in (False, True):
         model = tiny(family).train()
         if checkpointing:
-            model.activation_checkpointing_enable()
-            assert model.is_activation_checkpointing
+            enable_activation_checkpointing(model)
+            assert is_activation_checkpointing(model)
         loss = model(ids, labels=ids).loss
         loss.backward()
         grads.append((loss.item(), model.model.layers[0].mlp.up_proj.weight.grad.clone()))
