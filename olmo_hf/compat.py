@@ -110,6 +110,12 @@ def cache_argument(forward: Callable) -> Callable:
 # ------------------------------------------------------------------------------------- Transformers' private APIs
 
 
+def attn_implementation(config) -> str | None:
+    """The attention backend a config selects (``PreTrainedConfig._attn_implementation``: "eager", "sdpa", ...),
+    the key of Transformers' attention interface, as its built-in models read it."""
+    return config._attn_implementation
+
+
 def auto_config_extra_content() -> dict:
     """The registry behind ``AutoConfig.register`` (``CONFIG_MAPPING._extra_content``): the only way to map a stale
     model type (an alias) to a class whose own ``model_type`` differs, and to undo a registration."""

@@ -23,7 +23,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 
-from .compat import cache_argument
+from .compat import attn_implementation, cache_argument
 from .configuration import Olmo2Config, OlmoConfig
 
 OLMO_LAYER_NORM_EPS = 1e-5  # hard-coded in OLMo v1 (ai2-olmo LayerNorm default; no eps field in -hf configs)
@@ -240,7 +240,7 @@ class OlmoAttention(nn.Module):
         """The configured attention kernel: (batch, heads, seq, head_dim) q and (batch, kv_heads, kv_seq, head_dim)
         k, v -> ((batch, seq, heads, head_dim) output, weights or None)."""
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
+            attn_implementation(self.config), eager_attention_forward
         )
         return attention_interface(
             self,

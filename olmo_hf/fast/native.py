@@ -18,7 +18,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..compat import mkldnn_data_ptr, mkldnn_linear, mkldnn_nbytes, mkldnn_pack_linear_weight
+from ..compat import attn_implementation, mkldnn_data_ptr, mkldnn_linear, mkldnn_nbytes, mkldnn_pack_linear_weight
 from ..modules import rotate_half
 
 # Two decode-time kernels of our own, in C (kernels.c), compiled once per machine with the system C compiler
@@ -281,7 +281,7 @@ def _can_use_native_attention(module, q, k, v, attention_mask, kwargs) -> bool:
         and _native is not False
         and (q.shape[2] == 1 or prefill)
         and attention_mask is None
-        and module.config._attn_implementation == "sdpa"
+        and attn_implementation(module.config) == "sdpa"
         and q.dtype == k.dtype == v.dtype == torch.bfloat16
         and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
         and q.shape[-1] <= 512
