@@ -86,6 +86,13 @@ SMALL = dict(
 )
 
 
+# The 2-layer, 32-wide shape of the contract, compatibility and loading tests (fast enough to build per test).
+TINY = dict(
+    vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, eos_token_id=2, pad_token_id=1, max_position_embeddings=64,
+)
+
+
 def small_olmo2_config(**overrides):
     import olmo_hf
 

@@ -17,12 +17,8 @@ import olmo_hf
 from olmo_hf import compat, release_guard
 from olmo_hf.modules import Olmo2RMSNorm, apply_rotary_pos_emb
 
-from conftest import enable_activation_checkpointing
+from conftest import TINY, enable_activation_checkpointing
 
-TINY = dict(
-    vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, eos_token_id=2, pad_token_id=1, max_position_embeddings=64,
-)
 FAMILIES = {
     "olmo": (olmo_hf.OlmoConfig, olmo_hf.OlmoForCausalLM, transformers.OlmoConfig),
     "olmo2": (olmo_hf.Olmo2Config, olmo_hf.Olmo2ForCausalLM, transformers.Olmo2Config),

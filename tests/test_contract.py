@@ -13,13 +13,9 @@ from transformers import AutoModel, AutoModelForCausalLM, StaticCache
 import olmo_hf
 from olmo_hf.modeling import MissingWeightsError
 
-from conftest import enable_activation_checkpointing, is_activation_checkpointing
+from conftest import TINY, enable_activation_checkpointing, is_activation_checkpointing
 from olmo_hf.compat import cache_kwargs
 
-TINY = dict(
-    vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, eos_token_id=2, pad_token_id=1, max_position_embeddings=64,
-)
 FAMILIES = {
     "olmo": (olmo_hf.OlmoConfig, olmo_hf.OlmoForCausalLM, transformers.OlmoForCausalLM),
     "olmo2": (olmo_hf.Olmo2Config, olmo_hf.Olmo2ForCausalLM, transformers.Olmo2ForCausalLM),

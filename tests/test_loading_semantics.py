@@ -24,10 +24,8 @@ import olmo_hf
 from olmo_hf.cli import main
 from olmo_hf.modeling import MismatchedWeightsError, MissingWeightsError
 
-TINY = dict(
-    vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, eos_token_id=2, pad_token_id=1, max_position_embeddings=64,
-)
+from conftest import TINY
+
 FAMILIES = {
     "olmo": (olmo_hf.OlmoConfig, olmo_hf.OlmoForCausalLM, olmo_hf.OlmoForSequenceClassification),
     "olmo2": (olmo_hf.Olmo2Config, olmo_hf.Olmo2ForCausalLM, olmo_hf.Olmo2ForSequenceClassification),
