@@ -24,7 +24,7 @@ from .modeling import (
 )
 from .quantization import quantization_config, save_quantized
 from .registration import _autoregister_enabled, is_registered, register, restore_builtin
-from .release_guard import UnsupportedTransformersError, warn_if_untested
+from .release_guard import UnsupportedTransformersError, check_release
 
 __version__ = "0.1.0"
 
@@ -47,7 +47,7 @@ __all__ = [
     "UnsupportedTransformersError",
 ]
 
-warn_if_untested()
+check_release()  # on a Transformers release newer than the newest tested only (olmo_hf.release_guard)
 
 if _autoregister_enabled():
     register()

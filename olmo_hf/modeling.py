@@ -149,7 +149,7 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def post_init(self) -> None:
-        ensure_release_verified()  # a no-op on the tested Transformers releases (olmo_hf.release_guard)
+        ensure_release_verified()  # raises only if the self-check failed on an untested release (release_guard)
         super().post_init()
 
     def get_memory_footprint(self, return_buffers: bool = True) -> int:

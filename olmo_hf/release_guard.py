@@ -4,14 +4,17 @@
 Such a release can change how ``generate()`` hands the cache to a model (5.24 renamed ``past_key_values`` to
 ``cache``: a plugin that missed it decoded every step from an empty cache and printed garbage, with exit code 0).
 pip will not resolve one for ``pip install olmo_hf`` (pyproject caps the range), but ``pip install -U
-transformers`` installs it anyway. So, on a release past :data:`NEWEST_TESTED` only:
+transformers`` installs it anyway. So, on a release past :data:`NEWEST_TESTED` only, ``import olmo_hf``
+(:func:`check_release`):
 
-1. ``import olmo_hf`` warns once, naming the release and the tested range;
-2. the first olmo_hf model built in the process triggers :func:`verify_release`: a tiny random OLMo 2 generates
-   greedily from a left-padded batch without a cache, with a ``DynamicCache`` and with a static cache, and the
-   cached forward's logits are compared with the uncached ones. Any disagreement (or error) raises
-   :class:`UnsupportedTransformersError` before the user's model exists, so wrong tokens are never produced silently.
-   It costs ~0.1 s once per process. ``OLMO_HF_SKIP_RELEASE_CHECK=1`` skips it (at the user's own risk).
+1. warns once, naming the release and the tested range;
+2. runs :func:`verify_release`: a tiny random OLMo 2 generates greedily from a left-padded batch without a cache,
+   with a ``DynamicCache`` and with a static cache, and a cached forward step is compared with the uncached logits
+   (~0.5 s, once per process). It runs at import, outside any ``from_pretrained`` (whose meta-device and
+   skip-init contexts would distort a model built inside them). If anything disagrees or fails, every olmo_hf model
+   construction then raises :class:`UnsupportedTransformersError` (:func:`ensure_release_verified`), so wrong tokens
+   are never produced silently; code that builds no model (conversion tables, ``--help``) keeps working.
+   ``OLMO_HF_SKIP_RELEASE_CHECK=1`` skips the check, at the user's own risk.
 
 On the tested releases nothing runs. docs/compat.md states the policy.
 """
@@ -26,14 +29,22 @@ from packaging.version import Version
 
 from .compat import CACHE_ARG, output_cache
 
-__all__ = ["OLDEST_TESTED", "NEWEST_TESTED", "UnsupportedTransformersError", "verify_release", "is_tested_release"]
+__all__ = [
+    "OLDEST_TESTED",
+    "NEWEST_TESTED",
+    "UnsupportedTransformersError",
+    "check_release",
+    "ensure_release_verified",
+    "is_tested_release",
+    "verify_release",
+]
 
 # The range CI proves (.ci/run runs the suite on both ends); pyproject.toml's `transformers` range is the same.
 OLDEST_TESTED = "5.21.0"
 NEWEST_TESTED = "5.25.0"
 SKIP_ENV = "OLMO_HF_SKIP_RELEASE_CHECK"
 
-_state = {"verified": False, "running": False}
+_state: dict = {"failure": None}  # the UnsupportedTransformersError of a failed check, if any
 
 
 class UnsupportedTransformersError(RuntimeError):
@@ -49,31 +60,31 @@ def is_tested_release(version: str | None = None) -> bool:
     return Version(version or running_release()).release <= Version(NEWEST_TESTED).release
 
 
-def warn_if_untested() -> None:
-    """The import-time warning (one line; nothing on tested releases)."""
-    if not is_tested_release():
-        warnings.warn(
-            f"olmo_hf was tested with transformers {OLDEST_TESTED} to {NEWEST_TESTED}, not {running_release()}; "
-            "it checks that cached decoding still agrees with uncached decoding when the first model is built "
-            f"(install 'transformers<={NEWEST_TESTED}' to be on the tested range).",
-            UserWarning,
-            stacklevel=3,
-        )
+def check_release() -> None:
+    """At ``import olmo_hf``: nothing on a tested release; otherwise a warning, and the self-check unless skipped."""
+    if is_tested_release():
+        return
+    warnings.warn(
+        f"olmo_hf was tested with transformers {OLDEST_TESTED} to {NEWEST_TESTED}, not {running_release()}; it "
+        "checks that cached decoding still agrees with uncached decoding before building models "
+        f"(install 'transformers<={NEWEST_TESTED}' to be on the tested range).",
+        UserWarning,
+        stacklevel=3,
+    )
+    if os.environ.get(SKIP_ENV, "").strip().lower() in {"1", "true", "yes"}:
+        return
+    try:
+        verify_release()
+    except UnsupportedTransformersError as e:
+        _state["failure"] = e
+        warnings.warn(f"{e} olmo_hf's models will refuse to load.", UserWarning, stacklevel=3)
 
 
 def ensure_release_verified() -> None:
-    """Run :func:`verify_release` once per process, on untested releases only. Called when a model is built."""
-    if _state["verified"] or _state["running"] or is_tested_release():
-        return
-    if os.environ.get(SKIP_ENV, "").strip().lower() in {"1", "true", "yes"}:
-        _state["verified"] = True
-        return
-    _state["running"] = True
-    try:
-        verify_release()
-        _state["verified"] = True
-    finally:
-        _state["running"] = False
+    """Raise the failed self-check's error, if any. Called whenever an olmo_hf model is built."""
+    failure = _state["failure"]
+    if failure is not None:
+        raise UnsupportedTransformersError(str(failure)) from failure
 
 
 def verify_release() -> None:
@@ -86,13 +97,13 @@ def verify_release() -> None:
 
     release = running_release()
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
             torch.manual_seed(0)
             config = Olmo2Config(
                 vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                 max_position_embeddings=64, eos_token_id=None, pad_token_id=0,
             )
-            model = Olmo2ForCausalLM(config).eval()
+            model = Olmo2ForCausalLM(config).to(torch.float32).eval()
             ids = torch.randint(1, 64, (2, 6))
             mask = torch.ones_like(ids)
             mask[0, :2] = 0  # left padding

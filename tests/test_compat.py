@@ -101,7 +101,7 @@ def test_no_hub_kernel_replaces_olmo_norms_or_rotary():
 # -------------------------------------------------------------------------------------------- untested releases
 @pytest.fixture
 def fresh_guard(monkeypatch):
-    monkeypatch.setattr(release_guard, "_state", {"verified": False, "running": False})
+    monkeypatch.setattr(release_guard, "_state", {"failure": None})
     monkeypatch.delenv(release_guard.SKIP_ENV, raising=False)
     return release_guard
 
@@ -113,29 +113,38 @@ def simulate_release(monkeypatch, version: str) -> None:
 def test_a_tested_release_runs_no_check(fresh_guard, monkeypatch):
     monkeypatch.setattr(fresh_guard, "verify_release", lambda: pytest.fail("checked a tested release"))
     simulate_release(monkeypatch, release_guard.NEWEST_TESTED)
-    tiny()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh_guard.check_release()
     assert not fresh_guard.is_tested_release("5.26.0") and fresh_guard.is_tested_release("5.25.0")
 
 
-def test_an_untested_release_warns_at_import(fresh_guard, monkeypatch):
-    simulate_release(monkeypatch, "5.99.0")
-    with pytest.warns(UserWarning, match=r"tested with transformers 5\.21\.0 to 5\.25\.0, not 5\.99\.0"):
-        fresh_guard.warn_if_untested()
-
-
-def test_an_untested_release_that_decodes_correctly_is_verified_once(fresh_guard, monkeypatch):
+def test_an_untested_release_warns_and_verifies_at_import(fresh_guard, monkeypatch):
     simulate_release(monkeypatch, "5.99.0")
     calls = []
     original = fresh_guard.verify_release
     monkeypatch.setattr(fresh_guard, "verify_release", lambda: calls.append(original()))
-    tiny(), tiny()
-    assert len(calls) == 1 and fresh_guard._state["verified"]
+    with pytest.warns(UserWarning, match=r"tested with transformers 5\.21\.0 to 5\.25\.0, not 5\.99\.0"):
+        fresh_guard.check_release()
+    assert len(calls) == 1 and fresh_guard._state["failure"] is None
+
+
+def test_models_load_normally_on_an_untested_release_that_passed_the_check(fresh_guard, monkeypatch, tmp_path):
+    """from_pretrained builds the model under meta-device / skip-init contexts: nothing may be checked there."""
+    simulate_release(monkeypatch, "5.99.0")
+    with pytest.warns(UserWarning):
+        fresh_guard.check_release()
+    tiny().save_pretrained(tmp_path)
+    model = olmo_hf.Olmo2ForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(model.lm_head.weight, tiny().lm_head.weight)
 
 
 def test_an_untested_release_that_breaks_cached_decoding_refuses_to_build_models(fresh_guard, monkeypatch):
     """The 5.24 failure mode: layers no longer receive the cache, so each step decodes from an empty one."""
     simulate_release(monkeypatch, "5.99.0")
     monkeypatch.setattr(olmo_hf.modeling, "cache_kwargs", lambda cache: {"not_the_cache_argument": cache})
+    with pytest.warns(UserWarning, match="models will refuse to load"):
+        fresh_guard.check_release()
     with pytest.raises(olmo_hf.UnsupportedTransformersError, match=r"transformers 5\.99\.0 .* 'transformers<=5\.25\.0'"):
         tiny()
 
@@ -144,6 +153,8 @@ def test_the_check_can_be_skipped_explicitly(fresh_guard, monkeypatch):
     simulate_release(monkeypatch, "5.99.0")
     monkeypatch.setenv(release_guard.SKIP_ENV, "1")
     monkeypatch.setattr(fresh_guard, "verify_release", lambda: pytest.fail("checked although skipped"))
+    with pytest.warns(UserWarning, match="not 5.99.0"):
+        fresh_guard.check_release()
     tiny()
 
 
