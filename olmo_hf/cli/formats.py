@@ -141,9 +141,7 @@ def read_batch(fmt: str, path: str, columns: Columns | None) -> list[Input]:
     except UnicodeDecodeError as e:
         raise CliError(f"--input {path} is not valid UTF-8 ({_where_undecodable(path)}); convert it to UTF-8 "
                        "(e.g. iconv -f latin1 -t utf-8)") from e
-    except csv.Error as e:
-        raise CliError(f"--input {path} is not a readable CSV file ({e}); --format csv expects a header row "
-                       "and one row per input") from e
+
     if not inputs:
         container = "JSON list" if fmt == "json" else "CSV table"
         raise CliError(f"--input {path} holds no inputs (an empty {container})")
@@ -195,19 +193,27 @@ def _read_json(path: str, columns: Columns | None) -> list[Input]:
 
 def _read_csv(path: str, columns: Columns | None) -> list[Input]:
     with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        if columns is None:
-            if len(header) != 1:
-                raise CliError(
-                    f"--input {path} has {len(header)} columns ({', '.join(header) or 'none'}); "
-                    "pass --column to choose the input column"
-                )
-            columns = Columns(((header[0], header[0]),))
-        missing = [name for name in columns.names() if name not in header]
-        if missing:
-            raise CliError(f"--input {path} has no column {missing[0]!r}; its columns are: {', '.join(header)}")
-        return [_from_record(row, columns, f"--input {path}, row {index + 1}") for index, row in enumerate(reader)]
+        reader = csv.DictReader(f, strict=True)  # strict: a truncated quoted field is an error, not a value
+        try:
+            return _csv_inputs(path, reader, columns)
+        except csv.Error as e:
+            raise CliError(f"--input {path} is not valid CSV after line {reader.line_num} ({e}); it may be truncated: "
+                           "--format csv expects a header row and one row per input") from e
+
+
+def _csv_inputs(path: str, reader: csv.DictReader, columns: Columns | None) -> list[Input]:
+    header = reader.fieldnames or []
+    if columns is None:
+        if len(header) != 1:
+            raise CliError(
+                f"--input {path} has {len(header)} columns ({', '.join(header) or 'none'}); "
+                "pass --column to choose the input column"
+            )
+        columns = Columns(((header[0], header[0]),))
+    missing = [name for name in columns.names() if name not in header]
+    if missing:
+        raise CliError(f"--input {path} has no column {missing[0]!r}; its columns are: {', '.join(header)}")
+    return [_from_record(row, columns, f"--input {path}, row {index + 1}") for index, row in enumerate(reader)]
 
 
 def iter_pipe(stream: IO[str], columns: Columns | None, name: str = "stdin",
