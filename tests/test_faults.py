@@ -221,6 +221,15 @@ def test_ctrl_c_in_run_exits_130_with_one_line_and_writes_nothing(cli, prompts_j
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "prompts.json"]
 
 
+def test_ctrl_c_while_the_command_line_is_being_built_exits_130(cli, monkeypatch):
+    import olmo_hf.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "build_parser", interrupt)  # e.g. while torch is being imported
+    code, out, err = cli("run", "--max-new-tokens", "2")
+    assert code == 130 and out == ""
+    assert error_line(err) == "olmo-hf run: interrupted"
+
+
 def test_sigint_to_the_console_script_exits_130_with_one_line(tmp_path):
     proc = subprocess.Popen([olmo_hf_command(), "run", *GREEDY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=cli_env())

@@ -106,11 +106,14 @@ def rescue(path: str, suffix: str, write: Callable[[IO[str]], None], error: OSEr
         why, fix, code = "was created by someone else during this run", "compare them and keep one", EXIT_USAGE
     else:
         why, fix, code = f"could not be written ({os.strerror(error.errno or 0)})", "move them into place", EXIT_IOERR
+    saved = None
     try:
         fd, saved = tempfile.mkstemp(prefix="olmo-hf-run-", suffix=suffix)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
             write(stream)
-    except OSError:
+    except OSError:  # the temporary directory is full or read-only too: stdout is the last place left
+        if saved is not None:
+            os.unlink(saved)
         write(sys.stdout)
         sys.stdout.flush()
         saved = "stdout (above)"
