@@ -485,3 +485,29 @@ def test_serve_refuses_a_port_outside_1_to_65535_before_starting(cli, port, mess
     code, out, err = cli("serve", "--port", port)
     assert code == 2 and out == ""
     assert message in error_line(err, "serve")
+
+
+@pytest.mark.parametrize("path, body, param, message", [
+    ("/v1/chat/completions", {"messages": [], "max_tokens": 3}, "messages", "`messages` must be a non-empty list"),
+    ("/v1/chat/completions", {"max_tokens": 3}, "messages", "`messages` is required"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}, "max_tokens",
+     "`max_tokens` must be an integer >= 1, got -1"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, "temperature",
+     "`temperature` must be a number between 0 and 2, got -1"),
+    ("/v1/completions", {"prompt": "", "max_tokens": 3}, "prompt", "`prompt` must be a non-empty string or list"),
+    ("/v1/responses", {"input": "hi", "max_output_tokens": 0}, "max_output_tokens",
+     "`max_output_tokens` must be an integer >= 1, got 0"),
+    ("/v1/completions", ["not", "an", "object"], "body", "the request body must be a JSON object, got list"),
+])
+def test_serve_request_errors_name_the_field(path, body, param, message):
+    from olmo_hf.cli.serve_requests import request_error
+
+    assert request_error(path, body) == (param, message)
+
+
+def test_a_good_serve_request_passes_validation():
+    from olmo_hf.cli.serve_requests import request_error
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0.7,
+            "top_p": 0.9, "stream": True, "seed": 0}
+    assert request_error("/v1/chat/completions", body) is None

@@ -139,9 +139,11 @@ def run_transformers_command(command: str, args: list[str]) -> int:
     olmo_hf.register()  # AutoConfig / AutoTokenizer paths of serve, even under OLMO_HF_NO_AUTOREGISTER=1
     expose_classes()
     if command == "serve":
+        from . import serve_requests
         from .serve_loader import install
 
         install()  # and in the process that loads the model, wherever Transformers puts it
+        serve_requests.install()  # a bad request gets a 400 with a message before it reaches the model
     from ..compat import transformers_cli_app
 
     app = transformers_cli_app()
