@@ -488,7 +488,8 @@ def test_serve_refuses_a_port_outside_1_to_65535_before_starting(cli, port, mess
 
 
 @pytest.mark.parametrize("path, body, param, message", [
-    ("/v1/chat/completions", {"messages": [], "max_tokens": 3}, "messages", "`messages` must be a non-empty list"),
+    ("/v1/chat/completions", {"messages": [], "max_tokens": 3}, "messages",
+     '`messages` must be a non-empty list of {"role": ..., "content": ...} objects'),
     ("/v1/chat/completions", {"max_tokens": 3}, "messages", "`messages` is required"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}, "max_tokens",
      "`max_tokens` must be an integer >= 1, got -1"),
