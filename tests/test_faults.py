@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -263,25 +264,15 @@ def test_invalid_utf8_lines_keep_the_output_file_of_the_other_lines(cli, tmp_pat
     assert len(output.read_text().splitlines()) == 1
 
 
-@pytest.mark.parametrize("fmt, content, where", [
-    ("json", b'["fine",\n "caf\xe9"]', "byte 0xe9 at line 2, column 6"),
-    ("csv", b"text\nfine\ncaf\xe9\n", "byte 0xe9 at line 3, column 4"),
-])
-def test_input_file_that_is_not_utf8_names_the_line(cli, tmp_path, fmt, content, where):
+@pytest.mark.parametrize("fmt, content, message", [
+    ("json", b'["fine",\n "caf\xe9"]', "is not valid UTF-8 (byte 0xe9 at line 2, column 6); convert it to UTF-8"),
+    ("csv", b"text\nfine\ncaf\xe9\n", "is not valid UTF-8 (byte 0xe9 at line 3, column 4); convert it to UTF-8"),
+    ("json", b'["one", "tw', "is not valid JSON"),
+    ("csv", b'text\none\n"tw', "is not valid CSV after line 2 (unexpected end of data); it may be truncated"),
+], ids=["json-not-utf8", "csv-not-utf8", "json-truncated", "csv-truncated"])
+def test_a_truncated_or_non_utf8_input_file_is_one_line_naming_where(cli, tmp_path, fmt, content, message):
     path = tmp_path / f"in.{fmt}"
     path.write_bytes(content)
-    code, _, err = cli("run", "--input", str(path))
-    assert code == 2
-    assert f"--input {path} is not valid UTF-8 ({where}); convert it to UTF-8" in error_line(err)
-
-
-@pytest.mark.parametrize("fmt, content, message", [
-    ("json", '["one", "tw', "is not valid JSON"),
-    ("csv", 'text\none\n"tw', "is not valid CSV after line 2 (unexpected end of data); it may be truncated"),
-])
-def test_truncated_or_corrupt_input_file_is_one_line(cli, tmp_path, fmt, content, message):
-    path = tmp_path / f"in.{fmt}"
-    path.write_text(content)
     code, _, err = cli("run", "--input", str(path))
     assert code == 2
     assert f"--input {path} {message}" in error_line(err)
@@ -303,8 +294,6 @@ def _truncate(path: Path, size: int | None = None) -> None:
     ("generation_config.json", None, ""),  # Transformers would silently ignore it
 ])
 def test_truncated_checkpoint_file_is_named_with_exit_2(cli, tiny, tmp_path, file, size, reason):
-    import shutil
-
     broken = Path(shutil.copytree(tiny, tmp_path / "broken"))
     _truncate(broken / file, size)
     code, out, err = cli("run", "--model", str(broken), *GREEDY)
@@ -314,8 +303,6 @@ def test_truncated_checkpoint_file_is_named_with_exit_2(cli, tiny, tmp_path, fil
 
 
 def test_a_config_with_a_negative_rope_theta_is_refused_naming_the_field(cli, tiny, tmp_path):
-    import shutil
-
     broken = Path(shutil.copytree(tiny, tmp_path / "broken"))
     config = json.loads((broken / "config.json").read_text())
     config["rope_parameters"]["rope_theta"] = -1.0
@@ -386,8 +373,6 @@ def listing(directory: Path) -> dict[str, int]:
 
 @pytest.mark.parametrize("relation", ["equals", "contains", "inside"])
 def test_convert_refuses_a_dst_overlapping_src_and_keeps_src(cli, tiny, tmp_path, relation):
-    import shutil
-
     src = Path(shutil.copytree(tiny, tmp_path / "parent" / "src"))
     before = listing(src)
     dst = {"equals": src, "contains": src.parent, "inside": src / "out"}[relation]
@@ -446,8 +431,6 @@ def test_convert_names_a_truncated_or_corrupt_ai2_olmo_file(cli, ai2_ckpt, tmp_p
     ("model.safetensors", "could not be loaded as a Transformers 'olmo2' model"),
 ])
 def test_convert_names_a_truncated_transformers_file(cli, tiny, tmp_path, file, message):
-    import shutil
-
     src = Path(shutil.copytree(tiny, tmp_path / "src"))
     _truncate(src / file)
     code, _, err = cli("convert", str(src), str(tmp_path / "out"), "--to", "olmo-core")
