@@ -197,6 +197,12 @@ def test_output_is_written_whole_and_leaves_no_temporary_file(cli, tmp_path, fmt
     assert len(json.loads(output.read_text()) if fmt == "json" else lines) == (3 if fmt == "csv" else 2)
 
 
+def test_output_to_a_device_is_written_in_place_not_replaced(cli, prompts_json):
+    code, _, err = cli("run", "--input", str(prompts_json), "--output", os.devnull, "--overwrite", *GREEDY)
+    assert code == 0, err
+    assert not os.path.isfile(os.devnull)  # still the character device
+
+
 # ---------------------------------------------------------------------------------------------------- run: Ctrl-C
 @pytest.mark.parametrize("point", ["loading", "generating", "writing"])
 def test_ctrl_c_in_run_exits_130_with_one_line_and_writes_nothing(cli, prompts_json, tmp_path, monkeypatch, point):

@@ -5,7 +5,7 @@
   by creating and removing an empty temporary file, which also catches read-only file systems and, for root,
   what ``os.access`` cannot), and an existing FILE needs ``--overwrite``.
 - :class:`AtomicOutput` writes into a temporary file in FILE's directory and renames it into place only when
-  the run succeeded: a failed or interrupted run leaves FILE as it was and no temporary file behind. Without
+  the run succeeded (an existing device or pipe such as ``/dev/null`` is written in place instead): a failed or interrupted run leaves FILE as it was and no temporary file behind. Without
   ``--overwrite`` the rename is a hard link, which fails if FILE appeared meanwhile (a concurrent run), so one
   run never replaces another's output by surprise.
 - If writing or renaming fails late (disk full, permissions changed, FILE created meanwhile), the results are
@@ -37,6 +37,8 @@ def check_output(path: str, overwrite: bool) -> None:
         raise CliError(f"--output {path} is a directory; pass a file name such as {os.path.join(path, 'out.json')}")
     if os.path.exists(path) and not overwrite:
         raise CliError(f"--output {path} already exists; pass --overwrite to replace it")
+    if _is_special(path):
+        return  # a device or pipe (/dev/null, a FIFO) is written in place, not replaced
     if not os.path.isdir(directory):
         raise CliError(f"--output {path}: the directory {directory} does not exist; create it or choose another path")
     try:
@@ -53,11 +55,18 @@ class AtomicOutput:
 
     def __init__(self, path: str, overwrite: bool) -> None:
         self.path, self.overwrite = path, overwrite
+        self.tmp: str | None = None
+        if _is_special(path):  # a device or pipe: nothing to rename, and replacing /dev/null would be a disaster
+            self.stream: IO[str] = open(path, "w", encoding="utf-8", newline="")
+            return
         fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=_directory(path))
-        self.stream: IO[str] = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        self.stream = os.fdopen(fd, "w", encoding="utf-8", newline="")
 
     def commit(self) -> None:
         """Flush, sync and move the file into place (raises OSError; the temporary file is then removed)."""
+        if self.tmp is None:
+            self.stream.close()
+            return
         try:
             self.stream.flush()
             os.fsync(self.stream.fileno())
@@ -76,10 +85,17 @@ class AtomicOutput:
             self.stream.close()
         except OSError:
             pass  # a failed flush of a file about to be deleted
+        if self.tmp is None:
+            return
         try:
             os.unlink(self.tmp)
         except FileNotFoundError:
             pass
+
+
+def _is_special(path: str) -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a directory (a device, a FIFO, a socket)."""
+    return os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
 
 
 def _umask() -> int:
