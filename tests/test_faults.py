@@ -88,16 +88,21 @@ def _mount_tmpfs(path: Path, options: str) -> None:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
 
 
+def fill(disk: Path) -> None:
+    """Fill ``disk`` up with a file named filler."""
+    try:
+        with open(disk / "filler", "wb") as f:
+            f.write(b"x" * 1024 * 1024)
+    except OSError:  # ENOSPC: full, as wanted
+        pass
+
+
 @pytest.fixture
 def full_disk(tmp_path):
     """A directory on a 64 KiB tmpfs that is full (new empty files still fit; no data does)."""
     disk = tmp_path / "disk"
     _mount_tmpfs(disk, "size=64k")
-    try:
-        with open(disk / "filler", "wb") as f:
-            f.write(b"x" * 1024 * 1024)
-    except OSError:
-        pass
+    fill(disk)
     yield disk
     subprocess.run(["umount", str(disk)], check=False)
 
@@ -168,14 +173,9 @@ def test_full_disk_keeps_the_results_and_says_where(cli, prompts_json, full_disk
 
 def test_full_disk_with_overwrite_leaves_the_old_output_whole(cli, prompts_json, full_disk, rescued):
     output = full_disk / "out.json"
-    output.write_text("")  # an empty file fits; it stands for an earlier run's output
     (full_disk / "filler").unlink()
-    output.write_text('["old"]\n')
-    with open(full_disk / "filler", "wb") as f:
-        try:
-            f.write(b"x" * 1024 * 1024)
-        except OSError:
-            pass
+    output.write_text('["old"]\n')  # an earlier run's output
+    fill(full_disk)
     code, _, err = cli("run", "--input", str(prompts_json), "--output", str(output), "--overwrite", *GREEDY)
     assert code == 74 and "No space left on device" in error_line(err)
     assert output.read_text() == '["old"]\n'
