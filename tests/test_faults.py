@@ -197,6 +197,23 @@ def test_output_is_written_whole_and_leaves_no_temporary_file(cli, tmp_path, fmt
     assert len(json.loads(output.read_text()) if fmt == "json" else lines) == (3 if fmt == "csv" else 2)
 
 
+def test_stdout_on_a_full_disk_is_an_io_fault_naming_stdout(cli, monkeypatch):
+    import errno
+
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"The import\n"), encoding="utf-8"))
+    stderr = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stderr)
+    monkeypatch.setattr("sys.stdout", FullDisk())
+    code = main(["run", *GREEDY])
+    assert code == 74
+    assert error_line(stderr.getvalue()) == ("olmo-hf run: error: I/O error on stdout (No space left on device); free "
+                                             "some space or fix its permissions, then run again")
+
+
 def test_output_to_a_device_is_written_in_place_not_replaced(cli, prompts_json):
     code, _, err = cli("run", "--input", str(prompts_json), "--output", os.devnull, "--overwrite", *GREEDY)
     assert code == 0, err

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Union
 
-from .errors import CliError, warn
+from .errors import CliError, io_fault, is_io_fault, warn
 from .output_file import AtomicOutput, rescue
 from .tasks import Task
 
@@ -281,8 +281,13 @@ class _PipeWriter:
     """To stdout: one JSON object per input and line, flushed at once (streaming)."""
 
     def write(self, results: list[dict]) -> None:
-        sys.stdout.write(_pipe_line(results))
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(_pipe_line(results))
+            sys.stdout.flush()
+        except OSError as e:  # e.g. `> out.jsonl` on a full disk; a reader that left (EPIPE) is handled by main
+            if is_io_fault(e):
+                raise io_fault(e, "stdout") from e
+            raise
 
     def close(self, success: bool) -> None:
         """Nothing to do: every line was printed as soon as it was ready."""
