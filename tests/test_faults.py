@@ -356,6 +356,16 @@ def test_concurrent_writers_with_overwrite_leave_one_whole_output(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
+def test_overwrite_keeps_the_permissions_of_the_replaced_file(tmp_path):
+    output = tmp_path / "out.json"
+    output.write_text("old")
+    output.chmod(0o640)
+    target = AtomicOutput(str(output), overwrite=True)
+    target.stream.write("new")
+    target.commit()
+    assert output.read_text() == "new" and output.stat().st_mode & 0o777 == 0o640
+
+
 def test_concurrent_writers_without_overwrite_never_replace_each_other(tmp_path):
     output = str(tmp_path / "out.json")
     targets = [AtomicOutput(output, overwrite=False) for _ in range(4)]

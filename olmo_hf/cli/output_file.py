@@ -71,7 +71,7 @@ class AtomicOutput:
             self.stream.flush()
             os.fsync(self.stream.fileno())
             self.stream.close()
-            os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; look like any new file
+            os.chmod(self.tmp, _mode_for(self.path))  # mkstemp makes it 0600
             if self.overwrite:
                 os.replace(self.tmp, self.path)
             else:
@@ -98,10 +98,14 @@ def _is_special(path: str) -> bool:
     return os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _mode_for(path: str) -> int:
+    """The permissions of the file being replaced, or those of any new file (0666 less the umask)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def _link_new(tmp: str, path: str) -> None:
