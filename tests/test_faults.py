@@ -528,3 +528,20 @@ def test_a_good_serve_request_passes_validation():
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0.7,
             "top_p": 0.9, "stream": True, "seed": 0}
     assert request_error("/v1/chat/completions", body) is None
+
+
+def test_ctrl_c_in_chat_is_exit_130_with_one_line(cli, monkeypatch):
+    import olmo_hf.compat as compat
+    from olmo_hf.cli import serve as serve_module
+
+    def interrupted_app():
+        def app(args, prog_name):  # what Typer does on Ctrl-C: a silent SystemExit(130)
+            raise SystemExit(130)
+
+        return app
+
+    monkeypatch.setattr(compat, "transformers_cli_app", interrupted_app)
+    monkeypatch.setattr(serve_module, "expose_classes", lambda *a: {})
+    code, out, err = cli("chat", "./ckpt", "http://example.invalid:8000")  # not loopback: offline mode stays
+    assert code == 130 and out == ""
+    assert error_line(err, "chat") == "olmo-hf chat: interrupted"

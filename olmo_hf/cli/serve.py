@@ -23,6 +23,8 @@ import sys
 from typing import Any
 from urllib.parse import urlparse
 
+from .errors import EXIT_INTERRUPTED
+
 __all__ = ["SERVED_NAMES", "expose_classes", "restore_classes", "run_transformers_command"]
 
 SERVED_NAMES: dict[str, str] = {
@@ -150,5 +152,8 @@ def run_transformers_command(command: str, args: list[str]) -> int:
     try:
         app(args=[command, *args], prog_name="olmo-hf")
     except SystemExit as e:  # click's standalone mode always ends with SystemExit
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code == EXIT_INTERRUPTED:  # Typer turns Ctrl-C into a silent exit 130
+            print(f"olmo-hf {command}: interrupted", file=sys.stderr, flush=True)
+        return code
     return 0
