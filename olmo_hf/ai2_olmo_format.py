@@ -77,12 +77,18 @@ def load_safetensors_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; a missing, truncated or corrupt file is one ConversionError naming it."""
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ConversionError(f"{path} does not exist.") from e
     except json.JSONDecodeError as e:
-        raise ConversionError(f"{path} is not valid JSON ({e}).") from e
+        raise ConversionError(f"{path} is not valid JSON, it may be truncated ({e}).") from e
+    except UnicodeDecodeError as e:
+        raise ConversionError(f"{path} is not UTF-8 text, it may be corrupt (byte {e.start}).") from e
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path} holds a JSON {type(data).__name__}, not an object; it may be corrupt.")
+    return data
 
 
 def rope_parameters(theta: float) -> dict:

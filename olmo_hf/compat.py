@@ -245,3 +245,14 @@ def serve_model_loading_class() -> tuple[Any, str]:
     if not hasattr(getattr(model_manager, name, None), "load_model_and_processor"):
         raise RuntimeError("This Transformers release loads served models in a way olmo_hf does not know.")
     return model_manager, name
+
+
+def serve_app_factory() -> tuple[Any, str]:
+    """(module, function name) of what builds ``transformers serve``'s FastAPI app: ``build_server(...) -> app``
+    in ``transformers.cli.serving.server`` (5.21 to 5.25). ``Serve.run`` imports it at call time, so replacing the
+    module attribute wraps every app it builds."""
+    from transformers.cli.serving import server
+
+    if not callable(getattr(server, "build_server", None)):
+        raise RuntimeError("This Transformers release builds its serve app in a way olmo_hf does not know.")
+    return server, "build_server"

@@ -12,12 +12,13 @@ eos/pad ``100257/100277`` (see ``olmo_hf.presets``). Legacy ``rope_theta`` / ``r
 in every published config.json, are converted to ``rope_parameters`` by ``PreTrainedConfig``.
 """
 
+import math
 from typing import Any, ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
-from transformers.modeling_rope_utils import RopeParameters
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, RopeParameters
 
 from .compat import CACHE_KEYS_TO_DECLARE
 
@@ -29,6 +30,69 @@ _PP_PLAN = {
     "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
     "norm": (["hidden_states"], ["hidden_states"]),
 }
+# rope_parameters fields and what each must be: "positive" (a finite number > 0), "fraction" (in (0, 1]),
+# "number" (finite), "positive int", "bool", "positive list" (a list of finite numbers > 0).
+_ROPE_FIELDS = {
+    "rope_theta": "positive",
+    "factor": "positive",
+    "attention_factor": "positive",
+    "low_freq_factor": "positive",
+    "high_freq_factor": "positive",
+    "mscale": "number",
+    "mscale_all_dim": "number",
+    "beta_fast": "number",
+    "beta_slow": "number",
+    "partial_rotary_factor": "fraction",
+    "original_max_position_embeddings": "positive int",
+    "truncate": "bool",
+    "short_factor": "positive list",
+    "long_factor": "positive list",
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_rope_value(field: str, kind: str, value: Any) -> None:
+    """Raise a ValueError naming ``field`` unless ``value`` is of ``kind`` (see `_ROPE_FIELDS`)."""
+    ok = {
+        "positive": lambda v: _is_number(v) and v > 0,
+        "fraction": lambda v: _is_number(v) and 0 < v <= 1,
+        "number": _is_number,
+        "positive int": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "bool": lambda v: isinstance(v, bool),
+        "positive list": lambda v: isinstance(v, (list, tuple)) and all(_is_number(x) and x > 0 for x in v),
+    }[kind](value)
+    if not ok:
+        expected = {"positive": "a positive number", "fraction": "a number in (0, 1]", "number": "a finite number",
+                    "positive int": "a positive integer", "bool": "true or false",
+                    "positive list": "a list of positive numbers"}[kind]
+        raise ValueError(f"`rope_parameters.{field}` must be {expected}, got {value!r}.")
+
+
+def check_rope_parameters(rope_parameters: Any) -> None:
+    """Raise a ValueError naming the field if ``rope_parameters`` (one dict, or one per layer type) is unusable:
+    an unknown ``rope_type`` (Transformers' ``ROPE_INIT_FUNCTIONS`` or "default"), a non-positive or non-finite
+    theta or factor, or a field of the wrong type."""
+    if rope_parameters is None:
+        return
+    if not isinstance(rope_parameters, dict):
+        raise ValueError(f"`rope_parameters` must be a dict, got {type(rope_parameters).__name__}.")
+    if rope_parameters and all(isinstance(v, dict) for v in rope_parameters.values()):  # one per layer type
+        for params in rope_parameters.values():
+            check_rope_parameters(params)
+        return
+    rope_type = rope_parameters.get("rope_type", rope_parameters.get("type", "default"))
+    known = ("default", *sorted(ROPE_INIT_FUNCTIONS))
+    if rope_type not in known:
+        raise ValueError(f"`rope_parameters.rope_type` {rope_type!r} is not a RoPE type Transformers knows; use one of "
+                         f"{', '.join(known)}.")
+    for field, kind in _ROPE_FIELDS.items():
+        if rope_parameters.get(field) is not None:
+            _check_rope_value(field, kind, rope_parameters[field])
+
+
 _MLP_TP_PLAN = {
     "layers.*.mlp.gate_proj": "colwise",
     "layers.*.mlp.up_proj": "colwise",
@@ -139,6 +203,9 @@ class _OlmoFamilyConfig(PreTrainedConfig):
             )
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"`attention_dropout` must be in [0, 1), got {self.attention_dropout}.")
+        if not (_is_number(self.initializer_range) and self.initializer_range >= 0):
+            raise ValueError(f"`initializer_range` must be a finite number >= 0, got {self.initializer_range}.")
+        check_rope_parameters(self.rope_parameters)
 
 
 @strict
@@ -174,8 +241,8 @@ class OlmoConfig(_OlmoFamilyConfig):
 
     def check_architecture(self) -> None:
         super().check_architecture()
-        if self.clip_qkv is not None and self.clip_qkv <= 0:
-            raise ValueError(f"`clip_qkv` must be positive or None, got {self.clip_qkv}.")
+        if self.clip_qkv is not None and not (_is_number(self.clip_qkv) and self.clip_qkv > 0):
+            raise ValueError(f"`clip_qkv` must be a positive number or None, got {self.clip_qkv}.")
 
 
 @strict
@@ -208,5 +275,5 @@ class Olmo2Config(_OlmoFamilyConfig):
 
     def check_architecture(self) -> None:
         super().check_architecture()
-        if self.rms_norm_eps <= 0:
-            raise ValueError(f"`rms_norm_eps` must be positive, got {self.rms_norm_eps}.")
+        if not (_is_number(self.rms_norm_eps) and self.rms_norm_eps > 0):
+            raise ValueError(f"`rms_norm_eps` must be a positive number, got {self.rms_norm_eps}.")

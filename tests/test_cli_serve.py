@@ -10,6 +10,7 @@ Skipped when the serving extras (fastapi, uvicorn, openai) are not installed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -19,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -69,13 +71,14 @@ def checkpoint(tmp_path_factory) -> Path:
 SERVED_BY_OURS = "with olmo_hf.Olmo2ForCausalLM"  # the line olmo-hf serve prints from the process that loads it
 
 
-def test_a_checkpoint_naming_Olmo2ForCausalLM_is_served_by_our_class(checkpoint, capfd):
+@contextlib.contextmanager
+def serving(checkpoint: Path):
     """The wrapper's serve command, in a thread of this process, stopped through the uvicorn server it started
-    (Transformers 5.25 removed `--non-blocking` and `Serve.kill_server()`). From 5.25 the model loads in a spawned
-    process, which inherits this test's stderr: the announcement comes from whichever process loaded it."""
+    (Transformers 5.25 removed `--non-blocking` and `Serve.kill_server()`); yields the base URL. From 5.25 the
+    model loads in a spawned process, which inherits this test's stderr."""
     import uvicorn
 
-    from olmo_hf.cli import serve_loader
+    from olmo_hf.cli import serve_loader, serve_requests
     from olmo_hf.cli.serve import expose_classes, restore_classes, run_transformers_command
 
     servers: list[uvicorn.Server] = []
@@ -97,20 +100,68 @@ def test_a_checkpoint_naming_Olmo2ForCausalLM_is_served_by_our_class(checkpoint,
     thread.start()
     try:
         wait_healthy(base, timeout=120)
-        reply = post(base, "/v1/chat/completions", {
-            "model": str(checkpoint), "max_tokens": 3,
-            "messages": [{"role": "user", "content": "Hello"}],
-        })
-        assert reply["choices"][0]["message"]["role"] == "assistant"
+        yield base
     finally:
         for server in servers:
             server.should_exit = True
         thread.join(timeout=60)
         uvicorn.Server.__init__ = original_server_init
         setattr(module, name, original_loader)
+        serve_requests.uninstall()
         restore_classes(previous)
     assert exit_codes == [0]
+
+
+def test_a_checkpoint_naming_Olmo2ForCausalLM_is_served_by_our_class(checkpoint, capfd):
+    """From 5.25 the announcement comes from whichever process loaded the model."""
+    with serving(checkpoint) as base:
+        reply = post(base, "/v1/chat/completions", {
+            "model": str(checkpoint), "max_tokens": 3,
+            "messages": [{"role": "user", "content": "Hello"}],
+        })
+        assert reply["choices"][0]["message"]["role"] == "assistant"
     assert SERVED_BY_OURS in capfd.readouterr().err
+
+
+def post_any(base: str, path: str, body: dict) -> tuple[int, dict]:
+    """(HTTP status, JSON reply) of a POST, whatever the status."""
+    request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+BAD_REQUESTS = [  # (body fields, the parameter the 400 names)
+    ({"max_tokens": -1}, "max_tokens"),
+    ({"messages": []}, "messages"),
+    ({"temperature": -1}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"max_tokens": "3"}, "max_tokens"),
+    ({"messages": [{"content": "no role"}]}, "messages"),
+    ({"stream": "yes"}, "stream"),
+    ({"n": 3}, "n"),
+]
+
+
+def test_a_burst_of_24_concurrent_requests_good_and_bad_is_answered(checkpoint):
+    """16 good chat requests and 8 bad ones at once: the good get completions, the bad a 400 naming the field
+    (before reaching the model), and the server stays healthy."""
+    good = {"model": str(checkpoint), "max_tokens": 2, "messages": [{"role": "user", "content": "Hello"}]}
+    bodies = [dict(good) for _ in range(16)] + [{**good, **fields} for fields, _ in BAD_REQUESTS]
+    with serving(checkpoint) as base:
+        with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+            replies = list(pool.map(lambda body: post_any(base, "/v1/chat/completions", body), bodies))
+        with urllib.request.urlopen(f"{base}/health", timeout=10) as response:
+            assert json.load(response) == {"status": "ok"}
+    for status, reply in replies[:16]:
+        assert status == 200, reply
+        assert reply["choices"][0]["message"]["role"] == "assistant"
+    for (status, reply), (_, param) in zip(replies[16:], BAD_REQUESTS):
+        assert status == 400, reply
+        assert reply["error"]["param"] == param and f"`{param}" in reply["error"]["message"]
 
 
 def test_installed_serve_and_chat_commands(checkpoint):

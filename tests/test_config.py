@@ -124,3 +124,66 @@ def test_unknown_preset_lists_the_known_ones():
 def test_config_repr_names_the_class_and_key_fields():
     text = repr(Olmo2Config(hidden_size=64, num_attention_heads=4))
     assert "Olmo2Config" in text and '"hidden_size": 64' in text
+
+
+# ---------------------------------------------------------------------------------------- RoPE and numeric fields
+TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+
+
+@pytest.mark.parametrize("config_class", [OlmoConfig, Olmo2Config])
+@pytest.mark.parametrize(
+    "rope_parameters, message",
+    [
+        ({"rope_type": "default", "rope_theta": 0.0}, "`rope_parameters.rope_theta` must be a positive number, got 0.0"),
+        ({"rope_type": "default", "rope_theta": -1.0}, "`rope_parameters.rope_theta` must be a positive number"),
+        ({"rope_type": "default", "rope_theta": float("nan")}, "`rope_parameters.rope_theta` must be a positive"),
+        ({"rope_type": "default", "rope_theta": "1e4"}, "`rope_parameters.rope_theta` must be a positive number, "
+                                                       "got '1e4'"),
+        ({"rope_type": "nope", "rope_theta": 1e4}, "`rope_parameters.rope_type` 'nope' is not a RoPE type"),
+        ({"rope_type": "linear", "rope_theta": 1e4, "factor": -2.0}, "`rope_parameters.factor` must be a positive"),
+        ({"rope_type": "linear", "rope_theta": 1e4, "factor": 0}, "`rope_parameters.factor` must be a positive"),
+        ({"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "original_max_position_embeddings": 64.5},
+         "`rope_parameters.original_max_position_embeddings` must be a positive integer, got 64.5"),
+        ({"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "beta_fast": "32"},
+         "`rope_parameters.beta_fast` must be a finite number"),
+        ({"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 1.5},
+         "`rope_parameters.partial_rotary_factor` must be a number in \\(0, 1\\]"),
+    ],
+)
+def test_bad_rope_parameters_raise_value_error_naming_the_field(config_class, rope_parameters, message):
+    with pytest.raises(ValueError, match=message):
+        config_class(**TINY, rope_parameters=rope_parameters)
+
+
+@pytest.mark.parametrize("config_class", [OlmoConfig, Olmo2Config])
+def test_legacy_rope_theta_of_zero_is_rejected(config_class):
+    with pytest.raises(ValueError, match="`rope_parameters.rope_theta` must be a positive number, got 0"):
+        config_class(**TINY, rope_theta=0)
+
+
+@pytest.mark.parametrize("rope_type", ["default", "linear", "dynamic", "yarn", "llama3"])
+def test_every_known_rope_type_is_accepted(rope_type):
+    extra = {"factor": 2.0} if rope_type != "default" else {}
+    if rope_type == "llama3":
+        extra.update(low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64)
+    config = Olmo2Config(**TINY, rope_parameters={"rope_type": rope_type, "rope_theta": 1e4, **extra})
+    assert config.rope_parameters["rope_type"] == rope_type
+
+
+def test_non_finite_rms_norm_eps_is_rejected():
+    with pytest.raises(ValueError, match="`rms_norm_eps` must be a positive number, got nan"):
+        Olmo2Config(**TINY, rms_norm_eps=float("nan"))
+
+
+def test_negative_initializer_range_is_rejected():
+    with pytest.raises(ValueError, match="`initializer_range` must be a finite number >= 0, got -0.1"):
+        OlmoConfig(**TINY, initializer_range=-0.1)
+
+
+def test_a_config_json_with_a_bad_rope_theta_fails_to_load_naming_the_field(tmp_path):
+    Olmo2Config(**TINY).save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["rope_parameters"]["rope_theta"] = -10000.0
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="rope_theta` must be a positive number, got -10000.0"):
+        Olmo2Config.from_pretrained(tmp_path)

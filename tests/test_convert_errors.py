@@ -148,13 +148,24 @@ def test_non_empty_dst_is_refused_and_left_untouched(ai2_ckpt, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]  # no temp dirs left behind
 
 
-def test_overwrite_replaces_non_empty_dst(ai2_ckpt, tmp_path):
+def test_overwrite_replaces_an_earlier_conversion(ai2_ckpt, tmp_path):
     dst = tmp_path / "out"
     dst.mkdir()
-    (dst / "keep.txt").write_text("mine")
+    (dst / "config.json").write_text("{}")  # an earlier (here: broken) conversion's output
+    (dst / "model.pt").write_bytes(b"old")
     convert_checkpoint(ai2_ckpt, dst, overwrite=True)
     assert sorted(p.name for p in dst.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]
+
+
+def test_overwrite_never_deletes_files_a_conversion_did_not_write(ai2_ckpt, tmp_path):
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "config.json").write_text("{}")
+    (dst / "notes.txt").write_text("mine")
+    with pytest.raises(ConversionError, match="holds notes.txt, which a conversion does not write"):
+        convert_checkpoint(ai2_ckpt, dst, overwrite=True)
+    assert (dst / "notes.txt").read_text() == "mine" and (dst / "config.json").read_text() == "{}"
 
 
 def test_failed_conversion_with_overwrite_leaves_dst_untouched(tmp_path):
@@ -163,10 +174,10 @@ def test_failed_conversion_with_overwrite_leaves_dst_untouched(tmp_path):
     ckpt = write_ai2_olmo(tmp_path / "ckpt", state_dict=sd)
     dst = tmp_path / "out"
     dst.mkdir()
-    (dst / "keep.txt").write_text("mine")
+    (dst / "config.json").write_text("{}")
     with pytest.raises(ConversionError):
         convert_checkpoint(ckpt, dst, overwrite=True)
-    assert [p.name for p in dst.iterdir()] == ["keep.txt"]
+    assert [p.name for p in dst.iterdir()] == ["config.json"] and (dst / "config.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]
 
 

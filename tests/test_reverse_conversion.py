@@ -260,7 +260,7 @@ def test_non_empty_dst_is_refused_and_left_untouched(tmp_path):
 def test_overwrite_replaces_dst(tmp_path):
     dst = tmp_path / "core"
     dst.mkdir()
-    (dst / "keep.txt").write_text("mine")
+    (dst / "model.pt").write_bytes(b"an earlier conversion")
     to_olmo_core(build("olmo2-gqa"), dst, overwrite=True)
     assert sorted(p.name for p in dst.iterdir()) == ["config.json", "model.pt"]
     assert [p.name for p in tmp_path.iterdir()] == ["core"]

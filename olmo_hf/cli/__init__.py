@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``olmo-hf``; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as error:  # Ctrl-C while importing or parsing, before a command's own handler
+        command = argv[0] if argv and not argv[0].startswith("-") else "command"
+        return report(error, command, "--debug" in argv)
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in PASS_THROUGH:
         from .serve import run_transformers_command
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Union
 
-from .errors import CliError
+from .errors import CliError, io_fault, is_io_fault, warn
+from .output_file import AtomicOutput, rescue
 from .tasks import Task
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "check_combination",
     "read_batch",
     "iter_pipe",
+    "tolerant_text",
+    "undecodable_lines",
     "open_writer",
 ]
 
@@ -132,11 +135,13 @@ def _from_record(record: dict, columns: Columns, where: str) -> Input:
 
 
 def read_batch(fmt: str, path: str, columns: Columns | None) -> list[Input]:
-    """All inputs of a ``json`` or ``csv`` file, validated (no empty input, every column present)."""
-    if fmt == "json":
-        inputs = _read_json(path, columns)
-    else:
-        inputs = _read_csv(path, columns)
+    """All inputs of a ``json`` or ``csv`` file, validated (UTF-8, no empty input, every column present)."""
+    try:
+        inputs = _read_json(path, columns) if fmt == "json" else _read_csv(path, columns)
+    except UnicodeDecodeError as e:
+        raise CliError(f"--input {path} is not valid UTF-8 ({_where_undecodable(path)}); convert it to UTF-8 "
+                       "(e.g. iconv -f latin1 -t utf-8)") from e
+
     if not inputs:
         container = "JSON list" if fmt == "json" else "CSV table"
         raise CliError(f"--input {path} holds no inputs (an empty {container})")
@@ -145,6 +150,19 @@ def read_batch(fmt: str, path: str, columns: Columns | None) -> list[Input]:
         if not all(text.strip() for text in texts):
             raise CliError(f"--input {path}: input {index} is empty; every input needs some text")
     return inputs
+
+
+def _where_undecodable(path: str) -> str:
+    """"byte 0xNN at line L, column C": the first byte of ``path`` that is not UTF-8."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        head = raw[:e.start]
+        line, column = head.count(b"\n") + 1, e.start - (head.rfind(b"\n") + 1) + 1
+        return f"byte 0x{raw[e.start]:02x} at line {line}, column {column}"
+    return "it changed while being read"
 
 
 def _read_json(path: str, columns: Columns | None) -> list[Input]:
@@ -175,26 +193,50 @@ def _read_json(path: str, columns: Columns | None) -> list[Input]:
 
 def _read_csv(path: str, columns: Columns | None) -> list[Input]:
     with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        if columns is None:
-            if len(header) != 1:
-                raise CliError(
-                    f"--input {path} has {len(header)} columns ({', '.join(header) or 'none'}); "
-                    "pass --column to choose the input column"
-                )
-            columns = Columns(((header[0], header[0]),))
-        missing = [name for name in columns.names() if name not in header]
-        if missing:
-            raise CliError(f"--input {path} has no column {missing[0]!r}; its columns are: {', '.join(header)}")
-        return [_from_record(row, columns, f"--input {path}, row {index + 1}") for index, row in enumerate(reader)]
+        reader = csv.DictReader(f, strict=True)  # strict: a truncated quoted field is an error, not a value
+        try:
+            return _csv_inputs(path, reader, columns)
+        except csv.Error as e:
+            raise CliError(f"--input {path} is not valid CSV after line {reader.line_num} ({e}); it may be truncated: "
+                           "--format csv expects a header row and one row per input") from e
 
 
-def iter_pipe(stream: IO[str], columns: Columns | None) -> Iterator[Input]:
-    """Inputs from a line stream, one per non-blank line, yielded as soon as each line arrives."""
+def _csv_inputs(path: str, reader: csv.DictReader, columns: Columns | None) -> list[Input]:
+    header = reader.fieldnames or []
+    if columns is None:
+        if len(header) != 1:
+            raise CliError(
+                f"--input {path} has {len(header)} columns ({', '.join(header) or 'none'}); "
+                "pass --column to choose the input column"
+            )
+        columns = Columns(((header[0], header[0]),))
+    missing = [name for name in columns.names() if name not in header]
+    if missing:
+        raise CliError(f"--input {path} has no column {missing[0]!r}; its columns are: {', '.join(header)}")
+    return [_from_record(row, columns, f"--input {path}, row {index + 1}") for index, row in enumerate(reader)]
+
+
+def iter_pipe(stream: IO[str], columns: Columns | None, name: str = "stdin",
+              skipped: list[int] | None = None) -> Iterator[Input]:
+    """Inputs from a line stream, one per non-blank line, yielded as soon as each line arrives.
+
+    A line that is not valid UTF-8 is skipped with a warning naming it, and the run goes on. Its number is added
+    to ``skipped`` when given (the caller reports them at the end, see :func:`undecodable_lines`); without it,
+    :func:`undecodable_lines`'s error is raised when the stream ends. ``stream`` should decode with
+    ``errors="surrogateescape"`` (:func:`tolerant_text`); a strict one is switched to it.
+    """
+    stream = tolerant_text(stream)
+    report_at_end = skipped is None
+    skipped = [] if skipped is None else skipped
     # readline() instead of `for line in stream`, so that no read-ahead delays a line from an interactive pipe.
     for number, line in enumerate(iter(stream.readline, ""), start=1):
         line = line.rstrip("\r\n")
+        bad = _first_undecodable(line)
+        if bad is not None:
+            warn(f"{name} line {number} is not valid UTF-8 (byte 0x{ord(line[bad]) - 0xDC00:02x} at column "
+                 f"{bad + 1}); skipped it")
+            skipped.append(number)
+            continue
         if not line.strip():
             continue
         if columns is None or not columns.multi:
@@ -207,58 +249,102 @@ def iter_pipe(stream: IO[str], columns: Columns | None) -> Iterator[Input]:
                 f"expects {len(columns.pairs)}"
             )
         yield {key: field for (key, _), field in zip(columns.pairs, fields)}
+    if skipped and report_at_end:
+        raise undecodable_lines(name, skipped)
+
+
+def undecodable_lines(name: str, skipped: list[int]) -> CliError:
+    """The error that ends a run whose input ``name`` had lines that are not valid UTF-8 (numbers ``skipped``)."""
+    lines = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
+    return CliError(f"{name} had {len(skipped)} line(s) that are not valid UTF-8 (line {lines}), skipped; every "
+                    "other line was processed: convert the input to UTF-8 (e.g. iconv -f latin1 -t utf-8) and run "
+                    "those lines again")
+
+
+def tolerant_text(stream: IO[str]) -> IO[str]:
+    """``stream`` decoding undecodable bytes to lone surrogates (``surrogateescape``) instead of raising."""
+    if getattr(stream, "errors", None) not in (None, "surrogateescape") and hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="surrogateescape")
+    return stream
+
+
+def _first_undecodable(line: str) -> int | None:
+    """Index of the first byte ``surrogateescape`` could not decode, or None for a clean line."""
+    for index, char in enumerate(line):
+        if "\udc80" <= char <= "\udcff":
+            return index
+    return None
 
 
 # ------------------------------------------------------------------------------------------------------ writers
 class _PipeWriter:
-    """One JSON object per input and line, flushed at once (streaming)."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
+    """To stdout: one JSON object per input and line, flushed at once (streaming)."""
 
     def write(self, results: list[dict]) -> None:
-        item = results[0] if len(results) == 1 else results
-        self.stream.write(json.dumps(item, ensure_ascii=False) + "\n")
-        self.stream.flush()
+        try:
+            sys.stdout.write(_pipe_line(results))
+            sys.stdout.flush()
+        except OSError as e:  # e.g. `> out.jsonl` on a full disk; a reader that left (EPIPE) is handled by main
+            if is_io_fault(e):
+                raise io_fault(e, "stdout") from e
+            raise
 
     def close(self, success: bool) -> None:
-        """Close the output file; the lines already written stay, even after a failure."""
-        if self.stream is not sys.stdout:
-            self.stream.close()
+        """Nothing to do: every line was printed as soon as it was ready."""
 
 
-class _BatchWriter:
-    """Collects every output, then writes them at the end (so a failed run leaves no half-written file)."""
+def _pipe_line(results: list[dict]) -> str:
+    item = results[0] if len(results) == 1 else results
+    return json.dumps(item, ensure_ascii=False) + "\n"
 
-    def __init__(self, fmt: str, path: str | None, fields: tuple[str, ...]) -> None:
-        self.fmt, self.path, self.fields = fmt, path, fields
-        self.rows: list[dict] = []
+
+class _CollectingWriter:
+    """Collects every output and writes them at the end, only if every input succeeded: to stdout, or atomically
+    to ``--output`` (see :mod:`.output_file`: a failed or interrupted run leaves no file, a failed write loses
+    no result)."""
+
+    def __init__(self, fmt: str, path: str | None, fields: tuple[str, ...], overwrite: bool) -> None:
+        self.fmt, self.path, self.fields, self.overwrite = fmt, path, fields, overwrite
+        self.results: list[list[dict]] = []
 
     def write(self, results: list[dict]) -> None:
-        self.rows.extend(results)  # flattened, as 4.x did
+        self.results.append(results)
+
+    def render(self, stream: IO[str]) -> None:
+        """Write every collected output to ``stream`` in this writer's format."""
+        if self.fmt == "pipe":
+            stream.writelines(_pipe_line(results) for results in self.results)
+        elif self.fmt == "json":
+            json.dump([row for results in self.results for row in results], stream, ensure_ascii=False, indent=2)
+            stream.write("\n")  # flattened, as 4.x did
+        else:
+            writer = csv.DictWriter(stream, fieldnames=list(self.fields), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(row for results in self.results for row in results)
 
     def close(self, success: bool) -> None:
-        """Write every collected output, only if every input succeeded."""
         if not success:
             return
-        stream = open(self.path, "w", encoding="utf-8", newline="") if self.path else sys.stdout
+        if self.path is None:
+            self.render(sys.stdout)
+            sys.stdout.flush()
+            return
+        output = None
         try:
-            if self.fmt == "json":
-                json.dump(self.rows, stream, ensure_ascii=False, indent=2)
-                stream.write("\n")
-            else:
-                writer = csv.DictWriter(stream, fieldnames=list(self.fields), extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(self.rows)
+            output = AtomicOutput(self.path, self.overwrite)
+            self.render(output.stream)
+            output.commit()
+        except OSError as e:
+            suffix = {"pipe": ".jsonl", "json": ".json", "csv": ".csv"}[self.fmt]
+            raise rescue(self.path, suffix, self.render, e) from e
         finally:
-            if stream is not sys.stdout:
-                stream.close()
-            else:
-                stream.flush()
+            if output is not None:
+                output.discard()
 
 
-def open_writer(fmt: str, output: str | None, task: Task) -> _PipeWriter | _BatchWriter:
-    """The writer for ``fmt``: to ``output`` if given, else to stdout."""
-    if fmt == "pipe":
-        return _PipeWriter(open(output, "w", encoding="utf-8") if output else sys.stdout)
-    return _BatchWriter(fmt, output, task.csv_fields)
+def open_writer(fmt: str, output: str | None, task: Task, overwrite: bool = False) -> _PipeWriter | _CollectingWriter:
+    """The writer for ``fmt``: to ``output`` if given (replacing an existing file only with ``overwrite``), else
+    to stdout (pipe results stream there as they come)."""
+    if fmt == "pipe" and output is None:
+        return _PipeWriter()
+    return _CollectingWriter(fmt, output, task.csv_fields, overwrite)

@@ -245,12 +245,37 @@ def _hub_offline() -> bool:
 @contextlib.contextmanager
 def _loading(flag: str, name: str, revision: str | None) -> Iterator[None]:
     """Translate a failure to load ``name`` (given to ``flag``) into a one-line CliError."""
+    from safetensors import SafetensorError
+
     try:
         yield
     except CliError:
         raise
+    except SafetensorError as e:  # a Hub-cached file (local directories are checked by _check_intact first)
+        raise CliError(f"{flag} {name}: a .safetensors weights file is truncated or corrupt ({_first_line(e)}); "
+                       "download the checkpoint again") from e
     except (OSError, ValueError, MismatchedWeightsError) as e:
         raise CliError(_explain(e, flag, name, revision)) from e
+
+
+def _check_intact(flag: str, directory: str) -> None:
+    """Every JSON file of a checkpoint directory must parse and every .safetensors header must be complete, so
+    that a truncated or corrupt file is named before Transformers fails on it (or, for generation_config.json,
+    silently ignores it)."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(directory).iterdir()):
+        try:
+            if path.suffix == ".json" and path.is_file():
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".safetensors" and path.is_file():
+                with safe_open(str(path), framework="pt"):
+                    pass
+        except (ValueError, SafetensorError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise CliError(f"{flag} {directory}: {path.name} is truncated or corrupt ({_first_line(e)}); "
+                           "download or save the checkpoint again") from e
 
 
 def _check_exists(flag: str, name: str, required_file: str | None = None) -> None:
@@ -266,6 +291,8 @@ def _check_exists(flag: str, name: str, required_file: str | None = None) -> Non
             f"{flag} {name} is a directory but not a checkpoint: it has no {required_file}; "
             "pass the directory that save_pretrained() wrote"
         )
+    if os.path.isdir(path):
+        _check_intact(flag, name)
 
 
 def load_config(request: LoadRequest) -> Any:

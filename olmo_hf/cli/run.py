@@ -15,12 +15,20 @@ model from loading to exit, so nothing can later train, quantize or move it.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
 from .errors import CliError, warn
-from .formats import FORMATS, check_combination, iter_pipe, open_writer, parse_columns, read_batch, resolve_format
+from .formats import (
+    FORMATS,
+    check_combination,
+    iter_pipe,
+    open_writer,
+    parse_columns,
+    read_batch,
+    resolve_format,
+    undecodable_lines,
+)
 from .loading import (
     DTYPE_CHOICES,
     LoadRequest,
@@ -31,6 +39,7 @@ from .loading import (
     resolve_fast,
     resolve_quantization,
 )
+from .output_file import check_output
 from .tasks import Task, get_task, infer_task, normalize_output
 
 __all__ = ["add_parser", "run"]
@@ -59,7 +68,8 @@ examples:
 
 formats: --format names the input format and the output uses the same one (json: a list; csv: a table;
 pipe: lines). Without --format it is taken from the --input extension, or pipe without --input.
-exit codes: 0 ok, 1 unexpected failure, 2 usage error (message on stderr; --debug adds the traceback).
+exit codes: 0 ok, 1 unexpected failure, 2 usage or input error, 74 I/O fault (disk full, permission denied),
+130 interrupted (Ctrl-C); one line on stderr, --debug adds the traceback.
 Full reference: docs/cli.md."""
 
 
@@ -184,8 +194,8 @@ def run(args: argparse.Namespace) -> int:
     olmo_hf.register()  # the CLI always runs our classes, even under OLMO_HF_NO_AUTOREGISTER=1
     _quiet_transformers(args.debug)
     _validate_numbers(args)
-    if args.output and os.path.exists(args.output) and not args.overwrite:
-        raise CliError(f"--output {args.output} already exists; pass --overwrite to replace it")
+    if args.output:
+        check_output(args.output, args.overwrite)  # before any loading or inference: a bad path costs nothing
     fmt = resolve_format(args.format, args.input)
     task: Task | None = get_task(args.task) if args.task else None
     if task is not None:  # validate flag combinations before any loading
@@ -232,16 +242,19 @@ def _process(task: Task, model: Any, tokenizer: Any, fmt: str, args: argparse.Na
     from transformers import pipeline
 
     pipe = pipeline(task.name, model=model, tokenizer=tokenizer)  # runs on model.device; inputs are moved there
+    skipped: list[int] = []  # pipe lines that are not valid UTF-8: skipped with a warning, reported at the end
+    source = f"--input {args.input}" if args.input else "stdin"
     with contextlib.ExitStack() as stack:
         if batch is not None:
             inputs = tqdm(batch, desc="olmo-hf run", unit="input", file=sys.stderr, dynamic_ncols=True)
         elif args.input:
-            inputs = iter_pipe(stack.enter_context(open(args.input, encoding="utf-8")), columns)
+            stream = stack.enter_context(open(args.input, encoding="utf-8", errors="surrogateescape"))
+            inputs = iter_pipe(stream, columns, source, skipped)
         else:
             if sys.stdin.isatty():
                 print("olmo-hf: reading inputs from stdin, one per line (Ctrl-D to finish)",
                       file=sys.stderr, flush=True)
-            inputs = iter_pipe(sys.stdin, columns)
+            inputs = iter_pipe(sys.stdin, columns, source, skipped)
 
         writer = None  # opened at the first result, so that a run without any input leaves no file behind
         success = False
@@ -249,13 +262,14 @@ def _process(task: Task, model: Any, tokenizer: Any, fmt: str, args: argparse.Na
             with torch.inference_mode():
                 for item in inputs:
                     results = normalize_output(task, pipe(item, **call_kwargs))
-                    writer = writer or open_writer(fmt, args.output, task)
+                    writer = writer or open_writer(fmt, args.output, task, args.overwrite)
                     writer.write(results)
             success = True
         finally:
             if writer is not None:
                 writer.close(success)
+    if skipped:
+        raise undecodable_lines(source, skipped)
     if writer is None:
-        source = f"--input {args.input}" if args.input else "stdin"
         raise CliError(f"no input: {source} had no non-blank lines")
     return 0

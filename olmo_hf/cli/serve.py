@@ -23,6 +23,8 @@ import sys
 from typing import Any
 from urllib.parse import urlparse
 
+from .errors import EXIT_INTERRUPTED
+
 __all__ = ["SERVED_NAMES", "expose_classes", "restore_classes", "run_transformers_command"]
 
 SERVED_NAMES: dict[str, str] = {
@@ -93,9 +95,37 @@ def _serving_dependencies_missing() -> list[str]:
     return [name for name in ("fastapi", "uvicorn", "openai") if importlib.util.find_spec(name) is None]
 
 
+def _option_values(args: list[str], option: str) -> list[str]:
+    """Every value given to ``option`` in ``args`` (``--port 8000`` or ``--port=8000``)."""
+    values = []
+    for index, arg in enumerate(args):
+        if arg == option and index + 1 < len(args):
+            values.append(args[index + 1])
+        elif arg.startswith(option + "="):
+            values.append(arg.split("=", 1)[1])
+    return values
+
+
+def _port_error(args: list[str]) -> str | None:
+    """Why ``--port`` is unusable, or None: uvicorn would otherwise announce a port outside 1-65535 and listen on
+    another (the value wraps around)."""
+    for value in _option_values(args, "--port"):
+        try:
+            port = int(value)
+        except ValueError:
+            return f"--port {value!r} is not a number; pass a port between 1 and 65535, e.g. --port 8000"
+        if not 1 <= port <= 65535:
+            return f"--port {port} is outside 1-65535; pass a port in that range, e.g. --port 8000"
+    return None
+
+
 def run_transformers_command(command: str, args: list[str]) -> int:
     """Run ``transformers <command> <args>`` with olmo_hf's classes active; returns the exit code."""
     if command == "serve" and not any(a in ("--help", "-h") for a in args):
+        port_error = _port_error(args)
+        if port_error:
+            print(f"olmo-hf serve: error: {port_error}", file=sys.stderr)
+            return 2
         missing = _serving_dependencies_missing()
         if missing:
             print(
@@ -111,14 +141,19 @@ def run_transformers_command(command: str, args: list[str]) -> int:
     olmo_hf.register()  # AutoConfig / AutoTokenizer paths of serve, even under OLMO_HF_NO_AUTOREGISTER=1
     expose_classes()
     if command == "serve":
+        from . import serve_requests
         from .serve_loader import install
 
         install()  # and in the process that loads the model, wherever Transformers puts it
+        serve_requests.install()  # a bad request gets a 400 with a message before it reaches the model
     from ..compat import transformers_cli_app
 
     app = transformers_cli_app()
     try:
         app(args=[command, *args], prog_name="olmo-hf")
     except SystemExit as e:  # click's standalone mode always ends with SystemExit
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code == EXIT_INTERRUPTED:  # Typer turns Ctrl-C into a silent exit 130
+            print(f"olmo-hf {command}: interrupted", file=sys.stderr, flush=True)
+        return code
     return 0

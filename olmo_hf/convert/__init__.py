@@ -108,11 +108,42 @@ def _resolve_dtype(dtype) -> torch.dtype | None:
     raise ConversionError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16.")
 
 
-def _check_dst(dst: Path, overwrite: bool) -> None:
+# What the converters write into DST (save_pretrained, the tokenizer, to_olmo_core): with --overwrite, a DST holding
+# anything else is refused, so that replacing DST never deletes what a conversion did not write.
+_OUTPUT_NAMES = frozenset({
+    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", "model.pt",
+    "model_and_optim", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+    "vocab.json", "merges.txt", "added_tokens.json",
+})
+
+
+def _is_output(name: str) -> bool:
+    return name in _OUTPUT_NAMES or (name.startswith("model-") and name.endswith(".safetensors"))
+
+
+def _check_dst(dst: Path, overwrite: bool, src: Path | None = None) -> None:
+    """Refuse a DST that is a file, that is SRC or overlaps it, or that is not empty (without ``overwrite``), or,
+    with ``overwrite``, that holds files a conversion does not write."""
+    if src is not None:
+        s, d = src.resolve(), dst.resolve()
+        if d == s or s in d.parents or d in s.parents:
+            relation = "is" if d == s else "lies inside" if s in d.parents else "contains"
+            raise ConversionError(f"DST {dst} {relation} SRC {src}; writing there would destroy the checkpoint being "
+                                  "converted: choose a DST outside SRC.")
     if dst.exists() and not dst.is_dir():
         raise ConversionError(f"{dst} exists and is not a directory.")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+    if not dst.is_dir():
+        return
+    entries = sorted(p.name for p in dst.iterdir())
+    if entries and not overwrite:
         raise ConversionError(f"{dst} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
+    foreign = [name for name in entries if not _is_output(name)]
+    if foreign:
+        raise ConversionError(
+            f"{dst} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which a conversion does not "
+            "write; --overwrite only replaces an earlier conversion's output: move those files away or choose "
+            "another DST."
+        )
 
 
 def _build_model(ckpt: Checkpoint, dtype: torch.dtype | None):
@@ -188,10 +219,12 @@ def _save_tokenizer(tok, out: Path) -> None:
 
 
 @contextlib.contextmanager
-def _atomic_dir(dst: Path, overwrite: bool):
+def _atomic_dir(dst: Path, overwrite: bool, src: Path | None = None):
     """Yield an empty temporary directory next to ``dst``; on success it replaces ``dst`` by rename.
 
-    On any error (in the body or here) ``dst`` is left exactly as it was and the temporary directory is removed.
+    On any error or Ctrl-C (in the body or here) ``dst`` is left exactly as it was and the temporary directory is
+    removed. The old ``dst`` (an earlier conversion's output, see `_check_dst`) is deleted only once the new one is
+    in place.
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
@@ -200,7 +233,7 @@ def _atomic_dir(dst: Path, overwrite: bool):
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the result should look like any new directory
     try:
         yield tmp
-        _check_dst(dst, overwrite)  # again: something may have appeared meanwhile
+        _check_dst(dst, overwrite, src)  # again: something may have appeared meanwhile
         if dst.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
             os.replace(dst, old / dst.name)
@@ -239,13 +272,13 @@ def convert_checkpoint(src, dst, format="auto", tokenizer=None, dtype=None, over
     tokenizer = Path(tokenizer) if tokenizer is not None else None
     if tokenizer is not None and not tokenizer.exists():
         raise ConversionError(f"tokenizer path {tokenizer} does not exist.")
-    _check_dst(dst, overwrite)
+    _check_dst(dst, overwrite, src)
 
     ckpt = FORMATS[fmt](src, dtype=torch_dtype)
     model = _build_model(ckpt, torch_dtype)
     tok = _load_tokenizer(tokenizer, model.config) if tokenizer is not None else None
 
-    with _atomic_dir(dst, overwrite) as tmp:
+    with _atomic_dir(dst, overwrite, src) as tmp:
         model.save_pretrained(str(tmp))
         if tok is not None:
             _save_tokenizer(tok, tmp)
@@ -272,9 +305,11 @@ def load_transformers_model(src, format="auto", dtype=None):
         model_type = read_json(config_path).get("model_type")
         if model_type in _TRANSFORMERS_MODEL_TYPES:
             _, model_cls = model_classes("olmo2" if model_type == "olmo_1124" else model_type)
+            from safetensors import SafetensorError
+
             try:
                 return model_cls.from_pretrained(str(src), dtype=torch_dtype or "auto").eval()
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, SafetensorError) as e:
                 raise ConversionError(f"{src} could not be loaded as a Transformers {model_type!r} model ({e}).") from e
     if format in ("hf", "transformers"):
         raise ConversionError(
@@ -313,11 +348,11 @@ def to_olmo_core(model_or_dir, dst, *, format="auto", dtype=None, overwrite=Fals
 
     dst = Path(dst)
     torch_dtype = _resolve_dtype(dtype)
-    _check_dst(dst, overwrite)
+    src = Path(model_or_dir) if isinstance(model_or_dir, (str, os.PathLike)) else None
+    _check_dst(dst, overwrite, src)
     if isinstance(model_or_dir, PreTrainedModel):
         model = model_or_dir
-    elif isinstance(model_or_dir, (str, os.PathLike)):
-        src = Path(model_or_dir)
+    elif src is not None:
         if not src.exists():
             raise ConversionError(f"{src} does not exist.")
         model = load_transformers_model(src, format=format, dtype=torch_dtype)
@@ -329,7 +364,7 @@ def to_olmo_core(model_or_dir, dst, *, format="auto", dtype=None, overwrite=Fals
     config = olmo_core.experiment_config_from_hf(kw, where=where)
     state_dict = olmo_core.state_dict_from_hf(model.state_dict(), kw, dtype=torch_dtype)
 
-    with _atomic_dir(dst, overwrite) as tmp:
+    with _atomic_dir(dst, overwrite, src) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         torch.save(state_dict, tmp / "model.pt")
         if model_and_optim:

@@ -2,7 +2,8 @@
 """The ``convert`` command: ``olmo-hf convert`` and ``python -m olmo_hf.convert`` share this parser.
 
     add_convert_parser(subparsers)   # adds "convert" to an argparse sub-command set; sets handler=run_convert
-    run_convert(args) -> int         # runs it; exit code 0 ok, 2 a problem the user can fix, 1 unexpected, 130 ^C
+    run_convert(args) -> int         # runs it; exit code 0 ok, 2 a problem the user can fix, 74 an I/O fault
+                                     # (disk full, permission denied), 1 unexpected, 130 ^C
 
 Errors are one line on stderr (``<prog>: error: ...``); ``--debug`` adds the traceback. The output directory
 is printed on stdout. Progress and validation results are logged on stderr.
@@ -15,17 +16,21 @@ import logging
 import sys
 import traceback
 
+from ..cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_IOERR, EXIT_USAGE, io_fault, is_io_fault
 from .common import ConversionError
 
 __all__ = ["add_convert_parser", "build_parser", "run_convert"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK = 0
 
 DESCRIPTION = """\
 Convert an original OLMo checkpoint into a Transformers directory that olmo_hf's classes (and
 AutoModelForCausalLM) load; or, with --to olmo-core, a Transformers OLMo / OLMo 2 model into an OLMo-core
 checkpoint (config.json + model.pt) to continue training. The result is written to a temporary
-directory next to DST and renamed into place: on any error DST is left as it was."""
+directory next to DST and renamed into place: on any error or Ctrl-C DST is left as it was. DST may not
+be SRC, nor contain it or lie inside it; --overwrite replaces only an earlier conversion's output.
+Exit codes: 0 ok, 2 a problem with the input or DST, 74 an I/O fault (disk full, permission denied),
+1 an unexpected failure, 130 interrupted."""
 
 EPILOG = """\
 formats (--format, default auto: detected from the files in SRC):
@@ -138,6 +143,9 @@ def run_convert(args) -> int:
     except (ConversionError, OSError) as e:  # a problem the user can fix: bad input, existing DST, full disk
         if debug:
             traceback.print_exc(file=sys.stderr)
+        if is_io_fault(e):  # DST was left as it was and the temporary directory removed (_atomic_dir)
+            print(f"{prog}: error: {io_fault(e)} (DST {args.dst} was left as it was)", file=sys.stderr, flush=True)
+            return EXIT_IOERR
         message = str(e) if isinstance(e, ConversionError) else f"{type(e).__name__}: {e}"
         print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
         return EXIT_USAGE

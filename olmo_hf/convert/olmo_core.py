@@ -499,6 +499,22 @@ def save_dcp(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     for k, v in state_dict.items():  # DCP stores every name; a tied weight is saved twice, read back equal
         sd[k] = v.clone() if id(v) in unique else v
         unique.setdefault(id(v), k)
+    from torch.distributed.checkpoint.api import CheckpointException
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "torch.distributed is disabled ... save in a single process"
-        dcp.save({"model": sd}, checkpoint_id=str(path), no_dist=True)
+        try:
+            dcp.save({"model": sd}, checkpoint_id=str(path), no_dist=True)
+        except CheckpointException as e:  # DCP wraps every failure, Ctrl-C and a full disk included
+            raise _unwrapped(e) from None
+
+
+def _unwrapped(error) -> BaseException:
+    """The KeyboardInterrupt or OSError inside a DCP ``CheckpointException`` (else the exception itself), so that
+    Ctrl-C and I/O faults are reported as such instead of as a multi-traceback message."""
+    inner = [failure[0] if isinstance(failure, tuple) else failure for failure in error.failures.values()]
+    for kind in (KeyboardInterrupt, OSError):
+        for exc in inner:
+            if isinstance(exc, kind):
+                return exc
+    return error

@@ -28,9 +28,12 @@ def read(src: Path, dtype=None) -> Checkpoint:
         ) else ""
         raise ConversionError(f"{src} has no model.pt{hint}.")
     try:
-        cfg = yaml.safe_load(config_path.read_text())
+        cfg = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ConversionError(f"{config_path} is not valid YAML ({e}).") from e
+        raise ConversionError(f"{config_path} is not valid YAML, it may be truncated "
+                              f"({' '.join(str(e).split())}).") from e
+    except UnicodeDecodeError as e:
+        raise ConversionError(f"{config_path} is not UTF-8 text, it may be corrupt (byte {e.start}).") from e
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
         raise ConversionError(f"{config_path} has no `model:` section.")
     model_type, kwargs = model_config_to_hf(cfg["model"], where=str(config_path))
