@@ -267,6 +267,25 @@ def test_sigint_to_the_console_script_exits_130_with_one_line(tmp_path):
     assert error_line(err) == "olmo-hf run: interrupted"
 
 
+def test_sigint_while_the_console_script_imports_olmo_hf_exits_130_with_one_line(monkeypatch, capsys):
+    """The console script's entry point lives outside the package (olmo_hf_launcher), so that a Ctrl-C during the
+    seconds of `import torch` / `transformers` is caught too."""
+    import builtins
+
+    import olmo_hf_launcher
+
+    real_import = builtins.__import__
+
+    def interrupted_import(name, *args, **kwargs):
+        if name == "olmo_hf.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted_import)
+    assert olmo_hf_launcher.main() == 130
+    assert capsys.readouterr().err == "olmo-hf: interrupted\n"
+
+
 # ------------------------------------------------------------------------------------------------- run: bad input
 def test_an_invalid_utf8_line_on_stdin_is_skipped_naming_it_and_the_others_run(cli):
     code, out, err = cli("run", *GREEDY, stdin=b"The import statement\n\xff\xfe broken\nA function definition\n")

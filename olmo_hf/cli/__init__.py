@@ -1,5 +1,5 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""The ``olmo-hf`` command line (console script ``olmo-hf = olmo_hf.cli:main``).
+"""The ``olmo-hf`` command line (console script ``olmo-hf = olmo_hf_launcher:main``, which imports ``main`` here).
 
 Commands:
 
