@@ -342,3 +342,78 @@ def test_olmo3_model_types_resolve_to_our_classes_and_restore_builtin_undoes_it(
     finally:
         olmo_hf.register()
     assert type(AutoConfig.for_model("olmo3")) is olmo_hf.Olmo3Config
+
+
+# ------------------------------------------------------------------------------------------------ CPU fast path
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (mkldnn) CPU kernels")
+
+
+@needs_onednn
+def test_fast_path_float32_same_logits_and_greedy_tokens_past_the_window(checkpoint):
+    from olmo_hf.fast import PackedLinear, optimize_for_cpu_inference
+
+    ref, plain = load_pair(checkpoint)
+    fast = optimize_for_cpu_inference(olmo_hf.Olmo3ForCausalLM.from_pretrained(checkpoint).eval())
+    assert any(isinstance(m, PackedLinear) for m in fast.modules())
+    ids, mask = left_padded(lengths=(30, 21, 9))
+    with torch.no_grad():
+        assert max_diff(fast(ids, attention_mask=mask).logits, plain(ids, attention_mask=mask).logits, mask) <= FP32_ATOL
+    kwargs = dict(attention_mask=mask, max_new_tokens=2 * WINDOW, do_sample=False, pad_token_id=1, eos_token_id=None)
+    assert torch.equal(fast.generate(ids, **kwargs), ref.generate(ids, **kwargs))
+
+
+@needs_onednn
+def test_fast_path_bfloat16_native_kernels_respect_the_window(tmp_path, monkeypatch):
+    """bf16 with the native kernels: an unpadded prompt longer than the window (sliding layers must not take the
+    window-less native prefill kernel), then decoding steps over the windowed cache (where they may take the native
+    decode kernel). As accurate against float32 as the plain bf16 model (the bound of tests/test_fast_path.py)."""
+    from olmo_hf.fast import native as nat
+    from olmo_hf.fast import optimize_for_cpu_inference
+
+    lib = nat._native_kernel()
+    if lib is None:
+        pytest.skip("no native kernels here (they need AVX512-BF16, a C compiler and GNU OpenMP in torch)")
+    config = olmo_hf.Olmo3Config(**{**TINY, "hidden_size": 256, "intermediate_size": 384, "initializer_range": 0.05})
+    torch.manual_seed(0)
+    olmo_hf.Olmo3ForCausalLM(config).save_pretrained(tmp_path)
+    models = [olmo_hf.Olmo3ForCausalLM.from_pretrained(tmp_path, dtype=d).eval() for d in (torch.float32, torch.bfloat16, torch.bfloat16)]
+    optimize_for_cpu_inference(models[2])
+    calls = {}
+    for name in ("attention", "prefill_attention"):
+        def counted(*args, _fn=getattr(lib, name), _name=name):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _fn(*args)
+        monkeypatch.setattr(lib, name, counted)
+    caches = [DynamicCache(config=m.config) for m in models]
+    ids = random_ids((2, 3 * WINDOW + 8))
+    err_plain = err_fast = 0.0
+    with torch.no_grad():
+        for step in [ids[:, : 2 * WINDOW], *ids[:, 2 * WINDOW :].split(1, dim=1)]:
+            ref, plain, fast = (m(step, **cache_kwargs(c), use_cache=True).logits.float() for m, c in zip(models, caches))
+            err_plain = max(err_plain, float((plain - ref).abs().max()))
+            err_fast = max(err_fast, float((fast - ref).abs().max()))
+            assert (fast - plain).abs().max() <= 2**-5 * ref.abs().max()
+    assert err_fast <= 1.5 * err_plain + 1e-3
+    assert calls.get("prefill_attention") == 1  # the full-attention layer only
+    assert calls.get("attention", 0) >= ids.shape[1] - 2 * WINDOW  # at least the full layer's decoding steps
+
+
+@needs_onednn
+def test_native_attention_is_refused_to_sliding_layers_whose_keys_exceed_the_window(checkpoint):
+    """The native kernels are causal without a window: even unmasked, a sliding layer takes them only while every
+    key is inside its window."""
+    from olmo_hf.fast import native as nat
+
+    if nat._native_kernel() is None:
+        pytest.skip("no native kernels here")
+    model = olmo_hf.Olmo3ForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa").eval()
+    sliding, full = model.model.layers[0].self_attn, model.model.layers[3].self_attn
+
+    def qkv(n):  # (batch, heads, n, head_dim=32): a head size the prefill kernel takes
+        return [torch.zeros(1, 2, n, 32, dtype=torch.bfloat16) for _ in range(3)]
+
+    with torch.no_grad():
+        assert nat._can_use_native_attention(sliding, *qkv(WINDOW), None, {})
+        assert not nat._can_use_native_attention(sliding, *qkv(WINDOW + 1), None, {})
+        assert nat._can_use_native_attention(full, *qkv(WINDOW + 1), None, {})
