@@ -443,10 +443,8 @@ class Olmo3Model(_DecoderStack, Olmo3PreTrainedModel):
     def causal_masks(self, attention_mask, **mask_kwargs):
         if isinstance(attention_mask, dict):  # already prepared per layer type (e.g. by generate())
             return attention_mask
-        return {
-            "full_attention": create_causal_mask(attention_mask=attention_mask, **mask_kwargs),
-            "sliding_attention": create_sliding_window_causal_mask(attention_mask=attention_mask, **mask_kwargs),
-        }
+        builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+        return {lt: builders[lt](attention_mask=attention_mask, **mask_kwargs) for lt in set(self.config.layer_types)}
 
     def position_embeddings(self, hidden_states, position_ids):
         return {lt: self.rotary_emb(hidden_states, position_ids, lt) for lt in self.rotary_emb.layer_types}
