@@ -14,6 +14,7 @@ dtypes are otherwise allowed. Chunks are loaded with ``weights_only=True`` and a
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import pickle
@@ -352,7 +353,7 @@ def model_config_to_hf(model: dict, *, where: str = "the model config") -> tuple
         kwargs.update(
             sliding_window=next(w for w in windows if w > 0),
             layer_types=["sliding_attention" if w > 0 else "full_attention" for w in windows],
-            rope_parameters={"sliding_attention": rope_parameters(theta), "full_attention": {**full, "rope_theta": theta}},
+            rope_parameters={"sliding_attention": rope_parameters(theta), "full_attention": {**full, "rope_theta": float(theta)}},
         )
     if model_type != "olmo":
         kwargs["rms_norm_eps"] = eps
@@ -430,10 +431,13 @@ _CLASSES = {  # the `_CLASS_` names OLMo-core's Config.as_config_dict writes and
     "feed_forward": "olmo_core.nn.feed_forward.FeedForwardConfig",
     "lm_head": "olmo_core.nn.lm_head.LMHeadConfig",
     "tokenizer": "olmo_core.data.tokenizer.TokenizerConfig",
+    "sliding_window": "olmo_core.nn.attention.SlidingWindowAttentionConfig",
+    "yarn": "olmo_core.nn.rope.YaRNRoPEScalingConfig",
 }
 # HF fields that must round-trip through model_config_to_hf unchanged (the self-check in model_config_from_hf)
 _ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "head_dim", "tie_word_embeddings", "rope_parameters", "rms_norm_eps", "clip_qkv")
+                "num_key_value_heads", "head_dim", "tie_word_embeddings", "rope_parameters", "rms_norm_eps", "clip_qkv",
+                "sliding_window", "layer_types")
 
 
 def _rope_theta(kw: dict, reject) -> int | float:
@@ -444,6 +448,31 @@ def _rope_theta(kw: dict, reject) -> int | float:
     return int(theta) if theta.is_integer() else theta  # RoPEConfig.theta is an int field
 
 
+def _olmo3_rope(kw: dict, reject) -> tuple[int | float, dict | None]:
+    """(theta, OLMo-core YaRN scaling config or None) of an Olmo3 config: plain RoPE on the sliding layers, optional
+    YaRN on the full-attention layers (what OLMo-core's ``with_rope_scaling(full_attn_layers_only=True)`` builds)."""
+    rope = kw.get("rope_parameters") or {}
+    sliding, full = rope.get("sliding_attention") or {}, rope.get("full_attention") or {}
+    if (sliding.get("rope_type") or "default") != "default":
+        reject("RoPE scaling on the sliding-window layers is not supported; OLMo-core scales full-attention layers only.")
+    theta = _rope_theta({"rope_parameters": sliding}, reject)
+    if float(full.get("rope_theta", theta)) != float(theta):
+        reject("rope_theta differs between layer types; OLMo-core has one RoPE theta.")
+    if (full.get("rope_type") or "default") == "default":
+        return theta, None
+    if full["rope_type"] != "yarn" or full.get("mscale") or full.get("mscale_all_dim") or full.get("truncate") is False:
+        reject(f"full-attention RoPE {full.get('rope_type')!r} is not supported; OLMo-core takes YaRN (truncated, no mscale).")
+    factor = float(full["factor"])
+    if not math.isclose(float(full.get("attention_factor") or 0.1 * math.log(factor) + 1.0), 0.1 * math.log(factor) + 1.0):
+        reject(f"YaRN attention_factor {full['attention_factor']} is not OLMo-core's 0.1 * ln(factor) + 1.")
+    as_int = lambda x: int(x) if float(x).is_integer() else float(x)  # noqa: E731 - YaRNRoPEScalingConfig int fields
+    scaling = {"factor": as_int(factor), "beta_fast": as_int(full.get("beta_fast", 32)),
+               "beta_slow": as_int(full.get("beta_slow", 1)),
+               "old_context_len": int(full.get("original_max_position_embeddings") or kw["max_position_embeddings"]),
+               "_CLASS_": _CLASSES["yarn"]}
+    return theta, scaling
+
+
 def model_config_from_hf(kw: dict, *, where: str = "the Transformers config") -> dict:
     """Olmo / Olmo2 config kwargs (``config.to_dict()``) -> ``TransformerConfig.as_config_dict()``.
 
@@ -452,6 +481,8 @@ def model_config_from_hf(kw: dict, *, where: str = "the Transformers config") ->
 
     - OLMo 2 -> a ``reordered_norm`` block, RMSNorm (``rms_norm_eps``) on the sublayer outputs, on q/k
       (over all heads: ``use_head_qk_norm`` false) and before the LM head.
+    - OLMo 3 -> the OLMo 2 block with a ``SlidingWindowAttentionConfig`` giving each layer's window (-1: full), and
+      the full-attention layers' YaRN as ``block_overrides`` (``with_rope_scaling(full_attn_layers_only=True)``).
     - OLMo v1 -> a ``default`` (pre-norm) block with a non-affine ``default`` LayerNorm (eps 1e-5, no
       weights) and ``clip_qkv``: exactly what ai2-olmo-core 3.0 builds for such a config.
     """
@@ -460,8 +491,8 @@ def model_config_from_hf(kw: dict, *, where: str = "the Transformers config") ->
         raise ConversionError(f"{where}: {msg}")
 
     model_type = kw.get("model_type")
-    if model_type not in ("olmo", "olmo2"):
-        reject(f"model_type {model_type!r} is not supported; only 'olmo' and 'olmo2' map to OLMo-core.")
+    if model_type not in ("olmo", "olmo2", "olmo3"):
+        reject(f"model_type {model_type!r} is not supported; only 'olmo', 'olmo2' and 'olmo3' map to OLMo-core.")
     if kw.get("hidden_act", "silu") != "silu":
         reject(f"hidden_act {kw['hidden_act']!r} is not supported; OLMo-core's default feed-forward is SwiGLU (silu).")
     if kw.get("attention_bias"):
@@ -471,9 +502,9 @@ def model_config_from_hf(kw: dict, *, where: str = "the Transformers config") ->
     d, heads = int(kw["hidden_size"]), int(kw["num_attention_heads"])
     kv = int(kw.get("num_key_value_heads") or heads)
     head_dim = int(kw.get("head_dim") or d // heads)
-    theta = _rope_theta(kw, reject)
+    theta, scaling = _olmo3_rope(kw, reject) if model_type == "olmo3" else (_rope_theta(kw, reject), None)
 
-    if model_type == "olmo2":
+    if model_type != "olmo":
         norm = {"name": "rms", "eps": float(kw.get("rms_norm_eps", 1e-5)), "bias": False, "dtype": "float32",
                 "_CLASS_": _CLASSES["norm"]}
         block_name = "reordered_norm"
@@ -488,8 +519,14 @@ def model_config_from_hf(kw: dict, *, where: str = "the Transformers config") ->
         rope={"name": "default", "theta": theta, "full_precision": True, "no_global_rope": False,
               "partial_rotary_factor": 1.0, "_CLASS_": _CLASSES["rope"]},
     )
-    if model_type == "olmo2":
+    if model_type != "olmo":
         attention.update(qk_norm=dict(norm), use_head_qk_norm=False)
+    if model_type == "olmo3":
+        attention["sliding_window"] = {  # one pattern entry per layer: exact for any layer_types
+            "pattern": [int(kw["sliding_window"]) if t == "sliding_attention" else -1 for t in kw["layer_types"]],
+            "force_full_attention_on_first_layer": False, "force_full_attention_on_last_layer": False,
+            "_CLASS_": _CLASSES["sliding_window"],
+        }
     elif kw.get("clip_qkv") is not None:
         attention["clip_qkv"] = float(kw["clip_qkv"])
     attention.update(dtype="float32", scalable_softmax=False, attention_sinks=False, _CLASS_=_CLASSES["attention"],
@@ -516,9 +553,18 @@ def model_config_from_hf(kw: dict, *, where: str = "the Transformers config") ->
         "tie_word_embeddings": bool(kw.get("tie_word_embeddings", False)),
         "_CLASS_": _CLASSES["model"],
     }
+    if scaling is not None:
+        scaled = copy.deepcopy(model["block"])
+        scaled["sequence_mixer"]["rope"]["scaling"] = scaling
+        model["block_overrides"] = {
+            str(i): copy.deepcopy(scaled) for i, t in enumerate(kw["layer_types"]) if t == "full_attention"
+        }
 
     back_type, back = model_config_to_hf(model, where=where)
     expected = {"head_dim": head_dim, "num_key_value_heads": kv, "rope_parameters": rope_parameters(theta)}
+    if model_type == "olmo3":
+        full = {**_yarn_to_hf(scaling, reject), "rope_theta": float(theta)} if scaling else rope_parameters(theta)
+        expected["rope_parameters"] = {"sliding_attention": rope_parameters(theta), "full_attention": full}
     if model_type == "olmo":
         expected["clip_qkv"] = None if kw.get("clip_qkv") is None else float(kw["clip_qkv"])
     back.setdefault("head_dim", d // heads)
