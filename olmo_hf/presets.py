@@ -64,24 +64,15 @@ _OLMO2 = dict(
 # - eos 100257 / pad 100277: the derivative configs and TokenizerConfig.dolma2(). bos_token_id: 100257 in the 32B
 #   derivative, absent in the 7B one; NOT confirmed for the originals, so left at None here.
 _OLMO3 = dict(
+    _OLMO2,
     model_type="olmo3",
-    attention_bias=False,
-    attention_dropout=0.0,
-    hidden_act="silu",
-    initializer_range=0.02,
-    rms_norm_eps=1e-06,
-    rope_theta=500000,
     rope_scaling=dict(
         rope_type="yarn", factor=8.0, original_max_position_embeddings=8192, beta_fast=32.0, beta_slow=1.0,
         attention_factor=1.2079441541679836,
     ),
     sliding_window=4096,
-    use_cache=True,
-    vocab_size=100278,
-    eos_token_id=100257,
-    pad_token_id=100277,
+    vocab_size=100278,  # the dolma2 tokenizer, unpadded (see above)
     max_position_embeddings=65536,
-    tie_word_embeddings=False,
 )
 _OLMO3_7B = dict(
     _OLMO3, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,

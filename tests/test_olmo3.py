@@ -11,7 +11,7 @@ import logging
 import pytest
 import torch
 import transformers
-from conftest import perturb_norms
+from conftest import check_cached_decoding, perturb_norms
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 from transformers.cache_utils import DynamicSlidingWindowLayer
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -101,22 +101,7 @@ def test_left_padded_batch_logits_match_builtin_and_unpadded_rows(checkpoint, at
 def test_cached_decoding_past_the_window_matches_builtin_and_full_forward(checkpoint, attn):
     ref, ours = load_pair(checkpoint, attn)
     ids, mask = left_padded(lengths=(20, 14, 5))
-    steps = random_ids((3, 2 * WINDOW), seed=7)
-    full_ids = torch.cat([ids, steps], 1)
-    full_mask = torch.cat([mask, torch.ones_like(steps)], 1)
-    with torch.no_grad():
-        full = ours(full_ids, attention_mask=full_mask).logits
-        caches = {m: DynamicCache(config=m.config) for m in (ref, ours)}
-        outs = {m: m(ids, attention_mask=mask, **cache_kwargs(caches[m]), use_cache=True).logits for m in caches}
-        assert max_diff(outs[ref], outs[ours], mask) <= FP32_ATOL
-        for step in range(steps.shape[1]):
-            step_mask = full_mask[:, : ids.shape[1] + step + 1]
-            logits = {
-                m: m(steps[:, step : step + 1], attention_mask=step_mask, **cache_kwargs(caches[m]), use_cache=True).logits
-                for m in caches
-            }
-            assert max_diff(logits[ref], logits[ours]) <= FP32_ATOL
-            assert max_diff(logits[ours][:, 0], full[:, ids.shape[1] + step]) <= FP32_ATOL
+    check_cached_decoding(ref, ours, ids, mask, random_ids((3, 2 * WINDOW), seed=7), FP32_ATOL)
 
 
 @pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
