@@ -329,5 +329,8 @@ class Olmo3Attention(Olmo2Attention):
         self.attention_type = config.layer_types[layer_idx]
         self.sliding_window = config.sliding_window if self.attention_type == "sliding_attention" else None
 
-    def attend(self, q, k, v, attention_mask, **kwargs):
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # q (batch, heads, seq, head_dim), k / v (batch, kv_heads, kv_seq, head_dim): the window goes to the kernel
         return super().attend(q, k, v, attention_mask, sliding_window=self.sliding_window, **kwargs)
