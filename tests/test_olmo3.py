@@ -85,6 +85,17 @@ def test_logits_past_the_window_match_builtin(checkpoint, attn):
     assert max_diff(expected, actual) <= FP32_ATOL
 
 
+def test_flex_attention_logits_past_the_window_match_builtin_and_eager(checkpoint):
+    """flex_attention takes the sliding window as a block mask (compiled on CPU: the slowest test here, ~15 s)."""
+    ref, ours = load_pair(checkpoint, "flex_attention")
+    eager = olmo_hf.Olmo3ForCausalLM.from_pretrained(checkpoint, attn_implementation="eager").eval()
+    ids = random_ids((2, 40))
+    with torch.no_grad():
+        actual = ours(ids).logits
+        assert max_diff(ref(ids).logits, actual) <= FP32_ATOL
+        assert max_diff(eager(ids).logits, actual) <= FP32_ATOL
+
+
 @pytest.mark.parametrize("attn", ATTN)
 def test_left_padded_batch_logits_match_builtin_and_unpadded_rows(checkpoint, attn):
     ref, ours = load_pair(checkpoint, attn)
