@@ -1,7 +1,7 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""olmo_hf: AllenAI's OLMo and OLMo 2 language models, implemented for Hugging Face Transformers 5.
+"""olmo_hf: AllenAI's OLMo, OLMo 2 and OLMo 3 language models, implemented for Hugging Face Transformers 5.
 
-``import olmo_hf`` registers our classes for the "olmo", "olmo2" (and "olmo_1124") model types, so the usual
+``import olmo_hf`` registers our classes for the "olmo", "olmo2", "olmo3" (and "olmo_1124") model types, so the usual
 Transformers API uses them::
 
     import olmo_hf
@@ -11,12 +11,16 @@ Transformers API uses them::
 See ``olmo_hf.registration`` for how to opt out or restore Transformers' built-in classes.
 """
 
-from .configuration import Olmo2Config, OlmoConfig
+from .configuration import Olmo2Config, Olmo3Config, OlmoConfig
 from .modeling import (
     Olmo2ForCausalLM,
     Olmo2ForSequenceClassification,
     Olmo2Model,
     Olmo2PreTrainedModel,
+    Olmo3ForCausalLM,
+    Olmo3ForSequenceClassification,
+    Olmo3Model,
+    Olmo3PreTrainedModel,
     OlmoForCausalLM,
     OlmoForSequenceClassification,
     OlmoModel,
@@ -31,14 +35,19 @@ __version__ = "0.1.0"
 __all__ = [
     "OlmoConfig",
     "Olmo2Config",
+    "Olmo3Config",
     "OlmoModel",
     "OlmoForCausalLM",
     "OlmoForSequenceClassification",
     "Olmo2Model",
     "Olmo2ForCausalLM",
     "Olmo2ForSequenceClassification",
+    "Olmo3Model",
+    "Olmo3ForCausalLM",
+    "Olmo3ForSequenceClassification",
     "OlmoPreTrainedModel",
     "Olmo2PreTrainedModel",
+    "Olmo3PreTrainedModel",
     "register",
     "restore_builtin",
     "is_registered",

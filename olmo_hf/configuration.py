@@ -1,5 +1,5 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""Configurations for OLMo (v1, incl. OLMo 1.7 ``clip_qkv``) and OLMo 2.
+"""Configurations for OLMo (v1, incl. OLMo 1.7 ``clip_qkv``), OLMo 2 and OLMo 3 / 3.1.
 
 Both are strict ``PreTrainedConfig`` dataclasses with exactly the fields of Transformers' built-in
 ``OlmoConfig`` / ``Olmo2Config`` (so checkpoints stay interchangeable), plus an optional ``head_dim``
@@ -12,6 +12,7 @@ eos/pad ``100257/100277`` (see ``olmo_hf.presets``). Legacy ``rope_theta`` / ``r
 in every published config.json, are converted to ``rope_parameters`` by ``PreTrainedConfig``.
 """
 
+import copy
 import math
 from typing import Any, ClassVar
 
@@ -19,10 +20,13 @@ from huggingface_hub.dataclasses import strict
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, RopeParameters
+from transformers.utils import logging
 
 from .compat import CACHE_KEYS_TO_DECLARE
 
-__all__ = ["OlmoConfig", "Olmo2Config"]
+__all__ = ["OlmoConfig", "Olmo2Config", "Olmo3Config"]
+
+logger = logging.get_logger(__name__)
 
 # Shared by both families: attention is tensor-parallel along heads, the MLP along its hidden dimension.
 _PP_PLAN = {
@@ -277,3 +281,111 @@ class Olmo2Config(_OlmoFamilyConfig):
         super().check_architecture()
         if not (_is_number(self.rms_norm_eps) and self.rms_norm_eps > 0):
             raise ValueError(f"`rms_norm_eps` must be a positive number, got {self.rms_norm_eps}.")
+
+
+# ------------------------------------------------------------------------------------------------------- OLMo 3
+SLIDING, FULL = "sliding_attention", "full_attention"
+LAYER_TYPES = (SLIDING, FULL)
+
+
+def _with_rope_type(params: dict, field: str) -> dict:
+    """A copy of one RoPE dict with its type under ``rope_type``. Checkpoints written by Transformers 4.x may use the
+    legacy key ``type``; Transformers >= 5.13 then keeps ``rope_type: default`` next to it and drops the scaling."""
+    params = copy.deepcopy(dict(params))
+    if "type" in params:
+        legacy = params.pop("type")
+        current = params.get("rope_type", "default")
+        if current not in ("default", legacy):
+            raise ValueError(f"`{field}` names two RoPE types: `type`={legacy!r} and `rope_type`={current!r}.")
+        params["rope_type"] = legacy
+    params.setdefault("rope_type", "default")
+    return params
+
+
+@strict
+class Olmo3Config(Olmo2Config):
+    r"""Configuration of an OLMo 3 / 3.1 model: `allenai/Olmo-3-1025-7B`, `Olmo-3-7B-Think`, `Olmo-3-7B-Instruct`,
+    `Olmo-3-1125-32B`, `Olmo-3.1-32B-Think`, `Olmo-3.1-32B-Instruct`, ... (presets: ``olmo_hf.presets``).
+
+    Identical to [`Olmo2Config`] except:
+    - ``sliding_window``: layers of type ``"sliding_attention"`` see the last ``sliding_window`` keys, the query
+      included (Transformers' convention; flash attention's window is one less, OLMo-core stores ``(W-1, 0)``);
+    - ``layer_types``: by default layer ``i`` is full attention when ``(i + 1) % 4 == 0``, else sliding;
+    - ``rope_parameters`` is nested by layer type, ``{"sliding_attention": {...}, "full_attention": {...}}``.
+      Every form a published config.json uses ends there with the scaling (YaRN) on the full-attention layers
+      only, never silently dropped: legacy ``rope_scaling`` (+ ``rope_theta``), the legacy key ``"type"``, and the
+      flat ``rope_parameters`` written by Transformers 5.0-5.12 (read with a warning naming the field, since those
+      releases applied it to every layer: allenai/OLMo-core #685). A form that cannot be read unambiguously raises
+      a ``ValueError`` naming the field.
+    """
+
+    model_type = "olmo3"
+    accepted_model_types = ()
+    default_theta = 500000.0  # as the built-in Olmo3Config (OLMo 3 checkpoints use rope_theta 500000)
+
+    sliding_window: int | None = 4096  # OLMo-core presets pattern [4096, 4096, 4096, -1]
+    layer_types: list[str] | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.layer_types is None and isinstance(self.num_hidden_layers, int):
+            self.layer_types = [FULL if (i + 1) % 4 == 0 else SLIDING for i in range(self.num_hidden_layers)]
+        super().__post_init__(**kwargs)
+
+    def convert_rope_params_to_dict(self, **kwargs) -> dict[str, Any]:
+        """Every RoPE form -> ``{"sliding_attention": {...}, "full_attention": {...}}`` with the scaling on full layers."""
+        rope_scaling = kwargs.pop("rope_scaling", None)
+        rope_theta = kwargs.pop("rope_theta", None)
+        params = copy.deepcopy(dict(self.rope_parameters or {}))
+        if params and not any(key in LAYER_TYPES for key in params):
+            # Flat v5 form (Transformers 5.0-5.12). Those releases applied it to EVERY layer; OLMo 3 applies its
+            # scaling to full-attention layers only (OLMo-core with_rope_scaling(full_attn_layers_only=True)).
+            flat = _with_rope_type(params, "rope_parameters")
+            if flat["rope_type"] != "default":
+                logger.warning(
+                    "`rope_parameters` is a flat dict (as Transformers 5.0-5.12 wrote OLMo 3 configs); applying its "
+                    "%r scaling to the full-attention layers only, as OLMo 3 was trained. Save the config again to "
+                    "write the nested form.",
+                    flat["rope_type"],
+                )
+            theta = flat.get("rope_theta", rope_theta)
+            params = {FULL: flat, SLIDING: {"rope_type": "default", **({"rope_theta": theta} if theta else {})}}
+        elif params and (extra := sorted(set(params) - set(LAYER_TYPES))):
+            raise ValueError(
+                f"`rope_parameters` mixes per-layer-type entries with the flat keys {extra}; write either "
+                f"{{'sliding_attention': ..., 'full_attention': ...}} or one flat dict."
+            )
+        params = {lt: _with_rope_type(params.get(lt) or {}, f"rope_parameters.{lt}") for lt in LAYER_TYPES}
+        if rope_scaling:
+            scaling = _with_rope_type(rope_scaling, "rope_scaling")
+            if params[FULL]["rope_type"] not in ("default", scaling["rope_type"]):
+                raise ValueError(
+                    f"`rope_scaling` ({scaling['rope_type']!r}) conflicts with `rope_parameters.full_attention` "
+                    f"({params[FULL]['rope_type']!r}); keep one of them."
+                )
+            params[FULL].update(scaling)  # legacy scaling belongs to the full-attention layers only
+        if params[SLIDING]["rope_type"] != "default":
+            logger.warning(
+                "`rope_parameters.sliding_attention` asks for %r scaling on the sliding-window layers; released OLMo 3 "
+                "models scale only the full-attention layers (vllm-project/vllm #43419).",
+                params[SLIDING]["rope_type"],
+            )
+        for entry in params.values():
+            entry.setdefault("rope_theta", rope_theta if rope_theta is not None else self.default_theta)
+        self.rope_parameters = params
+        self.standardize_rope_params()
+        return kwargs
+
+    def check_architecture(self) -> None:
+        super().check_architecture()
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ValueError(f"`sliding_window` must be a positive integer or None, got {self.sliding_window}.")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_hidden_layers:
+                raise ValueError(
+                    f"`layer_types` has {len(self.layer_types)} entries but `num_hidden_layers` is "
+                    f"{self.num_hidden_layers}."
+                )
+            if unknown := sorted(set(self.layer_types) - set(LAYER_TYPES)):
+                raise ValueError(f"`layer_types` may hold only {list(LAYER_TYPES)}, got {unknown}.")
+            if SLIDING in self.layer_types and self.sliding_window is None:
+                raise ValueError("`sliding_window` is None but `layer_types` has sliding_attention layers.")

@@ -1,7 +1,7 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""OLMo and OLMo 2 models: decoder layers, base models, causal-LM and sequence-classification heads.
+"""OLMo, OLMo 2 and OLMo 3 models: decoder layers, base models, causal-LM and sequence-classification heads.
 
-The two families share everything but their blocks (see the ``Olmo2*`` class comments for the deltas).
+The families share everything but their blocks (see the ``Olmo2*`` / ``Olmo3*`` class comments for the deltas).
 The shared logic lives in three small mixins (``_DecoderStack``, ``_CausalLMHead``, ``_SequenceClassifierHead``)
 so that the public classes declare exactly what Transformers' built-in classes declare: the same names,
 bases (``GenerationMixin`` is a direct base of the causal-LM classes), class attributes, forward signatures,
@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationConfig, GenerationMixin
-from transformers.masking_utils import create_causal_mask
+from transformers import initialization as init
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
@@ -24,12 +25,14 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .compat import CACHE_FIELD, CACHE_KEYS_TO_DECLARE, cache_argument, cache_kwargs, mask_cache_kwargs, output_cache
-from .configuration import Olmo2Config, OlmoConfig
+from .configuration import Olmo2Config, Olmo3Config, OlmoConfig
 from .legacy import load_legacy_checkpoint
 from .release_guard import ensure_release_verified
 from .modules import (
     Olmo2Attention,
     Olmo2RMSNorm,
+    Olmo3Attention,
+    Olmo3RotaryEmbedding,
     OlmoAttention,
     OlmoLayerNorm,
     OlmoMLP,
@@ -45,6 +48,10 @@ __all__ = [
     "Olmo2Model",
     "Olmo2ForCausalLM",
     "Olmo2ForSequenceClassification",
+    "Olmo3PreTrainedModel",
+    "Olmo3Model",
+    "Olmo3ForCausalLM",
+    "Olmo3ForSequenceClassification",
     "MissingWeightsError",
     "MismatchedWeightsError",
 ]
@@ -102,10 +109,12 @@ class Olmo2DecoderLayer(GradientCheckpointingLayer):
     ``h = x + RMSNorm(attn(x)); out = h + RMSNorm(mlp(h))``. There is no ``input_layernorm``.
     """
 
+    attention_class: type[nn.Module] = Olmo2Attention
+
     def __init__(self, config: Olmo2Config, layer_idx: int) -> None:
         super().__init__()
         self.hidden_size = config.hidden_size
-        self.self_attn = Olmo2Attention(config=config, layer_idx=layer_idx)
+        self.self_attn = self.attention_class(config=config, layer_idx=layer_idx)
         self.mlp = OlmoMLP(config)
         self.post_attention_layernorm = Olmo2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_feedforward_layernorm = Olmo2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -132,6 +141,12 @@ class Olmo2DecoderLayer(GradientCheckpointingLayer):
         )
         hidden_states = hidden_states + self.post_attention_layernorm(attn_out)
         return hidden_states + self.post_feedforward_layernorm(self.mlp(hidden_states))
+
+
+class Olmo3DecoderLayer(Olmo2DecoderLayer):
+    """Identical to [`Olmo2DecoderLayer`] except that its attention may be sliding-window (`Olmo3Attention`)."""
+
+    attention_class = Olmo3Attention
 
 
 # ----------------------------------------------------------------------------------------------- pretrained bases
@@ -299,11 +314,29 @@ class Olmo2PreTrainedModel(_OlmoFamilyPreTrainedModel):
     _can_record_outputs = {"hidden_states": Olmo2DecoderLayer, "attentions": Olmo2Attention}
 
 
+class Olmo3PreTrainedModel(_OlmoFamilyPreTrainedModel):
+    config: Olmo3Config
+    config_class = Olmo3Config
+    _no_split_modules = ["Olmo3DecoderLayer"]
+    _can_record_outputs = {"hidden_states": Olmo3DecoderLayer, "attentions": Olmo3Attention}
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """As ``PreTrainedModel._init_weights``, plus the per-layer-type RoPE buffers (non-persistent, so never in a
+        checkpoint: they are recomputed here after loading on the meta device)."""
+        super()._init_weights(module)
+        if isinstance(module, Olmo3RotaryEmbedding):
+            for layer_type in module.layer_types:
+                inv_freq, _ = module.compute_inv_freq(layer_type)
+                init.copy_(getattr(module, f"{layer_type}_inv_freq"), inv_freq)
+                init.copy_(getattr(module, f"{layer_type}_original_inv_freq"), inv_freq)
+
+
 # ----------------------------------------------------------------------------------------------- base models
 class _DecoderStack:
     """Embedding -> decoder layers -> final norm. Subclasses name their layer class and final norm."""
 
     decoder_layer_class: type[nn.Module]
+    rotary_class: type[nn.Module] = OlmoRotaryEmbedding
 
     def __init__(self, config: OlmoConfig | Olmo2Config) -> None:
         super().__init__(config)
@@ -314,7 +347,7 @@ class _DecoderStack:
             [self.decoder_layer_class(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
         )
         self.norm = self.make_final_norm(config)
-        self.rotary_emb = OlmoRotaryEmbedding(config=config)
+        self.rotary_emb = self.rotary_class(config=config)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -346,26 +379,33 @@ class _DecoderStack:
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)  # (1, seq)
 
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **mask_cache_kwargs(cache),
-        )
+        mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, position_ids=position_ids)
+        causal_masks = self.causal_masks(attention_mask, **mask_kwargs, **mask_cache_kwargs(cache))
         hidden_states = inputs_embeds
-        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)  # 2 x (batch, seq, head_dim)
-        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+        position_embeddings = self.position_embeddings(hidden_states, position_ids)  # 2 x (batch, seq, head_dim) each
+        for decoder_layer, layer_type in zip(self.layers[: self.config.num_hidden_layers], self.layer_types()):
             hidden_states = decoder_layer(
                 hidden_states,
-                attention_mask=causal_mask,
-                position_embeddings=position_embeddings,
+                attention_mask=causal_masks[layer_type],
+                position_embeddings=position_embeddings[layer_type],
                 position_ids=position_ids,
                 use_cache=use_cache,
                 **cache_kwargs(cache),  # under the release's name: GradientCheckpointingLayer looks for it there
                 **kwargs,
             )
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), **{CACHE_FIELD: cache})
+
+    def layer_types(self) -> list[str]:
+        """The attention type of each layer: all full attention, unless the config says otherwise (OLMo 3)."""
+        return ["full_attention"] * self.config.num_hidden_layers
+
+    def causal_masks(self, attention_mask: torch.Tensor | None, **mask_kwargs) -> dict[str, torch.Tensor | None]:
+        """{layer type: the mask the attention backend takes} for the layer types of this model."""
+        return {"full_attention": create_causal_mask(attention_mask=attention_mask, **mask_kwargs)}
+
+    def position_embeddings(self, hidden_states: torch.Tensor, position_ids: torch.Tensor) -> dict[str, tuple]:
+        """{layer type: float32 (cos, sin), each (batch, seq, head_dim)}."""
+        return {"full_attention": self.rotary_emb(hidden_states, position_ids=position_ids)}
 
 
 class OlmoModel(_DecoderStack, OlmoPreTrainedModel):
@@ -386,6 +426,28 @@ class Olmo2Model(_DecoderStack, Olmo2PreTrainedModel):
     @staticmethod
     def make_final_norm(config: Olmo2Config) -> nn.Module:
         return Olmo2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+
+class Olmo3Model(_DecoderStack, Olmo3PreTrainedModel):
+    """Identical to [`Olmo2Model`] except: OLMo 3 blocks, a sliding-window causal mask for the
+    ``"sliding_attention"`` layers (Transformers' ``create_sliding_window_causal_mask``; ``DynamicCache(config=...)``
+    and ``StaticCache`` keep sliding layers' keys to the window) and one RoPE per layer type."""
+
+    decoder_layer_class = Olmo3DecoderLayer
+    rotary_class = Olmo3RotaryEmbedding
+    make_final_norm = staticmethod(Olmo2Model.make_final_norm)
+
+    def layer_types(self) -> list[str]:
+        return self.config.layer_types
+
+    def causal_masks(self, attention_mask, **mask_kwargs):
+        if isinstance(attention_mask, dict):  # already prepared per layer type (e.g. by generate())
+            return attention_mask
+        builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+        return {lt: builders[lt](attention_mask=attention_mask, **mask_kwargs) for lt in set(self.config.layer_types)}
+
+    def position_embeddings(self, hidden_states, position_ids):
+        return {lt: self.rotary_emb(hidden_states, position_ids, lt) for lt in self.rotary_emb.layer_types}
 
 
 # ----------------------------------------------------------------------------------------------- causal LM heads
@@ -465,6 +527,12 @@ class Olmo2ForCausalLM(_CausalLMHead, Olmo2PreTrainedModel, GenerationMixin):
     base_model_class = Olmo2Model
 
 
+class Olmo3ForCausalLM(_CausalLMHead, Olmo3PreTrainedModel, GenerationMixin):
+    """Identical to [`Olmo2ForCausalLM`] except that it wraps an [`Olmo3Model`]."""
+
+    base_model_class = Olmo3Model
+
+
 # ----------------------------------------------------------------------------------------------- classification
 class _SequenceClassifierHead(GenericForSequenceClassification):
     """Transformers' generic last-token classifier over our base model (built directly, not through AutoModel,
@@ -486,3 +554,7 @@ class OlmoForSequenceClassification(_SequenceClassifierHead, OlmoPreTrainedModel
 
 class Olmo2ForSequenceClassification(_SequenceClassifierHead, Olmo2PreTrainedModel):
     base_model_class = Olmo2Model
+
+
+class Olmo3ForSequenceClassification(_SequenceClassifierHead, Olmo3PreTrainedModel):
+    base_model_class = Olmo3Model

@@ -1,5 +1,5 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""Building blocks shared by OLMo and OLMo 2: norms, rotary embedding, SwiGLU MLP, attention.
+"""Building blocks shared by OLMo, OLMo 2 and OLMo 3: norms, rotary embeddings, SwiGLU MLP, attention.
 
 Numerics follow the original implementations exactly (checkpoints.md §5 in the team notes):
 - OLMo's LayerNorm has no parameters and runs in float32 (ai2-olmo ``layer_norm_with_affine: false``).
@@ -24,7 +24,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 
 from .compat import attn_implementation, cache_argument
-from .configuration import Olmo2Config, OlmoConfig
+from .configuration import Olmo2Config, Olmo3Config, OlmoConfig
 
 OLMO_LAYER_NORM_EPS = 1e-5  # hard-coded in OLMo v1 (ai2-olmo LayerNorm default; no eps field in -hf configs)
 
@@ -110,20 +110,66 @@ class OlmoRotaryEmbedding(nn.Module):
         self.original_inv_freq = nn.Buffer(inv_freq.clone(), persistent=False)
 
     @staticmethod
-    def compute_default_rope_parameters(config: OlmoConfig | Olmo2Config, **kwargs) -> tuple[torch.Tensor, float]:
-        """Plain RoPE: ``inv_freq[i] = theta ** (-2i / head_dim)``; no attention scaling."""
-        base = config.rope_parameters["rope_theta"]
+    def compute_default_rope_parameters(
+        config: OlmoConfig | Olmo2Config, device=None, layer_type: str | None = None, **kwargs
+    ) -> tuple[torch.Tensor, float]:
+        """Plain RoPE: ``inv_freq[i] = theta ** (-2i / head_dim)``; no attention scaling. ``layer_type`` picks the
+        entry of a ``rope_parameters`` nested by layer type (OLMo 3)."""
+        params = config.rope_parameters if layer_type is None else config.rope_parameters[layer_type]
+        base = params["rope_theta"]
         dim = config.head_dim or config.hidden_size // config.num_attention_heads
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-        return inv_freq, 1.0
+        return inv_freq.to(device), 1.0
 
     @torch.no_grad()
     @dynamic_rope_update  # recomputes inv_freq for the "dynamic" / "longrope" types
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # position_ids: (batch, seq) -> freqs: (batch, seq, head_dim / 2)
-        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float32)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (batch, seq, head_dim)
-        return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+        return rope_cos_sin(x, position_ids, self.inv_freq, self.attention_scaling)
+
+
+def rope_cos_sin(
+    x: torch.Tensor, position_ids: torch.Tensor, inv_freq: torch.Tensor, attention_scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 ``cos, sin`` (batch, seq, head_dim) of positions (batch, seq) for ``inv_freq`` (head_dim / 2,)."""
+    freqs = position_ids[..., None].float() * inv_freq.to(device=x.device, dtype=torch.float32)  # (batch, seq, hd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (batch, seq, head_dim)
+    return emb.cos() * attention_scaling, emb.sin() * attention_scaling
+
+
+class Olmo3RotaryEmbedding(nn.Module):
+    """Identical to [`OlmoRotaryEmbedding`] except that it holds one RoPE per layer type (``config.layer_types``),
+    each from its own entry of the nested ``config.rope_parameters``: OLMo 3 scales (YaRN) the full-attention layers
+    only. ``forward`` takes the layer type. Buffers are named as in Transformers' built-in class
+    (``{layer_type}_inv_freq``, non-persistent) so that ``dynamic_rope_update`` finds them per layer type."""
+
+    compute_default_rope_parameters = staticmethod(OlmoRotaryEmbedding.compute_default_rope_parameters)
+
+    def __init__(self, config: Olmo3Config) -> None:
+        super().__init__()
+        self.config = config
+        self.max_seq_len_cached = config.max_position_embeddings
+        self.original_max_seq_len = config.max_position_embeddings
+        self.layer_types = sorted(set(config.layer_types))
+        self.rope_type = {lt: config.rope_parameters[lt]["rope_type"] for lt in self.layer_types}
+        for layer_type in self.layer_types:
+            inv_freq, scaling = self.compute_inv_freq(layer_type)  # (head_dim / 2,)
+            setattr(self, f"{layer_type}_inv_freq", nn.Buffer(inv_freq, persistent=False))
+            setattr(self, f"{layer_type}_original_inv_freq", nn.Buffer(inv_freq.clone(), persistent=False))
+            setattr(self, f"{layer_type}_attention_scaling", scaling)
+
+    def compute_inv_freq(self, layer_type: str) -> tuple[torch.Tensor, float]:
+        """(inv_freq, attention scaling) of one layer type, from ``ROPE_INIT_FUNCTIONS`` for scaled types."""
+        rope_type = self.rope_type[layer_type]
+        init_fn = self.compute_default_rope_parameters if rope_type == "default" else ROPE_INIT_FUNCTIONS[rope_type]
+        return init_fn(self.config, None, layer_type=layer_type)
+
+    @torch.no_grad()
+    @dynamic_rope_update
+    def forward(
+        self, x: torch.Tensor, position_ids: torch.Tensor, layer_type: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = getattr(self, f"{layer_type}_inv_freq")
+        return rope_cos_sin(x, position_ids, inv_freq, getattr(self, f"{layer_type}_attention_scaling"))
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -271,3 +317,20 @@ class Olmo2Attention(OlmoAttention):
         q = self.q_norm(self.q_proj(hidden_states))
         k = self.k_norm(self.k_proj(hidden_states))
         return q, k, self.v_proj(hidden_states)
+
+
+class Olmo3Attention(Olmo2Attention):
+    """Identical to [`Olmo2Attention`] except: a layer of type ``"sliding_attention"`` attends to the last
+    ``config.sliding_window`` keys, the query included (the window is passed to every attention backend, which
+    flash attention turns into ``W - 1``; eager and sdpa get it through the sliding-window mask)."""
+
+    def __init__(self, config: Olmo3Config, layer_idx: int) -> None:
+        super().__init__(config, layer_idx)
+        self.attention_type = config.layer_types[layer_idx]
+        self.sliding_window = config.sliding_window if self.attention_type == "sliding_attention" else None
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # q (batch, heads, seq, head_dim), k / v (batch, kv_heads, kv_seq, head_dim): the window goes to the kernel
+        return super().attend(q, k, v, attention_mask, sliding_window=self.sliding_window, **kwargs)

@@ -1,9 +1,9 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""Claiming the "olmo" / "olmo2" model types in Transformers' Auto classes.
+"""Claiming the "olmo" / "olmo2" / "olmo3" model types in Transformers' Auto classes.
 
 ``import olmo_hf`` calls :func:`register`, so that ``AutoConfig``, ``AutoModel``, ``AutoModelForCausalLM`` and
 ``AutoModelForSequenceClassification`` (and with them ``pipeline()``) build OUR classes for every checkpoint
-whose config.json says ``"model_type": "olmo"``, ``"olmo2"``, the pre-release ``"olmo_1124"`` or the legacy
+whose config.json says ``"model_type": "olmo"``, ``"olmo2"``, ``"olmo3"``, the pre-release ``"olmo_1124"`` or the legacy
 ``"hf_olmo"`` of ai2-olmo (loaded without ai2-olmo, see ``olmo_hf.legacy``).
 
 This deliberately takes over model types that Transformers also implements (two packages claiming one model type
@@ -27,12 +27,15 @@ from transformers import (
 )
 
 from .compat import auto_config_extra_content, auto_model_extra_content
-from .configuration import Olmo2Config, OlmoConfig
+from .configuration import Olmo2Config, Olmo3Config, OlmoConfig
 from .legacy import HfOlmoConfig
 from .modeling import (
     Olmo2ForCausalLM,
     Olmo2ForSequenceClassification,
     Olmo2Model,
+    Olmo3ForCausalLM,
+    Olmo3ForSequenceClassification,
+    Olmo3Model,
     OlmoForCausalLM,
     OlmoForSequenceClassification,
     OlmoModel,
@@ -46,13 +49,14 @@ MODEL_TYPE_ALIASES = {
     "hf_olmo": HfOlmoConfig,  # allenai/OLMo-1B, OLMo-7B, ... (ai2-olmo's hf_olmo); translated to ours on load
 }
 
-_CONFIGS = {"olmo": OlmoConfig, "olmo2": Olmo2Config}
+_CONFIGS = {"olmo": OlmoConfig, "olmo2": Olmo2Config, "olmo3": Olmo3Config}
 _MODELS = {
-    AutoModel: {OlmoConfig: OlmoModel, Olmo2Config: Olmo2Model},
-    AutoModelForCausalLM: {OlmoConfig: OlmoForCausalLM, Olmo2Config: Olmo2ForCausalLM},
+    AutoModel: {OlmoConfig: OlmoModel, Olmo2Config: Olmo2Model, Olmo3Config: Olmo3Model},
+    AutoModelForCausalLM: {OlmoConfig: OlmoForCausalLM, Olmo2Config: Olmo2ForCausalLM, Olmo3Config: Olmo3ForCausalLM},
     AutoModelForSequenceClassification: {
         OlmoConfig: OlmoForSequenceClassification,
         Olmo2Config: Olmo2ForSequenceClassification,
+        Olmo3Config: Olmo3ForSequenceClassification,
     },
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""Run Hugging Face Transformers' own OLMo / OLMo 2 model tests against the built-in classes and against olmo_hf's.
+"""Run Hugging Face Transformers' own OLMo / OLMo 2 / OLMo 3 model tests against the built-in classes and against olmo_hf's.
 
 The upstream tests (``tests/models/olmo/test_modeling_olmo.py``, ``tests/models/olmo2/test_modeling_olmo2.py``, built on
 ``ModelTesterMixin`` / ``GenerationTesterMixin`` / ``PipelineTesterMixin``) are third-party code and are not part of this
@@ -36,7 +36,7 @@ from pathlib import Path
 SCRIPTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SCRIPTS_DIR.parent
 PLUGIN = "upstream_swap_plugin"
-DEFAULT_TEST_PATHS = ("tests/models/olmo", "tests/models/olmo2")
+DEFAULT_TEST_PATHS = ("tests/models/olmo", "tests/models/olmo2", "tests/models/olmo3")
 OUTCOMES = ("passed", "failed", "error", "skipped")
 IMPLS = ("builtin", "olmo_hf")
 

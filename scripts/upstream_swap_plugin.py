@@ -1,5 +1,5 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""pytest plugin: run Hugging Face Transformers' own OLMo / OLMo 2 model tests against olmo_hf's classes.
+"""pytest plugin: run Hugging Face Transformers' own OLMo / OLMo 2 / OLMo 3 model tests against olmo_hf's classes.
 
 Load it with ``-p upstream_swap_plugin`` (this folder on ``PYTHONPATH``); ``scripts/run_upstream_model_tests.py``
 does that for the ``olmo_hf`` run. Before any test module is collected it imports the provider module (``olmo_hf``
@@ -38,6 +38,7 @@ DEFAULT_PROVIDER = "olmo_hf"
 CONFIG_NAMES = {
     "olmo": ("OlmoConfig",),
     "olmo2": ("Olmo2Config",),
+    "olmo3": ("Olmo3Config",),
 }
 MODEL_NAMES = {
     "olmo": (
@@ -51,6 +52,12 @@ MODEL_NAMES = {
         "Olmo2Model",
         "Olmo2ForCausalLM",
         "Olmo2ForSequenceClassification",
+    ),
+    "olmo3": (
+        "Olmo3PreTrainedModel",
+        "Olmo3Model",
+        "Olmo3ForCausalLM",
+        "Olmo3ForSequenceClassification",
     ),
 }
 SWAP_NAMES = tuple(name for names in (*CONFIG_NAMES.values(), *MODEL_NAMES.values()) for name in names)
@@ -75,7 +82,7 @@ def _set_names(module, names, classes):
 def apply_swap(classes):
     """Put ``classes`` in place of Transformers' own OLMo classes. Idempotent; returns the patched module names."""
     patched = []
-    for model_type in ("olmo", "olmo2"):
+    for model_type in CONFIG_NAMES:
         package = importlib.import_module(f"transformers.models.{model_type}")
         configuration = importlib.import_module(f"transformers.models.{model_type}.configuration_{model_type}")
         modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")

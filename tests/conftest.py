@@ -143,6 +143,34 @@ def left_padded_batch(seed: int = 0, lengths=(11, 7, 4)):
     return ids, mask
 
 
+def check_cached_decoding(ref, ours, ids, mask, steps, atol):
+    """Prefill a left-padded batch, then decode ``steps`` (batch, n) one token at a time, with a ``DynamicCache`` in
+    each model: every step's logits equal the built-in model's and the uncached forward's. Returns our cache."""
+    from transformers import DynamicCache
+
+    from olmo_hf.compat import cache_kwargs
+
+    def diff(a, b, keep=None):
+        return ((a - b)[keep.bool()] if keep is not None else a - b).abs().max().item()
+
+    full_ids = torch.cat([ids, steps], dim=1)
+    full_mask = torch.cat([mask, torch.ones_like(steps)], dim=1)
+    with torch.no_grad():
+        full = ours(full_ids, attention_mask=full_mask).logits
+        caches = {m: DynamicCache(config=m.config) for m in (ref, ours)}
+        outs = {m: m(ids, attention_mask=mask, **cache_kwargs(caches[m]), use_cache=True).logits for m in caches}
+        assert diff(outs[ref], outs[ours], mask) <= atol
+        for step in range(steps.shape[1]):
+            step_mask = full_mask[:, : ids.shape[1] + step + 1]
+            logits = {
+                m: m(steps[:, step : step + 1], attention_mask=step_mask, **cache_kwargs(caches[m]), use_cache=True).logits
+                for m in caches
+            }
+            assert diff(logits[ref], logits[ours]) <= atol
+            assert diff(logits[ours][:, 0], full[:, ids.shape[1] + step]) <= atol
+    return caches[ours]
+
+
 @pytest.fixture
 def restore_transformers_logging():
     """`olmo-hf run` sets Transformers' verbosity and progress bars for its process: give the next test the old

@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 from transformers import DynamicCache
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 import olmo_hf
 from olmo_hf import compat, release_guard
@@ -22,13 +22,15 @@ from conftest import TINY, enable_activation_checkpointing
 FAMILIES = {
     "olmo": (olmo_hf.OlmoConfig, olmo_hf.OlmoForCausalLM, transformers.OlmoConfig),
     "olmo2": (olmo_hf.Olmo2Config, olmo_hf.Olmo2ForCausalLM, transformers.Olmo2Config),
+    "olmo3": (olmo_hf.Olmo3Config, olmo_hf.Olmo3ForCausalLM, transformers.Olmo3Config),
 }
+OLMO3_EXTRA = dict(num_hidden_layers=4, sliding_window=4)  # three sliding layers, shorter than the test ids
 
 
 def tiny(family: str = "olmo2"):
     config_class, model_class, _ = FAMILIES[family]
     torch.manual_seed(0)
-    return model_class(config_class(**TINY)).eval()
+    return model_class(config_class(**{**TINY, **(OLMO3_EXTRA if family == "olmo3" else {})})).eval()
 
 
 def ids(seed: int = 0, shape=(2, 9)) -> torch.Tensor:
@@ -39,8 +41,14 @@ def ids(seed: int = 0, shape=(2, 9)) -> torch.Tensor:
 def test_the_cache_argument_has_the_name_the_release_gives_it():
     release_name = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
     assert compat.CACHE_ARG == release_name
-    for cls in (olmo_hf.Olmo2Model, olmo_hf.Olmo2ForCausalLM, olmo_hf.OlmoModel, olmo_hf.OlmoForCausalLM):
+    for cls in (olmo_hf.Olmo2Model, olmo_hf.Olmo2ForCausalLM, olmo_hf.OlmoModel, olmo_hf.OlmoForCausalLM,
+                olmo_hf.Olmo3Model, olmo_hf.Olmo3ForCausalLM):
         assert release_name in inspect.signature(cls.forward).parameters, cls.__name__
+
+
+def test_the_sliding_window_mask_takes_the_cache_under_the_same_name():
+    """mask_cache_kwargs serves both mask builders (OLMo 3): their cache arguments were renamed together (5.24)."""
+    assert compat.CACHE_ARG in inspect.signature(create_sliding_window_causal_mask).parameters
 
 
 def test_model_outputs_carry_the_cache_under_the_release_field():

@@ -6,7 +6,7 @@ import pytest
 import transformers
 from huggingface_hub.errors import StrictDataclassFieldValidationError
 
-from olmo_hf import Olmo2Config, OlmoConfig
+from olmo_hf import Olmo2Config, Olmo3Config, OlmoConfig
 from olmo_hf.presets import PRESETS, preset_config
 
 COMMON_FIELDS = {
@@ -53,7 +53,7 @@ def test_explicit_head_dim_allows_heads_that_do_not_divide_hidden():
     assert Olmo2Config(hidden_size=12, num_attention_heads=4, head_dim=4).head_dim == 4  # OLMo-core olmo2_1M
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(n for n in PRESETS if PRESETS[n]["model_type"] != "olmo3"))  # olmo3: test_olmo3
 def test_published_config_json_with_legacy_rope_keys_loads_and_round_trips(name, tmp_path):
     raw = dict(PRESETS[name], architectures=["X"], torch_dtype="float32", transformers_version="4.47.0")
     (tmp_path / "config.json").write_text(json.dumps(raw))
@@ -93,7 +93,7 @@ def test_saved_config_has_no_private_keys_and_loads_in_plain_transformers(tmp_pa
         (dict(attention_dropout=1.5), "attention_dropout"),
     ],
 )
-@pytest.mark.parametrize("config_class", [OlmoConfig, Olmo2Config])
+@pytest.mark.parametrize("config_class", [OlmoConfig, Olmo2Config, Olmo3Config])
 def test_invalid_combination_raises_value_error_naming_the_field(config_class, kwargs, field):
     with pytest.raises(ValueError, match=f"`{field}`"):
         config_class(**kwargs)

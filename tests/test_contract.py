@@ -19,10 +19,16 @@ from olmo_hf.compat import cache_kwargs
 FAMILIES = {
     "olmo": (olmo_hf.OlmoConfig, olmo_hf.OlmoForCausalLM, transformers.OlmoForCausalLM),
     "olmo2": (olmo_hf.Olmo2Config, olmo_hf.Olmo2ForCausalLM, transformers.Olmo2ForCausalLM),
+    # 4 layers: three sliding (window 4, shorter than most test sequences) and one full
+    "olmo3": (
+        lambda **kw: olmo_hf.Olmo3Config(**{"num_hidden_layers": 4, "sliding_window": 4, **kw}),
+        olmo_hf.Olmo3ForCausalLM,
+        transformers.Olmo3ForCausalLM,
+    ),
 }
 CLASS_PAIRS = [
     (getattr(olmo_hf, f"{family}{suffix}"), getattr(transformers, f"{family}{suffix}"))
-    for family in ("Olmo", "Olmo2")
+    for family in ("Olmo", "Olmo2", "Olmo3")
     for suffix in ("PreTrainedModel", "Model", "ForCausalLM", "ForSequenceClassification")
 ]
 DECLARED = [
@@ -54,9 +60,9 @@ def test_forward_signature_matches_the_builtin(ours, builtin):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_config_parallel_plans_match_the_builtin(family):
-    config_class, _, builtin = FAMILIES[family]
-    assert config_class.base_model_tp_plan == builtin.config_class.base_model_tp_plan
-    assert config_class.base_model_pp_plan == builtin.config_class.base_model_pp_plan
+    _, model_class, builtin = FAMILIES[family]
+    assert model_class.config_class.base_model_tp_plan == builtin.config_class.base_model_tp_plan
+    assert model_class.config_class.base_model_pp_plan == builtin.config_class.base_model_pp_plan
 
 
 def test_olmo2_keeps_qkv_replicated_under_tensor_parallelism():
@@ -72,8 +78,9 @@ def test_causal_lm_has_generation_mixin_as_direct_base(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_state_dict_keys_and_shapes_equal_the_builtin(family):
     config_class, model_class, builtin_class = FAMILIES[family]
-    ours = model_class(config_class(**TINY)).state_dict()
-    theirs = builtin_class(builtin_class.config_class(**TINY)).state_dict()
+    config = config_class(**TINY)
+    ours = model_class(config).state_dict()
+    theirs = builtin_class(builtin_class.config_class(**config.to_dict())).state_dict()
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
 
 

@@ -8,11 +8,10 @@ static caches; bf16 stays close (tolerances stated below).
 
 import pytest
 import torch
-from conftest import VARIANT_IDS, VARIANTS, left_padded_batch
-from transformers import AutoModelForCausalLM, DynamicCache
+from conftest import VARIANT_IDS, VARIANTS, check_cached_decoding, left_padded_batch
+from transformers import AutoModelForCausalLM
 
 import olmo_hf
-from olmo_hf.compat import cache_kwargs
 
 FP32_ATOL = 1e-5
 ATTN = ["eager", "sdpa"]
@@ -72,22 +71,8 @@ def test_cached_decoding_matches_builtin_and_full_forward(variant, attn, builtin
     ref, ours = load_pair(variant, builtin_checkpoints[variant.name], attn)
     ids, mask = left_padded_batch()
     steps = torch.randint(3, 128, (ids.shape[0], 3), generator=torch.Generator().manual_seed(2))
-    full_ids = torch.cat([ids, steps], dim=1)
-    full_mask = torch.cat([mask, torch.ones_like(steps)], dim=1)
-    with torch.no_grad():
-        full = ours(full_ids, attention_mask=full_mask).logits
-        caches = {m: DynamicCache(config=m.config) for m in (ref, ours)}
-        outs = {m: m(ids, attention_mask=mask, **cache_kwargs(caches[m]), use_cache=True).logits for m in caches}
-        assert max_diff(outs[ref], outs[ours], mask) <= FP32_ATOL
-        for step in range(steps.shape[1]):
-            step_mask = full_mask[:, : ids.shape[1] + step + 1]
-            logits = {
-                m: m(steps[:, step : step + 1], attention_mask=step_mask, **cache_kwargs(caches[m]), use_cache=True).logits
-                for m in caches
-            }
-            assert max_diff(logits[ref], logits[ours]) <= FP32_ATOL
-            assert max_diff(logits[ours][:, 0], full[:, ids.shape[1] + step]) <= FP32_ATOL
-    assert caches[ours].get_seq_length() == full_ids.shape[1]
+    cache = check_cached_decoding(ref, ours, ids, mask, steps, FP32_ATOL)
+    assert cache.get_seq_length() == ids.shape[1] + steps.shape[1]
 
 
 @pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])

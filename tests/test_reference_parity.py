@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from olmo_hf import Olmo2ForCausalLM, OlmoForCausalLM
+from olmo_hf import Olmo2ForCausalLM, Olmo3ForCausalLM, OlmoForCausalLM
 from olmo_hf.convert import convert_checkpoint, detect_format
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +51,11 @@ DUMPS = {
                                           "--n-kv-heads", "2", "--seed", "7"]),
     "core-olmo1-clip-tied": ("olmo-core", ["--variant", "olmo1", "--clip-qkv", "8", "--qkv-std", "0.6", "--tied",
                                            "--seed", "8"]),
+    # OLMo 3 (TransformerConfig.olmo3_* layout): layers 0-2 window 8, layer 3 full with YaRN x4 from 16 positions;
+    # 72 input positions: nine windows, and 4.5x YaRN's original context
+    "core-olmo3-swa-yarn": ("olmo-core", ["--variant", "olmo3", "--n-layers", "4", "--n-kv-heads", "2", "--window", "8",
+                                          "--yarn-factor", "4", "--yarn-old-context", "16", "--seq-len", "72",
+                                          "--seed", "9"]),
 }
 
 
@@ -74,6 +79,7 @@ CASES = [
     Case("olmo-core-olmo2-gqa-model.pt", "core-olmo2-gqa", "olmo_core", "plain"),
     Case("olmo-core-olmo2-head_dim", "core-olmo2-head-dim", "olmo_core"),
     Case("olmo-core-olmo1-clip_qkv8-tied", "core-olmo1-clip-tied", "olmo_core"),
+    Case("olmo-core-olmo3-swa-yarn", "core-olmo3-swa-yarn", "olmo_core"),
 ]
 
 
@@ -142,7 +148,7 @@ def converted(reference_dumps, tmp_path_factory):
 
 def load_ours(path: Path, **kwargs):
     model_type = json.loads((path / "config.json").read_text())["model_type"]
-    cls = {"olmo": OlmoForCausalLM, "olmo2": Olmo2ForCausalLM}[model_type]
+    cls = {"olmo": OlmoForCausalLM, "olmo2": Olmo2ForCausalLM, "olmo3": Olmo3ForCausalLM}[model_type]
     return cls.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
 
 
@@ -156,7 +162,7 @@ def test_converted_logits_match_reference_library(case, attn_implementation, con
         logits = model(ref["input_ids"]).logits
     expected = ref["logits"]
     # the comparison is not vacuous: real, varied logits over the full padded vocabulary
-    assert logits.shape == expected.shape == (2, 12, model.config.vocab_size)
+    assert logits.shape == expected.shape == (*ref["input_ids"].shape, model.config.vocab_size)
     assert expected.abs().max() > 0.5 and expected.std() > 0.1
     diff = (logits - expected).abs().max().item()
     record_property("max_abs_diff", diff)
@@ -221,3 +227,29 @@ def test_hf_olmo_directory_loads_directly_through_auto_model(dump_name, referenc
     with torch.no_grad():
         diff = (model.eval()(ref["input_ids"]).logits - ref["logits"]).abs().max().item()
     assert diff <= TOL
+
+
+def test_olmo_core_olmo3_converts_to_sliding_windows_and_yarn_on_full_layers_only(converted):
+    path, ref = converted(next(c for c in CASES if c.id == "olmo-core-olmo3-swa-yarn"))
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "olmo3" and config["sliding_window"] == 8  # OLMo-core window 8 = flash (7, 0)
+    assert config["layer_types"] == ["sliding_attention"] * 3 + ["full_attention"]
+    assert config["rope_parameters"]["sliding_attention"]["rope_type"] == "default"
+    full = config["rope_parameters"]["full_attention"]
+    assert (full["rope_type"], full["factor"], full["original_max_position_embeddings"]) == ("yarn", 4.0, 16)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [dict(sliding_window=None, layer_types=["full_attention"] * 4), dict(rope_parameters={"rope_type": "default"})],
+    ids=["no-window", "no-yarn"],
+)
+def test_olmo3_window_and_yarn_each_change_the_reference_logits(change, converted):
+    """Guards the OLMo 3 case: without the window, or without YaRN, the same weights give other logits."""
+    path, ref = converted(next(c for c in CASES if c.id == "olmo-core-olmo3-swa-yarn"))
+    if "rope_parameters" in change:
+        change = dict(rope_parameters={lt: {"rope_type": "default", "rope_theta": 500000.0}
+                                       for lt in ("sliding_attention", "full_attention")})
+    with torch.no_grad():
+        logits = load_ours(path, **change)(ref["input_ids"]).logits
+    assert (logits - ref["logits"]).abs().max() > 1e-3

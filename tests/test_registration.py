@@ -15,16 +15,17 @@ import olmo_hf
 PUBLIC = [
     "OlmoConfig", "Olmo2Config", "OlmoModel", "OlmoForCausalLM", "OlmoForSequenceClassification",
     "Olmo2Model", "Olmo2ForCausalLM", "Olmo2ForSequenceClassification",
+    "Olmo3Config", "Olmo3Model", "Olmo3ForCausalLM", "Olmo3ForSequenceClassification",
 ]
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, eos_token_id=2)
 
 
-def test_package_exports_the_eight_public_classes_from_our_modules():
+def test_package_exports_the_public_classes_from_our_modules():
     for name in PUBLIC:
         assert getattr(olmo_hf, name).__module__.startswith("olmo_hf."), name
 
 
-@pytest.mark.parametrize("model_type, config_name", [("olmo", "OlmoConfig"), ("olmo2", "Olmo2Config"), ("olmo_1124", "Olmo2Config")])
+@pytest.mark.parametrize("model_type, config_name", [("olmo", "OlmoConfig"), ("olmo2", "Olmo2Config"), ("olmo_1124", "Olmo2Config"), ("olmo3", "Olmo3Config")])
 def test_auto_config_resolves_model_types_to_our_configs(model_type, config_name, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(dict(TINY, model_type=model_type)))
     assert type(AutoConfig.from_pretrained(tmp_path)) is getattr(olmo_hf, config_name)
@@ -33,7 +34,7 @@ def test_auto_config_resolves_model_types_to_our_configs(model_type, config_name
 @pytest.mark.parametrize(
     "auto_class, suffix", [(AutoModel, "Model"), (AutoModelForCausalLM, "ForCausalLM"), (AutoModelForSequenceClassification, "ForSequenceClassification")]
 )
-@pytest.mark.parametrize("family", ["Olmo", "Olmo2"])
+@pytest.mark.parametrize("family", ["Olmo", "Olmo2", "Olmo3"])
 def test_auto_model_classes_build_our_classes(auto_class, suffix, family):
     config = getattr(olmo_hf, f"{family}Config")(**TINY)
     assert type(auto_class.from_config(config)) is getattr(olmo_hf, f"{family}{suffix}")
@@ -50,10 +51,11 @@ def test_prerelease_olmo_1124_checkpoint_loads_as_olmo2_and_saves_as_olmo2(tmp_p
     assert json.loads((tmp_path / "resaved" / "config.json").read_text())["model_type"] == "olmo2"
 
 
-def test_checkpoint_we_save_loads_in_plain_transformers(tmp_path):
-    ours = olmo_hf.Olmo2ForCausalLM(olmo_hf.Olmo2Config(**TINY)).eval()
+@pytest.mark.parametrize("family", ["Olmo2", "Olmo3"])
+def test_checkpoint_we_save_loads_in_plain_transformers(family, tmp_path):
+    ours = getattr(olmo_hf, f"{family}ForCausalLM")(getattr(olmo_hf, f"{family}Config")(**TINY)).eval()
     ours.save_pretrained(tmp_path)
-    builtin = transformers.Olmo2ForCausalLM.from_pretrained(tmp_path).eval()
+    builtin = getattr(transformers, f"{family}ForCausalLM").from_pretrained(tmp_path).eval()
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         assert torch.allclose(builtin(ids).logits, ours(ids).logits, atol=1e-6)

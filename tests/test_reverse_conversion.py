@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from olmo_hf import Olmo2Config, Olmo2ForCausalLM, OlmoConfig, OlmoForCausalLM
+import math
+
+from olmo_hf import Olmo2Config, Olmo2ForCausalLM, Olmo3Config, Olmo3ForCausalLM, OlmoConfig, OlmoForCausalLM
 from olmo_hf.convert import ConversionError, convert_checkpoint, to_olmo_core
 from olmo_hf.layouts import OLMO_CORE_LAYOUT, inverse_layout
 
@@ -40,6 +42,14 @@ CASES = {
                        None, False),
     # OLMo v1 in OLMo-core: pre-norm 'default' block, non-affine LayerNorm; q/k/v std 0.6 so clip_qkv clips
     "olmo1-clip-tied": (OlmoConfig, OlmoForCausalLM, dict(BASE, clip_qkv=8.0, tie_word_embeddings=True), 0.6, True),
+    # OLMo 3: layers 0-2 window 4 (the 12 test ids run past it), layer 3 full with the released YaRN block, scaled
+    # down to 8 original positions
+    "olmo3-swa-yarn": (Olmo3Config, Olmo3ForCausalLM, dict(
+        OLMO2, num_hidden_layers=4, num_key_value_heads=2, sliding_window=4, rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 500000.0},
+            "full_attention": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8,
+                               "beta_fast": 32.0, "beta_slow": 1.0, "attention_factor": 0.1 * math.log(4.0) + 1,
+                               "rope_theta": 500000.0}}), None, True),
 }
 
 
@@ -147,7 +157,8 @@ def test_round_trip_through_olmo_core_is_bit_identical(name, exports, tmp_path):
     a, b = model.config.to_dict(), json.loads((back / "config.json").read_text())
     for key in ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings", "rope_parameters",
-                "eos_token_id", "pad_token_id", "bos_token_id", "max_position_embeddings", "rms_norm_eps", "clip_qkv"):
+                "eos_token_id", "pad_token_id", "bos_token_id", "max_position_embeddings", "rms_norm_eps", "clip_qkv",
+                "sliding_window", "layer_types"):
         assert a.get(key) == b.get(key), key
 
 
@@ -290,3 +301,14 @@ def test_source_that_is_not_a_model_is_a_clear_error(tmp_path):
     (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ConversionError, match="neither an OLMo-core config"):
         to_olmo_core(tmp_path / "other", tmp_path / "core")
+
+
+def test_olmo3_export_has_olmo_core_windows_and_yarn_on_full_layers_only(exports):
+    path, _ = exports["olmo3-swa-yarn"]
+    model_cfg = json.loads((path / "config.json").read_text())["model"]
+    swa = model_cfg["block"]["sequence_mixer"]["sliding_window"]
+    assert swa["pattern"] == [4, 4, 4, -1]
+    assert "scaling" not in model_cfg["block"]["sequence_mixer"]["rope"]
+    assert list(model_cfg["block_overrides"]) == ["3"]
+    scaling = model_cfg["block_overrides"]["3"]["sequence_mixer"]["rope"]["scaling"]
+    assert (scaling["factor"], scaling["old_context_len"], scaling["_CLASS_"]) == (4, 8, "olmo_core.nn.rope.YaRNRoPEScalingConfig")

@@ -37,6 +37,10 @@ SERVED_NAMES: dict[str, str] = {
     "Olmo2ForCausalLM": "Olmo2ForCausalLM",
     "OlmoForSequenceClassification": "OlmoForSequenceClassification",
     "Olmo2ForSequenceClassification": "Olmo2ForSequenceClassification",
+    "Olmo3Config": "Olmo3Config",
+    "Olmo3Model": "Olmo3Model",
+    "Olmo3ForCausalLM": "Olmo3ForCausalLM",
+    "Olmo3ForSequenceClassification": "Olmo3ForSequenceClassification",
     "OLMoForCausalLM": "OlmoForCausalLM",  # the -hf config typo (vllm-project/vllm #4310)
     "Olmo1124ForCausalLM": "Olmo2ForCausalLM",  # allenai/OLMo-7B-1024-preview (renamed by transformers PR #34551)
 }

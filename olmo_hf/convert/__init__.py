@@ -76,7 +76,7 @@ def detect_format(src) -> str:
             return "olmo_core"
         if hf_olmo.is_hf_olmo_config(cfg):
             return "hf_olmo"
-        if cfg.get("model_type") in ("olmo", "olmo2", "olmo_1124"):
+        if cfg.get("model_type") in ("olmo", "olmo2", "olmo3", "olmo_1124"):
             raise ConversionError(
                 f"{src} is already a Transformers {cfg['model_type']!r} checkpoint; load it with "
                 "AutoModelForCausalLM.from_pretrained instead of converting it."
@@ -156,7 +156,7 @@ def _build_model(ckpt: Checkpoint, dtype: torch.dtype | None):
     dtypes = {t.dtype for t in sd.values()}
     dtype = dtype or (dtypes.pop() if len(dtypes) == 1 else torch.float32)
     sd = {k: v.to(dtype) for k, v in sd.items()}
-    if dtype == torch.float16 and ckpt.model_type == "olmo2":
+    if dtype == torch.float16 and ckpt.model_type in ("olmo2", "olmo3"):
         logger.warning("OLMo 2 in float16 overflows (outputs '!!!!' or NaN); prefer bfloat16 or float32.")
     try:
         config = config_cls(**ckpt.config_kwargs)
@@ -292,7 +292,7 @@ def convert_checkpoint(src, dst, format="auto", tokenizer=None, dtype=None, over
 # ---------------------------------------------------------------------------------------------------
 # Transformers -> OLMo-core
 
-_TRANSFORMERS_MODEL_TYPES = ("olmo", "olmo2", "olmo_1124")
+_TRANSFORMERS_MODEL_TYPES = ("olmo", "olmo2", "olmo3", "olmo_1124")
 
 
 def load_transformers_model(src, format="auto", dtype=None):
@@ -313,7 +313,7 @@ def load_transformers_model(src, format="auto", dtype=None):
                 raise ConversionError(f"{src} could not be loaded as a Transformers {model_type!r} model ({e}).") from e
     if format in ("hf", "transformers"):
         raise ConversionError(
-            f"{src} is not a Transformers OLMo directory (config.json with model_type 'olmo' or 'olmo2')."
+            f"{src} is not a Transformers OLMo directory (config.json with model_type 'olmo', 'olmo2' or 'olmo3')."
         )
     fmt = _resolve_format(src, format)
     return _build_model(FORMATS[fmt](src, dtype=torch_dtype), torch_dtype)
@@ -332,7 +332,8 @@ def to_olmo_core(model_or_dir, dst, *, format="auto", dtype=None, overwrite=Fals
     - with ``model_and_optim=True`` also ``model_and_optim/``: the same tensors as a torch.distributed.checkpoint
       (keys ``model.*``), for ``olmo_core.distributed.checkpoint.load_model_and_optim_state``.
 
-    OLMo 2 maps to a ``reordered_norm`` block; OLMo v1 (incl. ``clip_qkv``) to OLMo-core's ``default`` pre-norm
+    OLMo 2 maps to a ``reordered_norm`` block; OLMo 3 to the same block with OLMo-core's sliding-window pattern and
+    its YaRN scaling as ``block_overrides`` on the full-attention layers; OLMo v1 (incl. ``clip_qkv``) to OLMo-core's ``default`` pre-norm
     block with a non-affine LayerNorm. Key mapping: the inverse of ``layouts.OLMO_CORE_LAYOUT``.
 
     Args:

@@ -32,9 +32,13 @@ class Checkpoint:
 
 
 def model_classes(model_type: str):
-    """(config class, causal-LM class) for "olmo" / "olmo2": the ONE place naming the model classes."""
-    from olmo_hf import Olmo2Config, Olmo2ForCausalLM, OlmoConfig, OlmoForCausalLM
+    """(config class, causal-LM class) for "olmo" / "olmo2" / "olmo3": the ONE place naming the model classes."""
+    from olmo_hf import Olmo2Config, Olmo2ForCausalLM, Olmo3Config, Olmo3ForCausalLM, OlmoConfig, OlmoForCausalLM
 
-    return {"olmo": (OlmoConfig, OlmoForCausalLM), "olmo2": (Olmo2Config, Olmo2ForCausalLM)}[model_type]
+    return {
+        "olmo": (OlmoConfig, OlmoForCausalLM),
+        "olmo2": (Olmo2Config, Olmo2ForCausalLM),
+        "olmo3": (Olmo3Config, Olmo3ForCausalLM),
+    }[model_type]
 
 

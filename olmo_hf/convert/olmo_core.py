@@ -14,6 +14,7 @@ dtypes are otherwise allowed. Chunks are loaded with ``weights_only=True`` and a
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import pickle
@@ -168,8 +169,69 @@ def _norm(cfg: dict | None, what: str, reject) -> tuple[str, bool, float]:
     return kind, bool(affine), float(_get(cfg, "eps", 1e-5))
 
 
+def _window_sizes(att: dict, n_layers: int, reject) -> list[int] | None:
+    """Each layer's window (-1: full attention) under OLMo-core's ``SlidingWindowAttentionConfig``
+    (``_get_window_size``: the pattern repeats, shifted by one when the first layer is forced full), or None."""
+    swa = att.get("sliding_window")
+    if not swa:
+        return None
+    pattern = [int(w) for w in swa.get("pattern") or ()]
+    if not pattern or any(w <= 0 and w != -1 for w in pattern):
+        reject(f"sliding-window pattern {pattern} is not a list of positive window sizes and -1 (full attention).")
+    first = _get(swa, "force_full_attention_on_first_layer", True)
+    last = _get(swa, "force_full_attention_on_last_layer", True)
+    return [
+        -1 if (first and i == 0) or (last and i == n_layers - 1) else pattern[(i - 1 if first else i) % len(pattern)]
+        for i in range(n_layers)
+    ]
+
+
+def _yarn_to_hf(scaling: dict, reject) -> dict:
+    """OLMo-core ``YaRNRoPEScalingConfig`` -> Transformers' yarn ``rope_parameters`` (its ``to_hf_config``)."""
+    if not str(scaling.get("_CLASS_", "")).endswith("YaRNRoPEScalingConfig"):
+        reject(f"RoPE scaling {scaling.get('_CLASS_', scaling)!r} is not supported; only YaRN (OLMo 3) maps.")
+    factor = float(_get(scaling, "factor", 8.0))
+    return {
+        "rope_type": "yarn",
+        "factor": factor,
+        "original_max_position_embeddings": int(_get(scaling, "old_context_len", 8192)),
+        "beta_fast": float(_get(scaling, "beta_fast", 32)),
+        "beta_slow": float(_get(scaling, "beta_slow", 1)),
+        "attention_factor": 0.1 * math.log(factor) + 1.0,  # YaRNRoPEScalingConfig.get_attention_rescale_factor
+    }
+
+
+def _full_layer_scaling(model: dict, block: dict, windows: list[int] | None, reject) -> dict | None:
+    """The RoPE scaling OLMo-core's ``with_rope_scaling(full_attn_layers_only=True)`` puts on the full-attention
+    layers as ``block_overrides`` (copies of the block that differ only in ``rope.scaling``), or None."""
+    overrides = {int(k): v for k, v in (model.get("block_overrides") or {}).items()}
+    if not overrides:
+        return None
+    full = [i for i, w in enumerate(windows or ()) if w == -1]
+    if windows is None or sorted(overrides) != full:
+        reject(f"block_overrides on layers {sorted(overrides)} are supported only as RoPE scaling on exactly the "
+               f"full-attention layers {full} of a sliding-window model (OLMo 3).")
+
+    def without_scaling(b: dict) -> dict:
+        att = dict(b.get("sequence_mixer") or b.get("attention") or {})
+        att["rope"] = {k: v for k, v in (att.get("rope") or {}).items() if k != "scaling"}
+        return {**{k: v for k, v in b.items() if k not in ("sequence_mixer", "attention")}, "sequence_mixer": att}
+
+    scalings = []
+    for i, b in sorted(overrides.items()):
+        if without_scaling(b) != without_scaling(block):
+            reject(f"block_overrides[{i}] differs from the block in more than its RoPE scaling.")
+        scalings.append(((b.get("sequence_mixer") or b.get("attention") or {}).get("rope") or {}).get("scaling"))
+    if not scalings[0] or any(sc != scalings[0] for sc in scalings):
+        reject("the full-attention layers' block_overrides do not share one RoPE scaling.")
+    return _yarn_to_hf(scalings[0], reject)
+
+
 def model_config_to_hf(model: dict, *, where: str = "the model config") -> tuple[str, dict]:
-    """``TransformerConfig.as_config_dict()`` -> ``("olmo" | "olmo2", HF config kwargs)`` (special ids excluded)."""
+    """``TransformerConfig.as_config_dict()`` -> ``("olmo" | "olmo2" | "olmo3", HF config kwargs)`` (special ids
+    excluded). A reordered-norm model with sliding windows is OLMo 3: OLMo-core's window W (flash ``(W-1, 0)``) is
+    Transformers' ``sliding_window`` W, and a YaRN scaling on the full-attention layers only (``block_overrides``)
+    becomes ``rope_parameters["full_attention"]``."""
 
     def reject(msg: str):
         raise ConversionError(f"{where}: {msg}")
@@ -177,7 +239,6 @@ def model_config_to_hf(model: dict, *, where: str = "the model config") -> tuple
     if (model.get("name") or "default") != "default":
         reject(f"model type {model.get('name')!r} is not supported; only the 'default' transformer maps to Olmo.")
     for key, what in [
-        ("block_overrides", "per-layer block overrides"),
         ("block_pattern", "a block pattern (mixed block types)"),
         ("embedding_norm", "an embedding norm"),
         ("embed_scale", "an embedding scale"),
@@ -204,9 +265,8 @@ def model_config_to_hf(model: dict, *, where: str = "the model config") -> tuple
         reject(f"attention type {att.get('name')!r} is not supported; only 'default' (separate w_q/w_k/w_v) is.")
     if _get(att, "bias", True):
         reject("attention biases are not supported; the Transformers classes have no linear-layer biases.")
-    for key in ("sliding_window", "gate"):
-        if att.get(key):
-            reject(f"attention {key} is not supported by Olmo / Olmo2.")
+    if att.get("gate"):
+        reject("attention gate is not supported by Olmo / Olmo2 / Olmo3.")
     for key in ("scalable_softmax", "attention_sinks", "qk_norm_per_head_gains"):
         if att.get(key):
             reject(f"attention {key} is not supported by Olmo / Olmo2.")
@@ -216,7 +276,18 @@ def model_config_to_hf(model: dict, *, where: str = "the model config") -> tuple
     if (rope.get("name") or "default") not in ("default", "fused", "complex"):  # same rotation, three kernels
         reject(f"RoPE type {rope.get('name')!r} is not supported.")
     if rope.get("scaling"):
-        reject("RoPE scaling is not supported by this converter.")
+        reject("RoPE scaling on every layer is not supported; OLMo 3 scales only the full-attention layers "
+               "(OLMo-core with_rope_scaling(full_attn_layers_only=True)), and Olmo / Olmo2 take no scaling here.")
+    windows = _window_sizes(att, int(model["n_layers"]), reject)
+    if windows is not None and any(w > 0 for w in windows):
+        if model_type != "olmo2":
+            reject("sliding-window attention is supported for reordered-norm (OLMo 3) blocks only.")
+        if len({w for w in windows if w > 0}) != 1:
+            reject(f"sliding windows {sorted({w for w in windows if w > 0})} differ; Olmo3 takes one window size.")
+        model_type = "olmo3"
+    elif model.get("block_overrides"):
+        reject("per-layer block overrides (block_overrides) are supported only for OLMo 3 RoPE scaling.")
+    full_scaling = _full_layer_scaling(model, block, windows, reject) if model_type == "olmo3" else None
     if float(_get(rope, "partial_rotary_factor", 1.0)) != 1.0:
         reject("partial rotary embeddings are not supported by Olmo / Olmo2.")
 
@@ -240,7 +311,7 @@ def model_config_to_hf(model: dict, *, where: str = "the model config") -> tuple
     head_dim = int(att.get("head_dim") or d // heads)
     qk_norm = att.get("qk_norm")
     clip_qkv = att.get("clip_qkv")
-    if model_type == "olmo2":
+    if model_type != "olmo":
         if (kind, affine) != ("rms", True):
             reject("a reordered_norm (OLMo 2) block needs an affine RMSNorm.")
         if qk_norm is None:
@@ -276,7 +347,15 @@ def model_config_to_hf(model: dict, *, where: str = "the model config") -> tuple
     )
     if head_dim != d // heads or d % heads:
         kwargs["head_dim"] = head_dim
-    if model_type == "olmo2":
+    if model_type == "olmo3":
+        theta = _get(rope, "theta", 500_000)
+        full = full_scaling or {"rope_type": "default"}
+        kwargs.update(
+            sliding_window=next(w for w in windows if w > 0),
+            layer_types=["sliding_attention" if w > 0 else "full_attention" for w in windows],
+            rope_parameters={"sliding_attention": rope_parameters(theta), "full_attention": {**full, "rope_theta": float(theta)}},
+        )
+    if model_type != "olmo":
         kwargs["rms_norm_eps"] = eps
     else:
         kwargs["clip_qkv"] = None if clip_qkv is None else float(clip_qkv)
@@ -292,7 +371,7 @@ def special_ids_and_length(cfg: dict, model_type: str, vocab_size: int, where: s
         out.update(
             eos_token_id=tok["eos_token_id"], pad_token_id=tok.get("pad_token_id"), bos_token_id=tok.get("bos_token_id")
         )
-    elif model_type == "olmo2" and vocab_size >= DOLMA2_VOCAB:
+    elif model_type != "olmo" and vocab_size >= DOLMA2_VOCAB:
         logger.warning("%s: no tokenizer section; assuming dolma2 ids (eos %d, pad %d).", where, DOLMA2_EOS, DOLMA2_PAD)
         out.update(eos_token_id=DOLMA2_EOS, pad_token_id=DOLMA2_PAD, bos_token_id=None)
     elif model_type == "olmo" and vocab_size >= GPT_NEOX_VOCAB:
@@ -309,7 +388,8 @@ def special_ids_and_length(cfg: dict, model_type: str, vocab_size: int, where: s
         dataset.get("sequence_length") or dataset.get("max_sequence_length") or train_module.get("max_sequence_length")
     )
     if not length:
-        length = 4096 if model_type == "olmo2" else 2048  # the published OLMo 2 / OLMo-1B values (checkpoints.md §1)
+        # the published OLMo 3 / OLMo 2 / OLMo-1B values (olmo_hf.presets; checkpoints.md §1)
+        length = {"olmo3": 65536, "olmo2": 4096}.get(model_type, 2048)
         logger.warning("%s: no sequence length in the config; writing max_position_embeddings %d.", where, length)
     out["max_position_embeddings"] = int(length)
     return out
@@ -351,10 +431,13 @@ _CLASSES = {  # the `_CLASS_` names OLMo-core's Config.as_config_dict writes and
     "feed_forward": "olmo_core.nn.feed_forward.FeedForwardConfig",
     "lm_head": "olmo_core.nn.lm_head.LMHeadConfig",
     "tokenizer": "olmo_core.data.tokenizer.TokenizerConfig",
+    "sliding_window": "olmo_core.nn.attention.SlidingWindowAttentionConfig",
+    "yarn": "olmo_core.nn.rope.YaRNRoPEScalingConfig",
 }
 # HF fields that must round-trip through model_config_to_hf unchanged (the self-check in model_config_from_hf)
 _ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "head_dim", "tie_word_embeddings", "rope_parameters", "rms_norm_eps", "clip_qkv")
+                "num_key_value_heads", "head_dim", "tie_word_embeddings", "rope_parameters", "rms_norm_eps", "clip_qkv",
+                "sliding_window", "layer_types")
 
 
 def _rope_theta(kw: dict, reject) -> int | float:
@@ -365,6 +448,31 @@ def _rope_theta(kw: dict, reject) -> int | float:
     return int(theta) if theta.is_integer() else theta  # RoPEConfig.theta is an int field
 
 
+def _olmo3_rope(kw: dict, reject) -> tuple[int | float, dict | None]:
+    """(theta, OLMo-core YaRN scaling config or None) of an Olmo3 config: plain RoPE on the sliding layers, optional
+    YaRN on the full-attention layers (what OLMo-core's ``with_rope_scaling(full_attn_layers_only=True)`` builds)."""
+    rope = kw.get("rope_parameters") or {}
+    sliding, full = rope.get("sliding_attention") or {}, rope.get("full_attention") or {}
+    if (sliding.get("rope_type") or "default") != "default":
+        reject("RoPE scaling on the sliding-window layers is not supported; OLMo-core scales full-attention layers only.")
+    theta = _rope_theta({"rope_parameters": sliding}, reject)
+    if float(full.get("rope_theta", theta)) != float(theta):
+        reject("rope_theta differs between layer types; OLMo-core has one RoPE theta.")
+    if (full.get("rope_type") or "default") == "default":
+        return theta, None
+    if full["rope_type"] != "yarn" or full.get("mscale") or full.get("mscale_all_dim") or full.get("truncate") is False:
+        reject(f"full-attention RoPE {full.get('rope_type')!r} is not supported; OLMo-core takes YaRN (truncated, no mscale).")
+    factor = float(full["factor"])
+    if not math.isclose(float(full.get("attention_factor") or 0.1 * math.log(factor) + 1.0), 0.1 * math.log(factor) + 1.0):
+        reject(f"YaRN attention_factor {full['attention_factor']} is not OLMo-core's 0.1 * ln(factor) + 1.")
+    as_int = lambda x: int(x) if float(x).is_integer() else float(x)  # noqa: E731 - YaRNRoPEScalingConfig int fields
+    scaling = {"factor": as_int(factor), "beta_fast": as_int(full.get("beta_fast", 32)),
+               "beta_slow": as_int(full.get("beta_slow", 1)),
+               "old_context_len": int(full.get("original_max_position_embeddings") or kw["max_position_embeddings"]),
+               "_CLASS_": _CLASSES["yarn"]}
+    return theta, scaling
+
+
 def model_config_from_hf(kw: dict, *, where: str = "the Transformers config") -> dict:
     """Olmo / Olmo2 config kwargs (``config.to_dict()``) -> ``TransformerConfig.as_config_dict()``.
 
@@ -373,6 +481,8 @@ def model_config_from_hf(kw: dict, *, where: str = "the Transformers config") ->
 
     - OLMo 2 -> a ``reordered_norm`` block, RMSNorm (``rms_norm_eps``) on the sublayer outputs, on q/k
       (over all heads: ``use_head_qk_norm`` false) and before the LM head.
+    - OLMo 3 -> the OLMo 2 block with a ``SlidingWindowAttentionConfig`` giving each layer's window (-1: full), and
+      the full-attention layers' YaRN as ``block_overrides`` (``with_rope_scaling(full_attn_layers_only=True)``).
     - OLMo v1 -> a ``default`` (pre-norm) block with a non-affine ``default`` LayerNorm (eps 1e-5, no
       weights) and ``clip_qkv``: exactly what ai2-olmo-core 3.0 builds for such a config.
     """
@@ -381,8 +491,8 @@ def model_config_from_hf(kw: dict, *, where: str = "the Transformers config") ->
         raise ConversionError(f"{where}: {msg}")
 
     model_type = kw.get("model_type")
-    if model_type not in ("olmo", "olmo2"):
-        reject(f"model_type {model_type!r} is not supported; only 'olmo' and 'olmo2' map to OLMo-core.")
+    if model_type not in ("olmo", "olmo2", "olmo3"):
+        reject(f"model_type {model_type!r} is not supported; only 'olmo', 'olmo2' and 'olmo3' map to OLMo-core.")
     if kw.get("hidden_act", "silu") != "silu":
         reject(f"hidden_act {kw['hidden_act']!r} is not supported; OLMo-core's default feed-forward is SwiGLU (silu).")
     if kw.get("attention_bias"):
@@ -392,9 +502,9 @@ def model_config_from_hf(kw: dict, *, where: str = "the Transformers config") ->
     d, heads = int(kw["hidden_size"]), int(kw["num_attention_heads"])
     kv = int(kw.get("num_key_value_heads") or heads)
     head_dim = int(kw.get("head_dim") or d // heads)
-    theta = _rope_theta(kw, reject)
+    theta, scaling = _olmo3_rope(kw, reject) if model_type == "olmo3" else (_rope_theta(kw, reject), None)
 
-    if model_type == "olmo2":
+    if model_type != "olmo":
         norm = {"name": "rms", "eps": float(kw.get("rms_norm_eps", 1e-5)), "bias": False, "dtype": "float32",
                 "_CLASS_": _CLASSES["norm"]}
         block_name = "reordered_norm"
@@ -409,8 +519,14 @@ def model_config_from_hf(kw: dict, *, where: str = "the Transformers config") ->
         rope={"name": "default", "theta": theta, "full_precision": True, "no_global_rope": False,
               "partial_rotary_factor": 1.0, "_CLASS_": _CLASSES["rope"]},
     )
-    if model_type == "olmo2":
+    if model_type != "olmo":
         attention.update(qk_norm=dict(norm), use_head_qk_norm=False)
+    if model_type == "olmo3":
+        attention["sliding_window"] = {  # one pattern entry per layer: exact for any layer_types
+            "pattern": [int(kw["sliding_window"]) if t == "sliding_attention" else -1 for t in kw["layer_types"]],
+            "force_full_attention_on_first_layer": False, "force_full_attention_on_last_layer": False,
+            "_CLASS_": _CLASSES["sliding_window"],
+        }
     elif kw.get("clip_qkv") is not None:
         attention["clip_qkv"] = float(kw["clip_qkv"])
     attention.update(dtype="float32", scalable_softmax=False, attention_sinks=False, _CLASS_=_CLASSES["attention"],
@@ -437,9 +553,18 @@ def model_config_from_hf(kw: dict, *, where: str = "the Transformers config") ->
         "tie_word_embeddings": bool(kw.get("tie_word_embeddings", False)),
         "_CLASS_": _CLASSES["model"],
     }
+    if scaling is not None:
+        scaled = copy.deepcopy(model["block"])
+        scaled["sequence_mixer"]["rope"]["scaling"] = scaling
+        model["block_overrides"] = {
+            str(i): copy.deepcopy(scaled) for i, t in enumerate(kw["layer_types"]) if t == "full_attention"
+        }
 
     back_type, back = model_config_to_hf(model, where=where)
     expected = {"head_dim": head_dim, "num_key_value_heads": kv, "rope_parameters": rope_parameters(theta)}
+    if model_type == "olmo3":
+        full = {**_yarn_to_hf(scaling, reject), "rope_theta": float(theta)} if scaling else rope_parameters(theta)
+        expected["rope_parameters"] = {"sliding_attention": rope_parameters(theta), "full_attention": full}
     if model_type == "olmo":
         expected["clip_qkv"] = None if kw.get("clip_qkv") is None else float(kw["clip_qkv"])
     back.setdefault("head_dim", d // heads)

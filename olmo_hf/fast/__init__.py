@@ -1,7 +1,7 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
 """An explicit, reversible fast path for CPU inference (bf16 first, fp32 too).
 
-``optimize_for_cpu_inference(model)`` rewrites a loaded OLMo / OLMo 2 model IN PLACE for inference on CPU and
+``optimize_for_cpu_inference(model)`` rewrites a loaded OLMo / OLMo 2 / OLMo 3 model IN PLACE for inference on CPU and
 returns it; ``undo(model)`` puts back exactly the modules, Parameter objects and flags it had before::
 
     import torch, olmo_hf
@@ -42,6 +42,14 @@ What it does (each step can be switched off, see the keyword arguments):
    ``silu(gate) * up`` each run as one pass of ``kernels.c`` instead of several PyTorch operators that each
    read and write a float32 temporary, with the same float32 arithmetic; attention of
    an unpadded prompt (causal, no mask) and of a decoding step runs in native kernels with fp32 softmax.
+
+OLMo 3's sliding-window layers. Their keys and values stay in Transformers' windowed cache layers
+(``DynamicSlidingWindowLayer`` / ``StaticSlidingWindowLayer``, which stop growing at the window), through their own
+``update``; only full-attention layers get the growing buffer of step 4. The native attention kernels of step 5 know
+no window: a sliding layer takes them only when all its keys lie inside the window (a prompt no longer than the
+window, or a decoding step over the windowed cache), where causal attention IS the windowed attention; otherwise it
+runs the configured backend with Transformers' sliding-window mask. Everything else (packing, fusion, norms, RoPE)
+is the same as for OLMo 2.
 
 Numerics. In float32 the fast path gives the same greedy tokens as the plain model and logits within 1e-5
 (tests/test_fast_path.py). In bfloat16 the products accumulate (in fp32) in another order than ``F.linear``
@@ -118,11 +126,11 @@ def _is_plain_linear(module: nn.Module) -> bool:
 
 
 def _check_model(model: nn.Module) -> None:
-    from ..modeling import Olmo2PreTrainedModel, OlmoPreTrainedModel
+    from ..modeling import Olmo2PreTrainedModel, Olmo3PreTrainedModel, OlmoPreTrainedModel
 
-    if not isinstance(model, (OlmoPreTrainedModel, Olmo2PreTrainedModel)):
+    if not isinstance(model, (OlmoPreTrainedModel, Olmo2PreTrainedModel, Olmo3PreTrainedModel)):
         raise TypeError(
-            f"optimize_for_cpu_inference expects an olmo_hf OLMo / OLMo 2 model, got {type(model).__name__}."
+            f"optimize_for_cpu_inference expects an olmo_hf OLMo / OLMo 2 / OLMo 3 model, got {type(model).__name__}."
         )
     if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
         raise ValueError("This model is quantized; the CPU fast path packs plain bf16/fp32 weights only.")

@@ -276,8 +276,10 @@ def _can_use_native_attention(module, q, k, v, attention_mask, kwargs) -> bool:
     """Unmasked steps with sdpa in bf16: a decoding step (one query position, what sdpa gets from an unpadded
     batch), or a whole unpadded prompt (as many queries as keys, causal) whose head_dim the kernel takes."""
     prefill = q.shape[2] == k.shape[2] <= _PREFILL_ATTENTION_MAX_SEQ and q.shape[-1] % 32 == 0 and q.shape[-1] <= 256
+    window = getattr(module, "sliding_window", None)  # OLMo 3 sliding layers: causal == windowed only inside it
     return (
-        _native is not None
+        (window is None or k.shape[2] <= window)
+        and _native is not None
         and _native is not False
         and (q.shape[2] == 1 or prefill)
         and attention_mask is None

@@ -8,7 +8,7 @@ olmo_hf's own environment. Writes to --out:
     model_and_optim/     torch.distributed.checkpoint dir written by
                          olmo_core.distributed.checkpoint.save_model_and_optim_state
     model.pt             (with --plain-model-pt) a plain torch.save of the model state dict
-    reference_io.pt      {"input_ids": (2, 12) int64, "logits": fp32 logits of OLMo-core's own
+    reference_io.pt      {"input_ids": (2, --seq-len) int64, "logits": fp32 logits of OLMo-core's own
                           forward, "versions": {...}, "args": {...}}
 
 With ``--batch FILE.json`` (a JSON list of argument lists) one process writes many dumps.
@@ -32,7 +32,8 @@ import torch
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--variant", choices=["olmo1", "olmo2"], default="olmo2")
+    p.add_argument("--variant", choices=["olmo1", "olmo2", "olmo3"], default="olmo2",
+                   help="olmo3: olmo2 + sliding windows [W, W, W, -1] (last layer full), as TransformerConfig.olmo3_*")
     p.add_argument("--d-model", type=int, default=32)
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--n-heads", type=int, default=4)
@@ -51,6 +52,11 @@ def parse_args(argv):
     p.add_argument("--eos-token-id", type=int, default=999)
     p.add_argument("--pad-token-id", type=int, default=998)
     p.add_argument("--plain-model-pt", action="store_true", help="also write model.pt")
+    p.add_argument("--window", type=int, default=8, help="olmo3: sliding window size")
+    p.add_argument("--yarn-factor", type=float, default=None,
+                   help="olmo3: YaRN on the full-attention layers only (with_rope_scaling(full_attn_layers_only=True))")
+    p.add_argument("--yarn-old-context", type=int, default=16, help="olmo3: YaRN old_context_len")
+    p.add_argument("--seq-len", type=int, default=12, help="length of the reference input ids")
     return p.parse_args(argv)
 
 
@@ -58,7 +64,7 @@ def build_config(a):
     from olmo_core.nn.layer_norm import LayerNormConfig, LayerNormType
     from olmo_core.nn.transformer import TransformerBlockType, TransformerConfig
 
-    if a.variant == "olmo2":
+    if a.variant in ("olmo2", "olmo3"):
         cfg = TransformerConfig.llama_like(
             d_model=a.d_model,
             vocab_size=a.embedding_size,
@@ -94,9 +100,23 @@ def build_config(a):
         cfg.block.layer_norm = ln
         cfg.lm_head.layer_norm = ln
         cfg.block.sequence_mixer.clip_qkv = a.clip_qkv
-    if a.variant == "olmo2" and a.clip_qkv is not None:
-        raise SystemExit("OLMo 2 has no clip_qkv")
+    if a.variant != "olmo1" and a.clip_qkv is not None:
+        raise SystemExit("OLMo 2 / 3 have no clip_qkv")
     cfg.block.feed_forward.hidden_size = a.ffn_hidden_size
+    if a.variant == "olmo3":  # TransformerConfig.olmo3_* (nn/transformer/config.py): pattern [W, W, W, -1]
+        from olmo_core.nn.attention import SlidingWindowAttentionConfig
+
+        cfg.block.sequence_mixer.sliding_window = SlidingWindowAttentionConfig(
+            pattern=[a.window, a.window, a.window, -1],
+            force_full_attention_on_first_layer=False,
+            force_full_attention_on_last_layer=True,
+        )
+        if a.yarn_factor is not None:  # as OLMo-3-1025-7B-long-context.py, scaled down
+            from olmo_core.nn.rope import YaRNRoPEScalingConfig
+
+            cfg = cfg.with_rope_scaling(YaRNRoPEScalingConfig(
+                factor=a.yarn_factor, beta_fast=32, beta_slow=1, old_context_len=a.yarn_old_context,
+            ), full_attn_layers_only=True)
     cfg.init_seed = a.seed
     return cfg
 
@@ -159,7 +179,7 @@ def dump(a):
         torch.save(model.state_dict(), a.out / "model.pt")
 
     g = torch.Generator().manual_seed(a.seed + 2)
-    input_ids = torch.randint(0, a.vocab_size, (2, 12), generator=g)
+    input_ids = torch.randint(0, a.vocab_size, (2, a.seq_len), generator=g)
     with torch.no_grad():
         logits = model(input_ids).float()
     versions = {p: md.version(p) for p in ("ai2-olmo-core", "torch", "transformers")}

@@ -75,7 +75,7 @@ def run(a):
         logits = model(ids).float()
     result = {
         "logits": logits,
-        "config_roundtrip": cfg.as_config_dict() == written,
+        "config_roundtrip": json.loads(json.dumps(cfg.as_config_dict())) == written,  # as JSON: int keys -> str
         "n_params": sum(p.numel() for p in model.parameters()),
         "dcp_loaded": dcp_loaded,
         "versions": {p: md.version(p) for p in ("ai2-olmo-core", "torch")},
