@@ -15,7 +15,18 @@ from typing import Any
 
 from .configuration import Olmo2Config, Olmo3Config, OlmoConfig
 
-__all__ = ["PRESETS", "preset_config"]
+__all__ = ["PRESETS", "preset_config", "END_OF_TURN_TOKEN", "end_of_turn_id"]
+
+# The end-of-turn token of the <|im_start|>-style chat templates of post-trained OLMo 3 (open-instruct PRs #765,
+# #1455). OLMo-core's HF exporter writes it as generation eos next to <|endoftext|> (nn/hf/checkpoint.py:185;
+# shared/reference/olmo3.md §4); `olmo-hf convert` and `olmo-hf run --chat` do the same.
+END_OF_TURN_TOKEN = "<|im_end|>"
+
+
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The id of :data:`END_OF_TURN_TOKEN` in ``tokenizer``, or None if its vocabulary lacks it."""
+    token_id = tokenizer.convert_tokens_to_ids(END_OF_TURN_TOKEN)
+    return token_id if isinstance(token_id, int) and token_id != tokenizer.unk_token_id else None
 
 _OLMO_V1 = dict(
     model_type="olmo",

@@ -245,3 +245,20 @@ def test_validate_compares_logits_with_olmo_core_both_ways_when_it_is_importable
     # HF -> OLMo-core: OLMo-core builds the export and matches; OLMo-core -> HF: ours matches OLMo-core
     assert proc.stderr.count("--validate: logits match OLMo-core 3.0.0, max |diff|") == 2
     shutil.rmtree(tmp_path / "hf2")
+
+
+@pytest.mark.parametrize("has_end_of_turn", [True, False])
+def test_generation_config_stops_at_the_end_of_turn_token_when_the_tokenizer_has_it(ckpt, tmp_path, has_end_of_turn):
+    """As OLMo-core's HF exporter: generation eos [<|im_end|>, eos] for a tokenizer with the chat end-of-turn token."""
+    from tokenizers import Tokenizer, models
+
+    from olmo_hf.convert import convert_checkpoint
+
+    vocab = {f"t{i}": i for i in range(100)}
+    if has_end_of_turn:
+        vocab["<|im_end|>"] = vocab.pop("t42")
+    Tokenizer(models.WordLevel(vocab, unk_token="t0")).save(str(tmp_path / "tokenizer.json"))
+    dst = convert_checkpoint(ckpt, tmp_path / "hf", tokenizer=tmp_path / "tokenizer.json")
+    eos = json.loads((dst / "config.json").read_text())["eos_token_id"]
+    expected = [42, eos] if has_end_of_turn else eos
+    assert json.loads((dst / "generation_config.json").read_text())["eos_token_id"] == expected

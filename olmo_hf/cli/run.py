@@ -40,6 +40,7 @@ from .loading import (
     resolve_quantization,
 )
 from .output_file import check_output
+from ..presets import end_of_turn_id
 from .tasks import Task, get_task, infer_task, normalize_output
 
 __all__ = ["add_parser", "run"]
@@ -133,6 +134,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling probability mass")
     gen.add_argument("--repetition-penalty", type=float, metavar="R", help="penalty > 1 discourages repeats")
     gen.add_argument("--seed", type=int, help="random seed (makes sampling reproducible)")
+    gen.add_argument("--chat", action="store_true",
+                     help="each input is a user message: apply the checkpoint tokenizer's chat template (OLMo 2 / 3 "
+                          "Instruct and Think models; a Think template opens <think> itself), also stop at the "
+                          "end-of-turn token <|im_end|>, and output only the assistant's reply")
 
     p.add_argument("--debug", action="store_true", help="show tracebacks and Transformers' own logs")
     p.set_defaults(handler=run)
@@ -225,11 +230,39 @@ def run(args: argparse.Namespace) -> int:
         request, config, task, device, dtype, args.attn_implementation, quantization_config, fast, args.debug
     )
     call_kwargs = _generation_kwargs(args, model) if task.generates else _no_generation_flags(args, task)
+    if args.chat:
+        call_kwargs.update(_chat_generation_kwargs(task, model, tokenizer, request.model_name))
     if args.seed is not None:
         from transformers import set_seed
 
         set_seed(args.seed)
     return _process(task, model, tokenizer, fmt, args, batch, columns, call_kwargs)
+
+
+def _chat_generation_kwargs(task: Task, model: Any, tokenizer: Any, model_name: str) -> dict[str, Any]:
+    """``--chat``: the checkpoint's eos ids plus the end-of-turn token, if its vocabulary has one."""
+    if not task.generates:
+        raise CliError(f"--chat needs --task text-generation, not {task.name}")
+    if not getattr(tokenizer, "chat_template", None):
+        raise CliError(f"--chat: the tokenizer of {model_name} has no chat template (a base model?); drop --chat, "
+                       "or pass --tokenizer with a chat template (an Instruct or Think checkpoint)")
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    end_of_turn = end_of_turn_id(tokenizer)
+    if end_of_turn is not None and end_of_turn not in eos:
+        eos.append(end_of_turn)
+    return {"eos_token_id": eos} if eos else {}
+
+
+def _as_chat(item: Any) -> Any:
+    """One input as the one-message conversation the text-generation pipeline renders with the chat template."""
+    return [{"role": "user", "content": item}] if isinstance(item, str) else item
+
+
+def _reply_only(results: list[dict]) -> list[dict]:
+    """The pipeline answers a conversation with the whole conversation; keep the assistant's reply."""
+    return [{**r, "generated_text": r["generated_text"][-1]["content"]} if isinstance(r.get("generated_text"), list)
+            else r for r in results]
 
 
 def _process(task: Task, model: Any, tokenizer: Any, fmt: str, args: argparse.Namespace,
@@ -261,7 +294,10 @@ def _process(task: Task, model: Any, tokenizer: Any, fmt: str, args: argparse.Na
         try:
             with torch.inference_mode():
                 for item in inputs:
-                    results = normalize_output(task, pipe(item, **call_kwargs))
+                    if args.chat:
+                        results = _reply_only(normalize_output(task, pipe(_as_chat(item), **call_kwargs)))
+                    else:
+                        results = normalize_output(task, pipe(item, **call_kwargs))
                     writer = writer or open_writer(fmt, args.output, task, args.overwrite)
                     writer.write(results)
             success = True

@@ -189,6 +189,18 @@ def _build_model(ckpt: Checkpoint, dtype: torch.dtype | None):
     return model
 
 
+def _stop_at_end_of_turn(generation_config, tokenizer) -> None:
+    """Generation eos ``[<|im_end|>, eos]`` when the tokenizer has the chat end-of-turn token, as OLMo-core's HF
+    exporter writes it, so post-trained checkpoints stop at the end of their turn (``olmo_hf.presets``)."""
+    from ..presets import end_of_turn_id
+
+    eos = generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    end_of_turn = end_of_turn_id(tokenizer)
+    if end_of_turn is not None and eos and end_of_turn not in eos:
+        generation_config.eos_token_id = [end_of_turn, *eos]
+
+
 def _load_tokenizer(path: Path, config):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -277,6 +289,8 @@ def convert_checkpoint(src, dst, format="auto", tokenizer=None, dtype=None, over
     ckpt = FORMATS[fmt](src, dtype=torch_dtype)
     model = _build_model(ckpt, torch_dtype)
     tok = _load_tokenizer(tokenizer, model.config) if tokenizer is not None else None
+    if tok is not None:
+        _stop_at_end_of_turn(model.generation_config, tok)
 
     with _atomic_dir(dst, overwrite, src) as tmp:
         model.save_pretrained(str(tmp))
