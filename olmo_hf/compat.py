@@ -95,7 +95,9 @@ def cache_argument(forward: Callable) -> Callable:
         return deprecate_kwarg(OLD_CACHE_NAME, CACHE_NAME_REMOVAL, new_name=NEW_CACHE_NAME)(forward)
 
     signature = inspect.signature(forward)
-    parameters = [p.replace(name=OLD_CACHE_NAME) if p.name == NEW_CACHE_NAME else p for p in signature.parameters.values()]
+    parameters = [
+        p.replace(name=OLD_CACHE_NAME) if p.name == NEW_CACHE_NAME else p for p in signature.parameters.values()
+    ]
 
     @functools.wraps(forward)
     def wrapper(*args, **kwargs):

@@ -20,7 +20,12 @@ from typing import Any
 
 import torch
 
-from .ai2_olmo_format import convert_hf_olmo_state_dict, hf_olmo_config_to_kwargs, is_hf_olmo_config, load_hf_olmo_weights
+from .ai2_olmo_format import (
+    convert_hf_olmo_state_dict,
+    hf_olmo_config_to_kwargs,
+    is_hf_olmo_config,
+    load_hf_olmo_weights,
+)
 from .compat import cached_file_or_none
 from .configuration import Olmo2Config, OlmoConfig
 

@@ -5,9 +5,10 @@
   by creating and removing an empty temporary file, which also catches read-only file systems and, for root,
   what ``os.access`` cannot), and an existing FILE needs ``--overwrite``.
 - :class:`AtomicOutput` writes into a temporary file in FILE's directory and renames it into place only when
-  the run succeeded (an existing device or pipe such as ``/dev/null`` is written in place instead): a failed or interrupted run leaves FILE as it was and no temporary file behind. Without
-  ``--overwrite`` the rename is a hard link, which fails if FILE appeared meanwhile (a concurrent run), so one
-  run never replaces another's output by surprise.
+  the run succeeded (an existing device or pipe such as ``/dev/null`` is written in place instead): a failed or
+  interrupted run leaves FILE as it was and no temporary file behind. Without ``--overwrite`` the rename is a hard
+  link, which fails if FILE appeared meanwhile (a concurrent run), so one run never replaces another's output by
+  surprise.
 - If writing or renaming fails late (disk full, permissions changed, FILE created meanwhile), the results are
   not lost: :func:`rescue` saves them in the system temporary directory (or, failing that, prints them on
   stdout) and the error names where they are.
