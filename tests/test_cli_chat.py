@@ -8,9 +8,7 @@ describes for the Think models (the real template comes with each checkpoint's t
 
 from __future__ import annotations
 
-import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +16,7 @@ import torch
 from transformers import AutoTokenizer
 
 import olmo_hf
-from olmo_hf.cli import main
-from olmo_hf.cli import run as run_module
-
+from test_cli_fast import cli  # noqa: F401 - the in-process `olmo-hf run` fixture
 from test_cli_run import DEMO
 
 pytestmark = pytest.mark.usefixtures("restore_transformers_logging")  # conftest.py
@@ -49,15 +45,13 @@ def think_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys):
-    """``cli(*args, stdin=...)`` -> (exit code, stdout, stderr, [generate() calls as (prompt text, kwargs)])."""
+def chat_cli(cli):  # noqa: F811 - `cli` is the imported fixture
+    """``chat_cli(*args, stdin=...)`` -> (exit code, stdout, stderr, [generate() calls as (prompt text, kwargs)])."""
 
     def invoke(*args: str, stdin: str = "The import statement\n"):
         calls: list = []
-        original = run_module.load_model_and_tokenizer
 
-        def recording(*a, **kw):
-            model, tokenizer = original(*a, **kw)
+        def record_generate(model, tokenizer):
             generate = model.generate
 
             def recorded_generate(input_ids=None, **gen_kwargs):
@@ -65,47 +59,42 @@ def cli(monkeypatch, capsys):
                 return generate(input_ids=input_ids, **gen_kwargs)
 
             model.generate = recorded_generate
-            return model, tokenizer
 
-        monkeypatch.setattr(run_module, "load_model_and_tokenizer", recording)
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        capsys.readouterr()
-        code = main(["run", *args])
-        out, err = capsys.readouterr()
+        code, out, err, _ = cli(*args, stdin=stdin, on_load=record_generate)
         return code, out, err, calls
 
     return invoke
 
 
-def test_chat_renders_the_checkpoints_template_with_its_think_generation_prompt(cli, think_checkpoint):
-    code, out, err, ((prompt, _),) = cli("--model", str(think_checkpoint), "--chat", "--max-new-tokens", "3",
+def test_chat_renders_the_checkpoints_template_with_its_think_generation_prompt(chat_cli, think_checkpoint):
+    code, out, err, ((prompt, _),) = chat_cli("--model", str(think_checkpoint), "--chat", "--max-new-tokens", "3",
                                          "--no-do-sample")
     assert code == 0, err
     assert prompt == "<|im_start|>user\nThe import statement<|im_end|>\n<|im_start|>assistant\n<think>"
 
 
-def test_chat_also_stops_at_the_end_of_turn_token(cli, think_checkpoint):
+def test_chat_also_stops_at_the_end_of_turn_token(chat_cli, think_checkpoint):
     tokenizer = AutoTokenizer.from_pretrained(think_checkpoint)
-    code, _, err, ((_, kwargs),) = cli("--model", str(think_checkpoint), "--chat", "--max-new-tokens", "3")
+    code, _, err, ((_, kwargs),) = chat_cli("--model", str(think_checkpoint), "--chat", "--max-new-tokens", "3")
     assert code == 0, err
     assert kwargs["eos_token_id"] == [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
 
-def test_chat_outputs_the_assistant_reply_only(cli, think_checkpoint):
-    code, out, err, _ = cli("--model", str(think_checkpoint), "--chat", "--max-new-tokens", "4", "--no-do-sample")
+def test_chat_outputs_the_assistant_reply_only(chat_cli, think_checkpoint):
+    code, out, err, _ = chat_cli("--model", str(think_checkpoint), "--chat", "--max-new-tokens", "4", "--no-do-sample")
     assert code == 0, err
     reply = json.loads(out)["generated_text"]
     assert isinstance(reply, str) and "The import statement" not in reply
 
 
-def test_chat_with_the_demo_models_instruct_template(cli):
-    code, out, err, ((prompt, kwargs),) = cli("--chat", "--max-new-tokens", "4", "--no-do-sample")
+def test_chat_with_the_demo_models_instruct_template(chat_cli):
+    code, out, err, ((prompt, kwargs),) = chat_cli("--chat", "--max-new-tokens", "4", "--no-do-sample")
     assert code == 0, err
     assert prompt == "<|endoftext|><|user|>\nThe import statement\n<|assistant|>\n"
     assert kwargs["eos_token_id"] == [AutoTokenizer.from_pretrained(DEMO).eos_token_id]  # no <|im_end|> in its vocab
 
 
-def test_chat_without_a_chat_template_is_a_one_line_error(cli, tmp_path):
+def test_chat_without_a_chat_template_is_a_one_line_error(chat_cli, tmp_path):
     from test_cli_run import save_tiny_checkpoint
 
     path = save_tiny_checkpoint(tmp_path / "base")
@@ -113,7 +102,7 @@ def test_chat_without_a_chat_template_is_a_one_line_error(cli, tmp_path):
     config.pop("chat_template", None)
     (path / "tokenizer_config.json").write_text(json.dumps(config))
     (path / "chat_template.jinja").unlink(missing_ok=True)
-    code, out, err, calls = cli("--model", str(path), "--chat")
+    code, out, err, calls = chat_cli("--model", str(path), "--chat")
     assert code == 2 and out == "" and calls == []
     (line,) = [line for line in err.splitlines() if line.startswith("olmo-hf run: error:")]
     assert "--chat: the tokenizer of" in line and "has no chat template" in line

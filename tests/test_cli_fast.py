@@ -30,15 +30,18 @@ pytestmark = pytest.mark.usefixtures("restore_transformers_logging")  # conftest
 
 @pytest.fixture
 def cli(monkeypatch, capsys):
-    """``cli(*args, stdin=...)`` -> (exit code, stdout, stderr, [models loaded]); runs `olmo-hf run` in-process."""
+    """``cli(*args, stdin=..., on_load=...)`` -> (exit code, stdout, stderr, [models loaded]); runs `olmo-hf run`
+    in-process. ``on_load(model, tokenizer)`` sees each loaded model before it runs."""
 
-    def invoke(*args: str, stdin: str = PROMPTS[0] + "\n"):
+    def invoke(*args: str, stdin: str = PROMPTS[0] + "\n", on_load=None):
         models: list = []
         original = run_module.load_model_and_tokenizer
 
         def recording(*a, **kw):
             model, tokenizer = original(*a, **kw)
             models.append(model)
+            if on_load is not None:
+                on_load(model, tokenizer)
             return model, tokenizer
 
         monkeypatch.setattr(run_module, "load_model_and_tokenizer", recording)
