@@ -139,7 +139,7 @@ def test_resolve_dtype(capsys, monkeypatch):
     assert loading.resolve_dtype("auto", cpu, "olmo2") == torch.float32  # never fp16 implicitly
     assert capsys.readouterr().err == ""
     assert loading.resolve_dtype("fp16", cpu, "olmo2") == torch.float16
-    assert "OLMo 2 overflows in float16" in capsys.readouterr().err
+    assert "OLMo 2 and 3 overflow in float16" in capsys.readouterr().err
     loading.resolve_dtype("fp16", cpu, "olmo")
     assert capsys.readouterr().err == ""
 

@@ -125,7 +125,7 @@ def resolve_dtype(name: str, device: torch.device, model_type: str | None) -> to
         return torch.bfloat16 if _supports_bf16(device) else torch.float32
     dtype = _DTYPES[name]
     if dtype == torch.float16 and model_type in ("olmo2", "olmo3"):
-        warn("OLMo 2 overflows in float16 and may print '!!!!' or NaN (allenai/olmo-cookbook #60); "
+        warn("OLMo 2 and 3 overflow in float16 and may print '!!!!' or NaN (allenai/olmo-cookbook #60); "
              "prefer --dtype bf16 or fp32")
     return dtype
 
@@ -383,9 +383,9 @@ def _apply_fast_path(model: Any, mode: str, model_name: str, debug: bool) -> Non
 
     It is all or nothing (a failure rolls the model back), so in ``"auto"`` mode a failure just leaves the plain
     model running; in ``"on"`` mode every failure is a :class:`CliError`."""
-    from olmo_hf.modeling import Olmo2PreTrainedModel, Olmo3PreTrainedModel, OlmoPreTrainedModel
+    from olmo_hf.modeling import _OlmoFamilyPreTrainedModel
 
-    if not isinstance(model, (OlmoPreTrainedModel, Olmo2PreTrainedModel, Olmo3PreTrainedModel)):
+    if not isinstance(model, _OlmoFamilyPreTrainedModel):
         if mode == "on":
             raise CliError(f"--fast needs an olmo_hf OLMo, OLMo 2 or OLMo 3 model, but {model_name} loaded as "
                            f"{type(model).__name__}; drop --fast")

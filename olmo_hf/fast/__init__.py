@@ -126,9 +126,9 @@ def _is_plain_linear(module: nn.Module) -> bool:
 
 
 def _check_model(model: nn.Module) -> None:
-    from ..modeling import Olmo2PreTrainedModel, Olmo3PreTrainedModel, OlmoPreTrainedModel
+    from ..modeling import _OlmoFamilyPreTrainedModel
 
-    if not isinstance(model, (OlmoPreTrainedModel, Olmo2PreTrainedModel, Olmo3PreTrainedModel)):
+    if not isinstance(model, _OlmoFamilyPreTrainedModel):
         raise TypeError(
             f"optimize_for_cpu_inference expects an olmo_hf OLMo / OLMo 2 / OLMo 3 model, got {type(model).__name__}."
         )
