@@ -166,38 +166,6 @@ def transformers_cli_app():
 # -------------------------------------------------------------------------------------------- torch private APIs
 
 
-def mkldnn_bf16_supported() -> bool:
-    """Whether oneDNN has fast bf16 kernels on this CPU (``torch.backends.mkldnn`` has no public query)."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(check()) if check is not None else False
-
-
-def has_mkldnn_packed_linear() -> bool:
-    """Whether torch exposes oneDNN's weight prepacking and packed linear ops (CPU builds with mkldnn)."""
-    ops = ("_reorder_linear_weight", "_linear_pointwise", "_nbytes", "data_ptr")
-    return all(hasattr(torch.ops.mkldnn, op) for op in ops)
-
-
-def mkldnn_pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(out, in) dense weight -> oneDNN's blocked layout for batch size 1 (an opaque mkldnn tensor)."""
-    return torch.ops.mkldnn._reorder_linear_weight(weight, 1)
-
-
-def mkldnn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ W.T (+ bias)`` with a weight packed by :func:`mkldnn_pack_linear_weight`."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-
-
-def mkldnn_data_ptr(packed: torch.Tensor) -> int:
-    """Address of an opaque mkldnn tensor's data (its blocked layout), for native kernels that read it."""
-    return int(torch.ops.mkldnn.data_ptr(packed))
-
-
-def mkldnn_nbytes(packed: torch.Tensor) -> int:
-    """Bytes an opaque mkldnn tensor holds."""
-    return int(torch.ops.mkldnn._nbytes(packed))
-
-
 def storage_use_count(t: torch.Tensor) -> int:
     """How many tensors share ``t``'s storage (``torch._C._storage_Use_Count``)."""
     return torch._C._storage_Use_Count(t.untyped_storage()._cdata)

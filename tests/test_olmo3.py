@@ -368,8 +368,8 @@ def test_fast_path_bfloat16_native_kernels_respect_the_window(tmp_path, monkeypa
     from olmo_hf.fast import optimize_for_cpu_inference
 
     lib = nat._native_kernel()
-    if lib is None:
-        pytest.skip("no native kernels here (they need AVX512-BF16, a C compiler and GNU OpenMP in torch)")
+    if lib is None or not lib.full:
+        pytest.skip("no AVX512-BF16 native kernels here (they need AVX512-BF16, a C compiler and GNU OpenMP in torch)")
     config = olmo_hf.Olmo3Config(**{**TINY, "hidden_size": 256, "intermediate_size": 384, "initializer_range": 0.05})
     torch.manual_seed(0)
     olmo_hf.Olmo3ForCausalLM(config).save_pretrained(tmp_path)
@@ -401,8 +401,8 @@ def test_native_attention_is_refused_to_sliding_layers_whose_keys_exceed_the_win
     key is inside its window."""
     from olmo_hf.fast import native as nat
 
-    if nat._native_kernel() is None:
-        pytest.skip("no native kernels here")
+    if nat._native_kernel() is None or not nat._native_kernel().full:
+        pytest.skip("no AVX512-BF16 native kernels here")
     model = olmo_hf.Olmo3ForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa").eval()
     sliding, full = model.model.layers[0].self_attn, model.model.layers[3].self_attn
 

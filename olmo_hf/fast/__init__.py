@@ -8,26 +8,28 @@ returns it; ``undo(model)`` puts back exactly the modules, Parameter objects and
     from olmo_hf.fast import optimize_for_cpu_inference, undo
     model = olmo_hf.Olmo2ForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
     optimize_for_cpu_inference(model)          # ~2.9x faster batch-1 decoding of the 1B model on 2 Zen 4 cores
+    print(olmo_hf.fast.status(model))          # which kernels run on this CPU, which do not, and why
     model.generate(...)
     model.save_pretrained(out)                 # still the standard layout (dense weights, standard keys)
     undo(model)                                # back to plain nn.Linear, e.g. before training or .to("cuda")
 
 What it does (each step can be switched off, see the keyword arguments):
 
-1. **oneDNN-prepacked weights.** Every ``nn.Linear`` of the decoder (and ``lm_head`` unless it is tied to the
-   embedding) becomes a :class:`PackedLinear` that holds its weight reordered once by
-   ``torch.ops.mkldnn._reorder_linear_weight`` (the blocked layout oneDNN's bf16 kernels read fastest). The
-   packed copy REPLACES the dense weight (it is not kept twice): when the dense weight lives in the mmap of a
-   safetensors file, its pages are handed back to the kernel (``madvise(MADV_DONTNEED)``, only for bytes no
-   other tensor can read), so the process never holds both copies. Products over more than 8 rows (prefill)
-   run through oneDNN (``torch.ops.mkldnn._linear_pointwise``).
-2. **A decode kernel that streams at memory bandwidth.** Decoding multiplies 1 to 8 rows (the batch) by every
-   weight, which is bound by how fast the weights stream from memory; oneDNN reaches ~70% of the bandwidth
-   there. A small AVX512-BF16 kernel (fp32 accumulation, written here in C: ``kernels.c``, ~100 lines) reads
-   the same packed bytes, on torch's own OpenMP threads, at ~95%. It is compiled on first use with the system C
-   compiler, cached in ``~/.cache/olmo_hf`` (``OLMO_HF_CACHE``), and checked against oneDNN before it is
-   trusted. Without AVX512-BF16, a C compiler or GNU OpenMP in torch, or with ``OLMO_HF_NATIVE=0``, oneDNN does
-   these products.
+1. **Weights in their plain layout, read by our own decode kernel.** Every ``nn.Linear`` of the decoder (and
+   ``lm_head`` unless it is tied to the embedding) becomes a :class:`PackedLinear` that keeps the very weight
+   tensor the ``nn.Linear`` held, in the standard ``(out_features, in_features)`` row-major layout: nothing is
+   copied and nothing depends on which blocked layout oneDNN would pick on this CPU. Decoding multiplies 1 to 8
+   rows (the batch) by every weight, which is bound by how fast the weights stream from memory: a matrix-vector
+   kernel of ours (``kernels.c``: AVX512-BF16 dot products, or AVX2+FMA with the weights widened in registers;
+   fp32 accumulation, on torch's own OpenMP threads) streams them. Everything larger (prefill) is ``F.linear`` on
+   the same tensor: oneDNN's GEMM, with AMX where the CPU has it, exactly what the plain model runs.
+2. **Per machine, measured: never slower.** The kernels are compiled on first use with the system C compiler for
+   the instruction set this CPU has, cached in ``~/.cache/olmo_hf`` (``OLMO_HF_CACHE``) and self-tested; then
+   each kernel is timed against what PyTorch runs in its place (matrix-vector against ``F.linear``, attention
+   against sdpa, element-wise kernels against the PyTorch operators) and enabled only where it is faster here.
+   :func:`status` (and ``olmo-hf run --verbose``) says which kernels run, which do not and why. No kernels
+   without a C compiler, GNU OpenMP in torch, an x86-64 CPU with AVX2 or AVX512-BF16, or with
+   ``OLMO_HF_NATIVE=0``; ``OLMO_HF_NATIVE=force`` skips the measurement and enables every kernel built.
 3. **Fused projections.** q/k/v become one packed ``[q; k; v]`` matrix and gate/up one ``[gate; up]`` matrix
    (one product instead of three / two). Module names, state-dict keys and ``tp_plan`` targets are unchanged:
    ``q_proj`` etc. stay in the module tree as :class:`PackedLinear` views of the fused weight, which
@@ -64,9 +66,8 @@ pickling work. What is refused, with a message that says to call :func:`undo` fi
 layer, ``.to()`` another device or dtype, ``load_state_dict`` into a fused projection. Models that are
 quantized, carry PEFT adapters, or are not on CPU are refused by :func:`optimize_for_cpu_inference`.
 
-Why ``from_pretrained`` does not apply it: it is only right for CPU inference, and packing reads every weight
-once (about 1-2 s for the 1B model, which the plain model pays instead as page faults during its first
-forward). Users routinely load a model and then train it, wrap it with PEFT, quantize it or move it to a GPU; a
+Why ``from_pretrained`` does not apply it: it is only right for CPU inference, and it costs a one-time
+measurement of the kernels (~0.3 s) and the copies of the fused matrices. Users routinely load a model and then train it, wrap it with PEFT, quantize it or move it to a GPU; a
 default that refuses any of those is worse than one explicit call. ``olmo-hf run`` applies it by default on the
 CPU (``--no-fast`` turns it off), because it owns the model's whole lifetime.
 
@@ -82,10 +83,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..compat import has_mkldnn_packed_linear, mkldnn_bf16_supported
 from ..modules import Olmo2RMSNorm, OlmoAttention, OlmoMLP
 from .forwards import _fast_attention_forward, _fast_mlp_forward, _fast_rms_norm_forward
-from .native import _native_kernel
+from .native import KernelPlan, _native_kernel, kernel_plan
 from .packing import FastPathError, PackedLinear, _FileMappings, _Packed, _Packer
 
 __all__ = [
@@ -94,6 +94,8 @@ __all__ = [
     "is_optimized",
     "PackedLinear",
     "FastPathError",
+    "status",
+    "FastPathStatus",
 ]
 
 _STATE_ATTR = "_olmo_hf_fast_state"  # set on the optimised model instance; holds what undo() needs
@@ -177,7 +179,7 @@ def optimize_for_cpu_inference(
     """Rewrite an olmo_hf model in place for CPU inference; returns the model. Reversible with :func:`undo`.
 
     Args:
-        pack: replace the linear layers by oneDNN-prepacked ones (bf16 and fp32 weights).
+        pack: replace the linear layers by PackedLinear (same weight tensors; native decode products in bf16).
         fuse: fuse q/k/v and gate/up into one packed matrix each (needs ``pack``).
         fast_attention: the leaner attention step (joint q/k norm and RoPE; fused projection when ``fuse``), and
             RMSNorms in one native pass (bf16).
@@ -191,8 +193,6 @@ def optimize_for_cpu_inference(
     if is_optimized(model):
         return model
     _check_model(model)
-    if pack and not (torch.backends.mkldnn.is_available() and has_mkldnn_packed_linear()):
-        pack = False
     state = _State(options=dict(pack=pack, fuse=fuse, fast_attention=fast_attention, grow_kv_cache=grow_kv_cache))
     state.was_training = model.training
     model.eval()
@@ -203,14 +203,12 @@ def optimize_for_cpu_inference(
     pages = _FileMappings(enabled=release_source_pages)
     shared = _shared_params(model)
     if pack or fast_attention:
-        _native_kernel()  # build / load the native kernels once, here, not in the packing threads
+        kernel_plan()  # build / load / measure the native kernels once, here, not in the packing threads
 
     def packable(lin: nn.Module) -> bool:
         if not (pack and _is_plain_linear(lin)) or id(lin.weight) in shared:
             return False
-        if lin.weight.dtype not in _PACKABLE_DTYPES:
-            return False
-        return lin.weight.dtype != torch.bfloat16 or mkldnn_bf16_supported()
+        return lin.weight.dtype in _PACKABLE_DTYPES
 
     # The state is attached first, so that a failure half-way (an exception, KeyboardInterrupt) is rolled back by
     # undo(): the caller gets its model back exactly as it was, never half rewritten.
@@ -296,3 +294,64 @@ def undo(model: nn.Module) -> nn.Module:
             param.requires_grad_(flag)
     model.train(state.was_training)
     return model
+
+
+# ----------------------------------------------------------------------------------------------- status
+@dataclass(frozen=True)
+class FastPathStatus:
+    """What the fast path does on this machine (and for one model): each part that runs and each that does not,
+    with why. ``str()`` gives the report ``olmo-hf run --verbose`` prints."""
+
+    optimized: bool
+    isa: str | None
+    enabled: tuple[str, ...]
+    skipped: tuple[str, ...]
+    cpu: str = ""
+
+    def __str__(self) -> str:
+        head = "olmo_hf.fast: " + ("model optimised" if self.optimized else "model NOT optimised")
+        head += f"; native kernels: {self.isa or 'none'}" + (f" ({self.cpu})" if self.cpu else "")
+        lines = [head] + [f"  on:  {line}" for line in self.enabled] + [f"  off: {line}" for line in self.skipped]
+        return "\n".join(lines)
+
+
+def _cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def status(model: nn.Module | None = None) -> FastPathStatus:
+    """Which parts of the fast path run on this machine (and, given a model, for that model), which do not, and
+    why. Builds and measures the native kernels if that has not happened yet in this process."""
+    plan: KernelPlan = kernel_plan()
+    enabled, skipped = [], []
+    state: _State | None = None if model is None else model.__dict__.get(_STATE_ATTR)
+    dtypes = set() if model is None else {p.dtype for p in model.parameters()}
+    fp32_only = model is not None and dtypes and torch.bfloat16 not in dtypes
+    for note in plan.notes.values():
+        on = ": on" in note
+        if on and fp32_only:
+            skipped.append(f"{note} -- but this model is float32 (the native kernels are bf16 only)")
+        else:
+            (enabled if on else skipped).append(note)
+    if model is not None:
+        if state is None:
+            skipped.append("model: not optimised (call olmo_hf.fast.optimize_for_cpu_inference(model))")
+        else:
+            opts = state.options
+            fused = {id(getattr(p, name)._packed) for p, name, _ in state.replaced if getattr(p, name)._rows}
+            line = f"model: {len(state.replaced)} linear layers in the fast path's record"
+            enabled.append(line + (f", {len(fused)} fused q/k/v and gate/up matrices" if fused else ""))
+            for option, what in (("fast_attention", "leaner attention step (joint q/k norm + RoPE)"),
+                                 ("grow_kv_cache", "key/value cache grown in place (plain DynamicCache)")):
+                (enabled if opts.get(option) else skipped).append(what + ("" if opts.get(option) else ": switched off"))
+    return FastPathStatus(optimized=state is not None, isa=plan.isa, enabled=tuple(enabled), skipped=tuple(skipped),
+                          cpu=_cpu_model_name())

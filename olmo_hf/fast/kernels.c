@@ -1,6 +1,15 @@
-/* olmo_hf's native decode kernels, called from Python through ctypes (olmo_hf/fast/native.py compiles this file
-   once per machine with _NATIVE_FLAGS and declares each entry point's signature in _NativeLib):
-   - olmo_hf_packed_gemv_bf16: y = x @ W^T for 1..8 rows of x, reading W as oneDNN packed it;
+/* olmo_hf's native kernels for CPU inference, called from Python through ctypes. olmo_hf/fast/native.py compiles
+   this ONE file once per machine, with the flags of the instruction set the CPU has (it picks them from the CPU's
+   flags), and declares each entry point's signature in _NativeLib. What the file contains depends on those flags:
+
+   - with AVX512-BF16 (-mavx512f -mavx512bw -mavx512vl -mavx512bf16): everything below;
+   - with AVX2 + FMA + F16C only (-mavx2 -mfma -mf16c): the matrix-vector product (olmo_hf_gemv_bf16);
+   - otherwise the file is not built and PyTorch does all the work.
+
+   Entry points:
+   - olmo_hf_kernels_isa: which variant this library is ("avx512_bf16" or "avx2");
+   - olmo_hf_gemv_bf16: y = x @ W^T for 1..8 rows of x, W the PLAIN (out_features, in_features) row-major bf16
+     weight that nn.Linear holds (no packed copy, no layout of oneDNN's);
    - olmo_hf_decode_attention_bf16: one decoding step of attention (one query position, no mask);
    - olmo_hf_prefill_attention_bf16: causal attention over a whole unpadded prompt (up to 4096 tokens);
    - olmo_hf_rms_norm_bf16, olmo_hf_qk_norm_rope_bf16, olmo_hf_silu_mul_bf16: the element-wise work of a layer
@@ -16,91 +25,160 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ------------------------------------------------------------------------------------------------ packed gemv */
-/* y = x @ W^T for a few rows of x (M <= 8), W bf16 in oneDNN's packed AB16b64a2b layout (what
-   torch.ops.mkldnn._reorder_linear_weight produces for bf16 linear weights): blocks of 64 outputs x 32 inputs
-   (4 KiB), ordered [N/64][K/32]; inside a block, input pair j (k = 2j, 2j+1) of output n sits at
-   j*128 + n*2 + (k & 1). fp32 accumulation, bf16 output rounded to nearest even. */
-#define KC 16  /* K blocks (of 32) per chunk when rows are processed in two groups */
+#if !defined(__AVX512BF16__) && !(defined(__AVX2__) && defined(__FMA__))
+#error "kernels.c needs -mavx512bf16 (with avx512f/bw/vl) or -mavx2 -mfma"
+#endif
 
-#define GROUP(MM)                                                                                    \
-static inline void group_##MM(const uint16_t* x, long ldx, const uint16_t* wnb, long kb0, long kb1,   \
-                              __m512 acc[MM][4]) {                                                   \
-    for (long kb = kb0; kb < kb1; ++kb) {                                                            \
-        const uint16_t* blk = wnb + kb * 2048;                                                       \
-        const uint16_t* xk = x + kb * 32;                                                            \
-        _mm_prefetch((const char*)(blk + 8 * 2048), _MM_HINT_T0);                                    \
-        for (int j = 0; j < 16; ++j) {                                                               \
-            const __m512bh w0 = (__m512bh)_mm512_loadu_si512((const void*)(blk + j * 128));         \
-            const __m512bh w1 = (__m512bh)_mm512_loadu_si512((const void*)(blk + j * 128 + 32));    \
-            const __m512bh w2 = (__m512bh)_mm512_loadu_si512((const void*)(blk + j * 128 + 64));    \
-            const __m512bh w3 = (__m512bh)_mm512_loadu_si512((const void*)(blk + j * 128 + 96));    \
-            for (int m = 0; m < MM; ++m) {                                                           \
-                int32_t pair; memcpy(&pair, xk + m * ldx + 2 * j, 4);                                \
-                const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);                               \
-                acc[m][0] = _mm512_dpbf16_ps(acc[m][0], w0, xb);                                     \
-                acc[m][1] = _mm512_dpbf16_ps(acc[m][1], w1, xb);                                     \
-                acc[m][2] = _mm512_dpbf16_ps(acc[m][2], w2, xb);                                     \
-                acc[m][3] = _mm512_dpbf16_ps(acc[m][3], w3, xb);                                     \
-            }                                                                                        \
-        }                                                                                            \
-    }                                                                                                \
+/* fp32 -> bf16, round to nearest even, as .to(torch.bfloat16) (NaN stays a quiet NaN). */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
 }
-GROUP(1) GROUP(2) GROUP(3) GROUP(4)
 
-static inline void run_group(int mm, const uint16_t* x, long ldx, const uint16_t* wnb, long kb0, long kb1,
-                             __m512 acc[4][4]) {
+static inline float bf16_to_f32(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* ------------------------------------------------------------------------------------------- matrix-vector */
+/* y[m, n] = sum_k x[m, k] * w[n, k] for M <= 8 rows of x: x (M, K) row stride ldx, w (N, K) row stride ldw (the
+   plain nn.Linear weight), y (M, N) row stride ldy; fp32 accumulation, y rounded to bf16.
+   Decoding reads every weight once per step, so this is bound by memory bandwidth: each thread streams a
+   contiguous band of NR weight rows at a time (NR sequential streams the hardware prefetcher follows), and each
+   weight vector loaded is used for up to 4 rows of x (rows 5-8 re-read the band from L1/L2, not from memory). */
+#define NR 4
+
+#if defined(__AVX512BF16__)
+const char* olmo_hf_kernels_isa(void) { return "avx512_bf16"; }
+
+/* out[m][r] = x[m, :] . w[r, :] for MM rows of x and NR rows of w; 32 bf16 per dot-product instruction. */
+#define GEMV_MICRO(MM)                                                                                        \
+static inline void gemv_micro_##MM(const uint16_t* x, long ldx, const uint16_t* w, long ldw, long K,       \
+                                   float out[4][NR]) {                                                     \
+    __m512 acc[MM][NR];                                                                                    \
+    for (int m = 0; m < MM; ++m) for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();             \
+    for (long k = 0; k < K; k += 32) {                                                                     \
+        const __mmask32 mk = K - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (K - k)) - 1);     \
+        __m512bh wv[NR];                                                                                   \
+        for (int r = 0; r < NR; ++r) wv[r] = (__m512bh)_mm512_maskz_loadu_epi16(mk, w + r * ldw + k);     \
+        for (int m = 0; m < MM; ++m) {                                                                     \
+            const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mk, x + m * ldx + k);                  \
+            for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv[r], xv);              \
+        }                                                                                                  \
+    }                                                                                                      \
+    for (int m = 0; m < MM; ++m) for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]); \
+}
+GEMV_MICRO(1) GEMV_MICRO(2) GEMV_MICRO(3) GEMV_MICRO(4)
+
+static inline void gemv_micro(long mm, const uint16_t* x, long ldx, const uint16_t* w, long ldw, long K,
+                              float out[4][NR]) {
     switch (mm) {
-        case 1: group_1(x, ldx, wnb, kb0, kb1, (__m512(*)[4])acc); break;
-        case 2: group_2(x, ldx, wnb, kb0, kb1, (__m512(*)[4])acc); break;
-        case 3: group_3(x, ldx, wnb, kb0, kb1, (__m512(*)[4])acc); break;
-        default: group_4(x, ldx, wnb, kb0, kb1, (__m512(*)[4])acc); break;
+        case 1: gemv_micro_1(x, ldx, w, ldw, K, out); break;
+        case 2: gemv_micro_2(x, ldx, w, ldw, K, out); break;
+        case 3: gemv_micro_3(x, ldx, w, ldw, K, out); break;
+        default: gemv_micro_4(x, ldx, w, ldw, K, out); break;
     }
 }
+#define GEMV_X_AT(x, i) bf16_to_f32((x)[i])
 
-static inline void store_row(const __m512 a[4], uint16_t* y, long n0, long N) {
-    for (int q = 0; q < 4; ++q) {
-        const long n = n0 + 16 * q;
-        if (n >= N) break;
-        const __m256i h = (__m256i)_mm512_cvtneps_pbh(a[q]);
-        if (n + 16 <= N) _mm256_storeu_si256((__m256i*)(y + n), h);
-        else _mm256_mask_storeu_epi16(y + n, (__mmask16)((1u << (N - n)) - 1), h);
-    }
+#else /* AVX2 + FMA: no bf16 dot product; weights widen to fp32 in registers, x is widened once up front */
+const char* olmo_hf_kernels_isa(void) { return "avx2"; }
+
+static inline __m256 bf16x8_to_f32(const uint16_t* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
 
-/* x: M rows of K bf16 (row stride ldx, K padded to a multiple of 32 with zeros), w: packed, y: M rows (stride ldy). */
-int olmo_hf_packed_gemv_bf16(const uint16_t* x, long ldx, const uint16_t* w, long N, long K, uint16_t* y,
-                             long ldy, long M, int nthreads) {
-    if (M < 1 || M > 8 || K % 32) return -1;
-    const long NB = (N + 63) / 64, KB = K / 32;
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* out[m][r] = x[m, :] . w[r, :] with x already fp32 (row stride ldx); K % 8 tail done in scalar code. */
+#define GEMV_MICRO(MM)                                                                                        \
+static inline void gemv_micro_##MM(const float* x, long ldx, const uint16_t* w, long ldw, long K,          \
+                                   float out[4][NR]) {                                                     \
+    __m256 acc[MM][NR];                                                                                    \
+    for (int m = 0; m < MM; ++m) for (int r = 0; r < NR; ++r) acc[m][r] = _mm256_setzero_ps();             \
+    long k = 0;                                                                                            \
+    for (; k + 8 <= K; k += 8) {                                                                           \
+        __m256 wv[NR];                                                                                     \
+        for (int r = 0; r < NR; ++r) wv[r] = bf16x8_to_f32(w + r * ldw + k);                               \
+        for (int m = 0; m < MM; ++m) {                                                                     \
+            const __m256 xv = _mm256_loadu_ps(x + m * ldx + k);                                            \
+            for (int r = 0; r < NR; ++r) acc[m][r] = _mm256_fmadd_ps(wv[r], xv, acc[m][r]);               \
+        }                                                                                                  \
+    }                                                                                                      \
+    for (int m = 0; m < MM; ++m)                                                                           \
+        for (int r = 0; r < NR; ++r) {                                                                     \
+            float s = hsum256(acc[m][r]);                                                                  \
+            for (long kk = k; kk < K; ++kk) s += x[m * ldx + kk] * bf16_to_f32(w[r * ldw + kk]);          \
+            out[m][r] = s;                                                                                 \
+        }                                                                                                  \
+}
+GEMV_MICRO(1) GEMV_MICRO(2) GEMV_MICRO(3) GEMV_MICRO(4)
+
+static inline void gemv_micro(long mm, const float* x, long ldx, const uint16_t* w, long ldw, long K,
+                              float out[4][NR]) {
+    switch (mm) {
+        case 1: gemv_micro_1(x, ldx, w, ldw, K, out); break;
+        case 2: gemv_micro_2(x, ldx, w, ldw, K, out); break;
+        case 3: gemv_micro_3(x, ldx, w, ldw, K, out); break;
+        default: gemv_micro_4(x, ldx, w, ldw, K, out); break;
+    }
+}
+#define GEMV_X_AT(x, i) ((x)[i])
+#endif
+
+int olmo_hf_gemv_bf16(const uint16_t* x_bf16, long ldx, const uint16_t* w, long ldw, long N, long K, uint16_t* y,
+                      long ldy, long M, int nthreads) {
+    if (M < 1 || M > 8 || K < 1 || ldw < K) return -1;
+#if defined(__AVX512BF16__)
+    const uint16_t* x = x_bf16;
+#else
+    float* xf = (float*)malloc(sizeof(float) * M * K);  /* x widened to fp32 once */
+    if (!xf) return -2;
+    for (long m = 0; m < M; ++m) for (long k = 0; k < K; ++k) xf[m * K + k] = bf16_to_f32(x_bf16[m * ldx + k]);
+    const float* x = xf;
+    ldx = K;
+#endif
+    const long NB = (N + NR - 1) / NR;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (long nb = 0; nb < NB; ++nb) {
-        const uint16_t* wnb = w + nb * KB * 2048;
-        __m512 acc[4][4], acc2[4][4];
-        if (M <= 4) {
-            for (int m = 0; m < 4; ++m) for (int q = 0; q < 4; ++q) acc[m][q] = _mm512_setzero_ps();
-            run_group((int)M, x, ldx, wnb, 0, KB, acc);
-            for (int m = 0; m < M; ++m) store_row(acc[m], y + m * ldy, nb * 64, N);
-        } else {
-            /* two row groups over the same K chunk: the chunk is read from memory once, then from cache */
-            for (int m = 0; m < 4; ++m) for (int q = 0; q < 4; ++q) acc[m][q] = acc2[m][q] = _mm512_setzero_ps();
-            for (long kb0 = 0; kb0 < KB; kb0 += KC) {
-                const long kb1 = kb0 + KC < KB ? kb0 + KC : KB;
-                __m512 t[4][4];
-                for (int m = 0; m < 4; ++m) for (int q = 0; q < 4; ++q) t[m][q] = _mm512_setzero_ps();
-                run_group(4, x, ldx, wnb, kb0, kb1, t);
-                for (int m = 0; m < 4; ++m) for (int q = 0; q < 4; ++q) acc[m][q] = _mm512_add_ps(acc[m][q], t[m][q]);
-                for (int m = 0; m < 4; ++m) for (int q = 0; q < 4; ++q) t[m][q] = _mm512_setzero_ps();
-                run_group((int)M - 4, x + 4 * ldx, ldx, wnb, kb0, kb1, t);
-                for (int m = 0; m < 4; ++m) for (int q = 0; q < 4; ++q) acc2[m][q] = _mm512_add_ps(acc2[m][q], t[m][q]);
+        const long n0 = nb * NR;
+        /* the last band may hold fewer than NR rows: it re-reads (and discards) rows of the band before it */
+        const long base = n0 + NR <= N ? n0 : (N >= NR ? N - NR : 0);
+        const long rows = N >= NR ? NR : N;
+        float out[4][NR];
+        for (long m0 = 0; m0 < M; m0 += 4) {
+            const long mm = M - m0 < 4 ? M - m0 : 4;
+            if (rows == NR) {
+                gemv_micro(mm, x + m0 * ldx, ldx, w + base * ldw, ldw, K, out);
+            } else { /* N < NR: one row at a time, scalar */
+                for (long m = 0; m < mm; ++m)
+                    for (long r = 0; r < rows; ++r) {
+                        float s = 0.f;
+                        for (long k = 0; k < K; ++k) s += GEMV_X_AT(x, (m0 + m) * ldx + k) * bf16_to_f32(w[r * ldw + k]);
+                        out[m][r] = s;
+                    }
             }
-            for (int m = 0; m < 4; ++m) store_row(acc[m], y + m * ldy, nb * 64, N);
-            for (int m = 0; m < M - 4; ++m) store_row(acc2[m], y + (4 + m) * ldy, nb * 64, N);
+            for (long m = 0; m < mm; ++m)
+                for (long r = n0 - base; r < rows; ++r) y[(m0 + m) * ldy + base + r] = f32_to_bf16(out[m][r]);
         }
     }
+#if !defined(__AVX512BF16__)
+    free(xf);
+#endif
     return 0;
 }
 
+#if defined(__AVX512BF16__)
 /* ------------------------------------------------------------------------------------------- decode attention */
 static inline __m512 bf16x16_to_f32(const uint16_t* p, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
@@ -388,3 +466,5 @@ int olmo_hf_prefill_attention_bf16(const uint16_t* q, long qsb, long qsh, long q
     }
     return failed ? -2 : 0;
 }
+
+#endif /* __AVX512BF16__ */

@@ -1,6 +1,7 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""The native decode kernels (``kernels.c``): built with the system C compiler and cached, self-tested against
-oneDNN / sdpa, called through ctypes. Optional: where they are unavailable, ``_native_kernel()`` returns None."""
+"""The native kernels (``kernels.c``): which instruction set this CPU gets, building and loading the library,
+self-tests, and the per-machine plan of which kernels run (measured against what PyTorch does in their place).
+Optional throughout: where a kernel is unavailable or measured slower, PyTorch does that work."""
 
 from __future__ import annotations
 
@@ -9,49 +10,99 @@ import hashlib
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import warnings
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from ..compat import attn_implementation, mkldnn_data_ptr, mkldnn_linear, mkldnn_nbytes, mkldnn_pack_linear_weight
+from ..compat import attn_implementation
 from ..modules import rotate_half
 
-# Two decode-time kernels of our own, in C (kernels.c), compiled once per machine with the system C compiler
-# into ~/.cache/olmo_hf (OLMO_HF_CACHE) and checked against oneDNN / sdpa before use:
-# - olmo_hf_packed_gemv_bf16: x @ W^T for 1..8 rows, reading the SAME packed bytes as oneDNN (no second copy),
-#   with AVX512-BF16 dot products (fp32 accumulation) on torch's own OpenMP threads. On the 2-core Zen 4
-#   development machine it streams a 1B model's weights at ~31 GB/s where oneDNN's inner product reaches ~22.
-# - olmo_hf_decode_attention_bf16: softmax(q k^T) v for one query position (fp32 softmax and accumulation),
-#   0.04 ms per layer where sdpa's flash kernel takes 0.35 ms (batch 1; 0.4 vs 3 ms at batch 8).
-# Without AVX512-BF16, a compiler or GNU OpenMP in torch, or with OLMO_HF_NATIVE=0, oneDNN and sdpa do the work
-# (same results up to accumulation order).
+# kernels.c, compiled once per machine with the flags of the instruction set this CPU has (chosen from its flags,
+# see choose_isa) into ~/.cache/olmo_hf (OLMO_HF_CACHE), self-tested before use, called through ctypes:
+# - olmo_hf_gemv_bf16 (every variant): x @ W^T for 1..8 rows (decoding), reading the plain (out, in) bf16 weight
+#   that nn.Linear holds: no packed copy, no dependence on the blocked layouts oneDNN picks per CPU (which differ
+#   between Zen 4 and AMX Xeons). Bound by memory bandwidth; it streams the weights on torch's OpenMP threads.
+# - AVX512-BF16 only: decode / prefill attention and the element-wise kernels (RMSNorm, q/k norm + RoPE, SwiGLU).
+# Everything with more than 8 rows (prefill products) is F.linear on the same dense weight: oneDNN's GEMM, with
+# AMX where the CPU has it, exactly what the plain model runs.
 _NATIVE_MAX_ROWS = 8
 _NATIVE_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.c")  # package data
+
+# Instruction sets, best first: (name, /proc/cpuinfo flags it needs, gcc flags that enable them). Flag names as
+# the Linux kernel spells them (arch/x86/include/asm/cpufeatures.h); gcc options from its x86 options manual.
+ISAS: tuple[tuple[str, frozenset[str], tuple[str, ...]], ...] = (
+    ("avx512_bf16", frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}),
+     ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16")),
+    ("avx2", frozenset({"avx2", "fma", "f16c"}), ("-mavx2", "-mfma", "-mf16c")),
+)
 # -ffp-contract=off: the element-wise kernels round each product as PyTorch does (no fused multiply-adds).
-_NATIVE_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-ffp-contract=off", "-fopenmp",
-                 "-shared", "-fPIC"]
-_NATIVE_LIBS = ["-lm"]
+_COMMON_FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
+_NATIVE_LIBS = ("-lm",)
 _native = None  # None: not tried yet; False: unavailable; else a _NativeLib
+_native_reason = ""  # why _native is False (for status())
+
+
+def _native_mode() -> str:
+    """OLMO_HF_NATIVE: "auto" (default: measure each kernel against PyTorch at first use, enable the faster),
+    "force" (enable every kernel the library has, unmeasured: tests, benchmarks of the kernels themselves) or
+    "off" (0 / false / no / off: no native code)."""
+    value = os.environ.get("OLMO_HF_NATIVE", "auto").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return "off"
+    return "force" if value in ("force", "all") else "auto"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (``/proc/cpuinfo``); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def choose_isa(flags: frozenset[str] | set[str], machine: str | None = None, system: str | None = None
+               ) -> tuple[str | None, str]:
+    """The kernels.c variant for a CPU with these flags: ("avx512_bf16" | "avx2", "") or (None, why not)."""
+    machine = machine or platform.machine()
+    system = system or sys.platform
+    if not system.startswith("linux"):
+        return None, f"native kernels are built on Linux only (this is {system})"
+    if machine not in ("x86_64", "AMD64"):
+        return None, f"no native kernels for {machine} CPUs yet (x86-64 only); PyTorch's kernels run instead"
+    for name, needs, _ in ISAS:
+        if needs <= set(flags):
+            return name, ""
+    return None, "this CPU has neither AVX512-BF16 nor AVX2+FMA+F16C; PyTorch's kernels run instead"
 
 
 class _NativeLib:
-    """The entry points of the compiled library (ctypes functions; they release the GIL)."""
+    """The entry points of the compiled library (ctypes functions; they release the GIL). ``isa`` says which
+    variant it is; the AVX2 variant has the matrix-vector product only (``full`` is False)."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        c_long, c_ptr = ctypes.c_long, ctypes.c_void_p
-        self.gemv = lib.olmo_hf_packed_gemv_bf16
-        self.gemv.argtypes = [c_ptr, c_long, c_ptr, c_long, c_long, c_ptr, c_long, c_long, ctypes.c_int]
-        self.gemv.restype = ctypes.c_int
+    def __init__(self, lib: ctypes.CDLL, isa: str) -> None:
+        self.lib, self.isa = lib, isa
+        c_long, c_ptr, c_float, c_int = ctypes.c_long, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+        self.gemv = lib.olmo_hf_gemv_bf16
+        self.gemv.argtypes = [c_ptr, c_long, c_ptr, c_long, c_long, c_long, c_ptr, c_long, c_long, c_int]
+        self.gemv.restype = c_int
+        self.full = isa == "avx512_bf16"
+        if not self.full:
+            return
         self.attention = lib.olmo_hf_decode_attention_bf16
         self.attention.argtypes = [c_ptr, c_long, c_long, c_ptr, c_long, c_long, c_long, c_ptr, c_long, c_long,
-                                   c_long, c_ptr, c_long, c_long, c_long, c_long, c_long, ctypes.c_float, ctypes.c_int]
-        self.attention.restype = ctypes.c_int
-        c_float, c_int = ctypes.c_float, ctypes.c_int
+                                   c_long, c_ptr, c_long, c_long, c_long, c_long, c_long, c_float, c_int]
         self.rms_norm = lib.olmo_hf_rms_norm_bf16
         self.rms_norm.argtypes = [c_ptr, c_long, c_long, c_long, c_ptr, c_float, c_ptr, c_int]
         self.qk_norm_rope = lib.olmo_hf_qk_norm_rope_bf16
@@ -63,7 +114,7 @@ class _NativeLib:
         strided = [c_ptr, c_long, c_long, c_long]  # a (batch, heads, seq, head_dim) tensor: pointer and 3 strides
         self.prefill_attention.argtypes = [*strided * 3, c_ptr, c_long, c_long, c_long, c_long, c_long, c_float,
                                            c_int]
-        for fn in (self.rms_norm, self.qk_norm_rope, self.silu_mul, self.prefill_attention):
+        for fn in (self.attention, self.rms_norm, self.qk_norm_rope, self.silu_mul, self.prefill_attention):
             fn.restype = c_int
 
 
@@ -71,50 +122,71 @@ _native_lock = threading.Lock()
 
 
 def _native_kernel() -> _NativeLib | None:
-    """The compiled decode kernels, built (or loaded from the cache) on first use; None where unavailable."""
-    global _native
+    """The compiled kernels, built (or loaded from the cache) on first use; None where unavailable."""
+    global _native, _native_reason
     if _native is None:
         with _native_lock:
             if _native is None:
                 try:
-                    _native = _build_native() or False
+                    lib, reason = _build_native()
                 except Exception as e:  # never let an optional kernel break inference
-                    warnings.warn(f"olmo_hf.fast: native decode kernels unavailable ({e}); using oneDNN and sdpa.")
-                    _native = False
+                    lib, reason = None, f"the native kernels failed to build or load ({e})"
+                    warnings.warn(f"olmo_hf.fast: {reason}; PyTorch's kernels run instead.")
+                _native, _native_reason = lib or False, reason
     return _native or None
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+def native_unavailable_reason() -> str:
+    """Why the native kernels are not loaded ("" when they are, or have not been tried)."""
+    return _native_reason
 
 
-def _build_native():
-    if os.environ.get("OLMO_HF_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
-        return None
-    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
-        return None
-    if not {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= _cpu_flags():
-        return None
+def _compiler() -> list[str] | None:
+    cc = os.environ.get("CC")
+    if cc:
+        import shlex
+
+        return shlex.split(cc)
+    found = shutil.which("cc") or shutil.which("gcc")
+    return [found] if found else None
+
+
+def _build_native() -> tuple[_NativeLib | None, str]:
+    if _native_mode() == "off":
+        return None, "switched off (OLMO_HF_NATIVE=0)"
+    isa, why = choose_isa(cpu_flags())
+    if isa is None:
+        return None, why
     # Our OpenMP must be torch's (GNU libgomp, shared by SONAME); a second runtime would oversubscribe the cores.
-    with open("/proc/self/maps") as f:
-        if "libgomp" not in f.read():
-            return None
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    try:
+        with open("/proc/self/maps") as f:
+            if "libgomp" not in f.read():
+                return None, "torch does not use GNU OpenMP here (the kernels run on its libgomp threads)"
+    except OSError:
+        return None, "cannot read /proc/self/maps to find torch's OpenMP runtime"
+    lib_path, why = _compile(isa)
+    if lib_path is None:
+        return None, why
+    native = _NativeLib(ctypes.CDLL(lib_path), isa)
+    failed = _self_test(native)
+    if failed:
+        return None, f"the {isa} kernels failed their self-test ({failed})"
+    return native, ""
+
+
+def _compile(isa: str) -> tuple[str | None, str]:
+    """kernels.c compiled for ``isa`` into the cache; (path, "") or (None, why not)."""
+    cc = _compiler()
     if not cc:
-        return None
+        return None, "no C compiler found (set CC, or install gcc)"
+    isa_flags = next(f for name, _, f in ISAS if name == isa)
+    flags = [*_COMMON_FLAGS, *isa_flags]
     with open(_NATIVE_SOURCE_FILE, encoding="utf-8") as f:
         source = f.read()
-    key = hashlib.sha256((source + " ".join(_NATIVE_FLAGS + _NATIVE_LIBS) + cc).encode()).hexdigest()[:16]
+    key = hashlib.sha256((source + " ".join(flags + list(_NATIVE_LIBS) + cc)).encode()).hexdigest()[:16]
     root = os.environ.get("OLMO_HF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "olmo_hf")
     directory = os.path.join(root, "native", key)
-    lib_path = os.path.join(directory, "libolmo_hf_decode.so")
+    lib_path = os.path.join(directory, "libolmo_hf_kernels.so")
     if not os.path.exists(lib_path):
         os.makedirs(directory, exist_ok=True)
         # Unique temporary names, then atomic renames: concurrent processes (pytest-xdist, several servers) may
@@ -125,29 +197,30 @@ def _build_native():
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
         os.close(fd)
         try:
-            proc = subprocess.run([cc, *_NATIVE_FLAGS, "-o", tmp, src, *_NATIVE_LIBS], capture_output=True, text=True)
+            proc = subprocess.run([*cc, *flags, "-o", tmp, src, *_NATIVE_LIBS], capture_output=True, text=True)
             if proc.returncode != 0:
-                raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
-            os.replace(src, os.path.join(directory, "decode.c"))  # kept for reference
+                return None, f"{' '.join(cc)} failed: {proc.stderr.strip()[-300:]}"
+            os.replace(src, os.path.join(directory, "kernels.c"))  # kept for reference
             os.replace(tmp, lib_path)
         finally:
             for path in (src, tmp):
                 if os.path.exists(path):
                     os.unlink(path)
-    native = _NativeLib(ctypes.CDLL(lib_path))
-    # Self-tests against oneDNN / sdpa on small shapes (tails included) before trusting the library.
+    return lib_path, ""
+
+
+def _self_test(native: _NativeLib) -> str:
+    """Each kernel against the PyTorch arithmetic it replaces, on small shapes with tails; "" or what failed."""
     gen = torch.Generator().manual_seed(0)
-    for n, k, m in ((100, 96, 1), (64, 64, 5), (130, 2048, 8), (7, 40, 3)):
+    for n, k, m in ((100, 96, 1), (64, 64, 5), (130, 2048, 8), (7, 40, 3), (3, 33, 2)):
         w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
         x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
-        packed = mkldnn_pack_linear_weight(w)
-        ptr = _native_layout_ptr(packed, w)
-        if ptr is None:
-            return None
-        ref = mkldnn_linear(x, packed, None).float()
-        out = _native_call(native.gemv, x, ptr, n, k).float()
+        ref = F.linear(x.float(), w.float())
+        out = _native_matmul(x, w, native).float()
         if not torch.allclose(out, ref, atol=1e-2 * k**0.5, rtol=1e-2):
-            return None
+            return f"matrix-vector product {m}x{k} @ {k}x{n}"
+    if not native.full:
+        return ""
     for b, h, g, s_len, d in ((2, 4, 2, 37, 24), (1, 3, 3, 5, 64)):
         q = torch.randn(b, h, 1, d, generator=gen).to(torch.bfloat16)
         kv = torch.randn(2, b, g, s_len + 3, d, generator=gen).to(torch.bfloat16)[..., :s_len, :]
@@ -155,17 +228,17 @@ def _build_native():
                                              kv[1].float().repeat_interleave(h // g, 1)).transpose(1, 2)
         out = _native_attention(native, q, kv[0], kv[1], d**-0.5).float()
         if not torch.allclose(out, ref, atol=2e-2, rtol=2e-2):
-            return None
+            return "decode attention"
     for b, h, g, s_len, d in ((2, 4, 2, 37, 32), (1, 2, 2, 1, 64)):
         q, k, v = (torch.randn(b, h if i == 0 else g, s_len, d, generator=gen).to(torch.bfloat16) for i in range(3))
         ref = F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(h // g, 1),
                                              v.float().repeat_interleave(h // g, 1), is_causal=True).transpose(1, 2)
         out = _native_prefill_attention(native, q, k, v, d**-0.5).float()
         if not torch.allclose(out, ref, atol=2e-2, rtol=2e-2):
-            return None
+            return "prefill attention"
     if not _elementwise_self_test(native, gen):
-        return None
-    return native
+        return "element-wise kernels"
+    return ""
 
 
 def _elementwise_self_test(native: _NativeLib, gen: torch.Generator) -> bool:
@@ -193,43 +266,19 @@ def _elementwise_self_test(native: _NativeLib, gen: torch.Generator) -> bool:
     return close(_native_silu_mul(native, gu), F.silu(gu[..., :48]) * gu[..., 48:])
 
 
-def _native_layout_ptr(packed: torch.Tensor, dense: torch.Tensor) -> int | None:
-    """The address of ``packed``'s bytes if they are in the AB16b64a2b layout the native kernel reads (checked:
-    size, and a sample of elements against ``dense``); None otherwise."""
-    if dense.dtype != torch.bfloat16 or dense.dim() != 2:
-        return None
-    try:
-        n, k = dense.shape
-        n_pad, k_pad = -(-n // 64) * 64, -(-k // 32) * 32
-        if mkldnn_nbytes(packed) != n_pad * k_pad * 2:
-            return None
-        ptr = mkldnn_data_ptr(packed)
-    except (RuntimeError, AttributeError):
-        return None
-    bits = dense.detach().contiguous().view(torch.int16)
-    probes = {(0, 0), (n - 1, k - 1), (min(63, n - 1), 1), (n // 2, k // 2), (min(70, n - 1), min(33, k - 1))}
-    for i, j in probes:
-        offset = ((i // 64) * (k_pad // 32) + j // 32) * 2048 + ((j % 32) // 2) * 128 + (i % 64) * 2 + (j % 2)
-        if ctypes.c_int16.from_address(ptr + 2 * offset).value != int(bits[i, j]):
-            return None
-    return ptr
-
-
-def _native_call(fn, x2d: torch.Tensor, ptr: int, n: int, k: int) -> torch.Tensor:
+def _native_matmul(x: torch.Tensor, weight: torch.Tensor, native: _NativeLib | None = None) -> torch.Tensor:
+    """``x @ weight.T`` over the last dimension of ``x`` (at most ``_NATIVE_MAX_ROWS`` rows), ``weight`` a bf16
+    (out, in) matrix with unit stride along ``in`` (the plain nn.Linear weight, or a row slice of one)."""
+    native = native or _native
+    n, k = weight.shape
+    x2d = x.reshape(-1, k)
+    if x2d.stride(-1) != 1:
+        x2d = x2d.contiguous()
     m = x2d.shape[0]
-    k_pad = -(-k // 32) * 32
-    if k_pad != k or not x2d.is_contiguous():
-        x2d = F.pad(x2d, (0, k_pad - k)).contiguous()
     out = torch.empty((m, n), dtype=torch.bfloat16)
-    if fn(x2d.data_ptr(), x2d.stride(0), ptr, n, k_pad, out.data_ptr(), n, m, torch.get_num_threads()) != 0:
-        raise RuntimeError("olmo_hf native decode kernel rejected its arguments")
-    return out
-
-
-def _native_matmul(x: torch.Tensor, ptr: int, n: int, k: int) -> torch.Tensor:
-    """``x @ W^T`` over the last dimension of ``x`` (at most ``_NATIVE_MAX_ROWS`` rows), ``W`` (n, k) packed at
-    ``ptr`` (see _native_layout_ptr); needs the loaded library."""
-    out = _native_call(_native.gemv, x.reshape(-1, x.shape[-1]), ptr, n, k)
+    if native.gemv(x2d.data_ptr(), x2d.stride(0), weight.data_ptr(), weight.stride(0), n, k, out.data_ptr(), n, m,
+                   torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native matrix-vector kernel rejected its arguments")
     return out.view(*x.shape[:-1], n)
 
 
@@ -279,9 +328,8 @@ def _can_use_native_attention(module, q, k, v, attention_mask, kwargs) -> bool:
     window = getattr(module, "sliding_window", None)  # OLMo 3 sliding layers: causal == windowed only inside it
     return (
         (window is None or k.shape[2] <= window)
-        and _native is not None
-        and _native is not False
-        and (q.shape[2] == 1 or prefill)
+        and _PLAN is not None
+        and (_PLAN.decode_attention if q.shape[2] == 1 else (prefill and _PLAN.prefill_attention))
         and attention_mask is None
         and attn_implementation(module.config) == "sdpa"
         and q.dtype == k.dtype == v.dtype == torch.bfloat16
@@ -289,6 +337,7 @@ def _can_use_native_attention(module, q, k, v, attention_mask, kwargs) -> bool:
         and q.shape[-1] <= 512
         and not kwargs.get("output_attentions")
         and not module.training
+        and type(q) is torch.Tensor  # not a FakeTensor (torch.export / ONNX tracing): they have no data
         and not torch.compiler.is_compiling()
         and not (torch.is_grad_enabled() and q.requires_grad)
     )
@@ -346,12 +395,129 @@ def _native_silu_mul(native: _NativeLib, gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def _native_elementwise_ok(x: torch.Tensor) -> bool:
-    """Whether the element-wise kernels may run on ``x``: the library is loaded, bf16 on CPU, inference."""
+    """Whether the element-wise kernels may run on ``x``: the plan enables them, bf16 on CPU, inference."""
     return (
-        _native is not None
-        and _native is not False
+        _PLAN is not None
+        and _PLAN.elementwise
+        and type(x) is torch.Tensor  # not a FakeTensor (torch.export / ONNX tracing): they have no data
         and x.dtype == torch.bfloat16
         and x.device.type == "cpu"
         and not torch.compiler.is_compiling()
         and not (torch.is_grad_enabled() and x.requires_grad)
     )
+
+
+# ----------------------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class KernelPlan:
+    """Which native kernels run on this machine, and why (measured at first use, see :func:`kernel_plan`).
+
+    ``gemv_max_rows``: products of 1..gemv_max_rows rows take the native matrix-vector kernel (0: none do);
+    ``notes``: for each part, one line saying what was measured or why it is off."""
+
+    isa: str | None
+    gemv_max_rows: int = 0
+    decode_attention: bool = False
+    prefill_attention: bool = False
+    elementwise: bool = False
+    notes: dict = field(default_factory=dict)
+
+
+_PLAN: KernelPlan | None = None
+_plan_lock = threading.Lock()
+# A part is enabled when its kernel's median time is below this fraction of PyTorch's in the same interleaved
+# measurement: a margin against measurement noise on shared machines (never slower is the promise).
+_ENABLE_BELOW = 0.95
+
+
+def _median_times(fns, repeats: int = 7, warmup: int = 2) -> list[float]:
+    """Median seconds per call of each function, calls interleaved (so that a disturbance hits all alike)."""
+    times = [[] for _ in fns]
+    for i in range(warmup + repeats):
+        for j, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[j].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def decide_part(name: str, native_s: float, torch_s: float, baseline: str) -> tuple[bool, str]:
+    """Enable a part only where it beats what PyTorch does in its place; the note gives the measured speeds."""
+    ratio = torch_s / native_s if native_s > 0 else float("inf")
+    on = native_s < _ENABLE_BELOW * torch_s
+    verdict = "on" if on else "off (not faster here)"
+    return on, f"{name}: {verdict}, measured x{ratio:.2f} of {baseline} ({native_s * 1e3:.2f} vs {torch_s * 1e3:.2f} ms)"
+
+
+def _measure_plan(native: _NativeLib) -> KernelPlan:
+    """Each native kernel against what the plain model runs in its place, on representative shapes."""
+    gen = torch.Generator().manual_seed(0)
+    notes, enabled = {}, {}
+    # Matrix-vector: two 32 MiB weights (an OLMo-2-1B MLP matrix each), alternated so that neither stays cached.
+    weights = [torch.randn(8192, 2048, generator=gen).to(torch.bfloat16) for _ in range(2)]
+    max_rows = 0
+    for rows in (1, 4, 8):
+        x = torch.randn(rows, 2048, generator=gen).to(torch.bfloat16)
+        nat, ref = _median_times([lambda: [_native_matmul(x, w, native) for w in weights],
+                                  lambda: [F.linear(x, w) for w in weights]])
+        on, note = decide_part(f"matrix-vector ({rows} row{'s' * (rows > 1)})", nat, ref, "F.linear")
+        notes[f"gemv_{rows}"] = note
+        if not on:
+            break
+        max_rows = rows
+    del weights
+    if native.full:
+        q = torch.randn(1, 16, 1, 128, generator=gen).to(torch.bfloat16)
+        kv = torch.randn(2, 1, 16, 512, 128, generator=gen).to(torch.bfloat16)
+        nat, ref = _median_times([lambda: _native_attention(native, q, kv[0], kv[1], 0.088),
+                                  lambda: F.scaled_dot_product_attention(q, kv[0], kv[1], scale=0.088)])
+        enabled["decode_attention"], notes["decode_attention"] = decide_part(
+            "decode attention (16 heads x 512 keys)", nat, ref, "sdpa")
+        q, k, v = torch.randn(3, 1, 16, 128, 128, generator=gen).to(torch.bfloat16)
+        nat, ref = _median_times([lambda: _native_prefill_attention(native, q, k, v, 0.088),
+                                  lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.088)])
+        enabled["prefill_attention"], notes["prefill_attention"] = decide_part(
+            "prefill attention (16 heads x 128 tokens)", nat, ref, "sdpa")
+        x = torch.randn(1, 1, 2048, generator=gen).to(torch.bfloat16)
+        w = torch.randn(2048, generator=gen)
+
+        def torch_rms_norm():  # Olmo2RMSNorm's arithmetic
+            xf = x.float()
+            return (w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6))).to(torch.bfloat16)
+
+        gate_up = torch.randn(1, 1, 16384, generator=gen).to(torch.bfloat16)
+        nat, ref = _median_times([lambda: (_native_rms_norm(native, x, w, 1e-6), _native_silu_mul(native, gate_up)),
+                                  lambda: (torch_rms_norm(), F.silu(gate_up[..., :8192]) * gate_up[..., 8192:])],
+                                 repeats=15)
+        enabled["elementwise"], notes["elementwise"] = decide_part(
+            "element-wise (RMSNorm + SwiGLU, one token)", nat, ref, "PyTorch operators")
+    else:
+        for part in ("decode_attention", "prefill_attention", "elementwise"):
+            notes[part] = f"{part.replace('_', ' ')}: off (no {native.isa} variant; it needs AVX512-BF16)"
+    return KernelPlan(isa=native.isa, gemv_max_rows=max_rows, notes=notes, **enabled)
+
+
+def kernel_plan() -> KernelPlan:
+    """The plan for this process: built (and measured, unless OLMO_HF_NATIVE=force) on first use."""
+    global _PLAN
+    if _PLAN is None:
+        with _plan_lock:
+            if _PLAN is None:
+                _PLAN = _make_plan()
+    return _PLAN
+
+
+def _make_plan() -> KernelPlan:
+    native = _native_kernel()
+    if native is None:
+        return KernelPlan(isa=None, notes={"native": f"no native kernels: {native_unavailable_reason()}"})
+    if _native_mode() == "force":
+        return KernelPlan(isa=native.isa, gemv_max_rows=_NATIVE_MAX_ROWS, decode_attention=native.full,
+                          prefill_attention=native.full, elementwise=native.full,
+                          notes={"native": "every kernel on, unmeasured (OLMO_HF_NATIVE=force)"})
+    try:
+        with torch.no_grad():
+            return _measure_plan(native)
+    except Exception as e:  # a measurement that fails leaves everything to PyTorch
+        return KernelPlan(isa=native.isa, notes={"native": f"off: measuring the kernels failed ({e})"})

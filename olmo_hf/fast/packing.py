@@ -1,23 +1,24 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""Packed weights: ``_Packed`` (one oneDNN-prepacked matrix), :class:`PackedLinear` (the ``nn.Linear`` stand-in
-that reads it) and ``_Packer``, which swaps them into a model and gives the dense weights' mmap pages back."""
+"""The fast path's weights: ``_Packed`` (one weight matrix in the plain ``(out_features, in_features)`` layout, the
+nn.Linear's own tensor or a fused ``[q; k; v]`` / ``[gate; up]`` matrix), :class:`PackedLinear` (the ``nn.Linear``
+stand-in that reads it) and ``_Packer``, which swaps them into a model and gives the replaced weights' mmap pages
+back."""
 
 from __future__ import annotations
 
 import ctypes
-import itertools
 import os
 import sys
-import threading
-import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..compat import mkldnn_linear, mkldnn_pack_linear_weight, storage_use_count
-from .native import _NATIVE_MAX_ROWS, _native_kernel, _native_layout_ptr, _native_matmul
+from ..compat import storage_use_count
+from . import native
+from .native import _native_matmul
 
 
 class FastPathError(RuntimeError):
@@ -25,43 +26,26 @@ class FastPathError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- packed linear
-_PACKED_BY_HANDLE: dict[int, weakref.ref] = {}  # handle -> _Packed, for the custom op that torch.compile sees
-_HANDLES = itertools.count()
-
-
-@torch.library.custom_op("olmo_hf::packed_matmul", mutates_args=())
-def _packed_matmul_op(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
-    """``x @ W.T`` for the _Packed registered under ``handle``. Under torch.compile the product is this opaque op:
-    the compiled graph calls it, and it runs eagerly (native kernel or oneDNN), because Inductor cannot lower a
-    oneDNN-prepacked weight it did not pack itself."""
-    packed = _PACKED_BY_HANDLE[handle]()
-    if packed is None:
-        raise RuntimeError("olmo_hf.fast: a compiled graph outlived the packed weight it reads; compile again")
-    return packed.eager_matmul(x)
-
-
-@_packed_matmul_op.register_fake
-def _(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
-    return x.new_empty((*x.shape[:-1], out_features))
-
-
 class _Packed:
-    """One oneDNN-prepacked weight, shared by the PackedLinear(s) that read it (several for a fused matrix)."""
+    """One weight matrix of the fast path, shared by the PackedLinear(s) that read it (several for a fused matrix).
 
-    __slots__ = ("tensor", "dtype", "out_features", "in_features", "native_ptr", "handle", "__weakref__")
+    The layout is the plain row-major ``(out_features, in_features)`` one that ``nn.Linear`` holds: a single
+    linear layer's weight is kept as it is (the same tensor, not copied), a fused group is the concatenation of
+    its members' rows. Products over a few rows (decoding) take the native matrix-vector kernel where the kernel
+    plan enables it (``native.kernel_plan()``, measured per machine); all others are ``F.linear`` on the same
+    tensor, i.e. exactly what the plain model runs (oneDNN's GEMM, with AMX where the CPU has it)."""
+
+    __slots__ = ("tensor", "dtype", "out_features", "in_features", "__weakref__")
 
     def __init__(self, dense: torch.Tensor) -> None:
+        dense = dense.detach()
+        self.tensor = dense if dense.is_contiguous() else dense.contiguous()  # (out_features, in_features)
         self.dtype = dense.dtype
         self.out_features, self.in_features = dense.shape
-        # The batch-size hint only steers oneDNN's choice of blocked layout; 1 favours decoding.
-        self.tensor = mkldnn_pack_linear_weight(dense.detach())
-        # Address of the packed bytes for the native decode kernel, if it can read this weight's layout.
-        self.native_ptr = _native_layout_ptr(self.tensor, dense) if _native_kernel() is not None else None
-        self.handle = next(_HANDLES)
-        _PACKED_BY_HANDLE[self.handle] = weakref.ref(self, lambda _, h=self.handle: _PACKED_BY_HANDLE.pop(h, None))
 
     def dense(self) -> torch.Tensor:
-        return self.tensor.to_dense()
+        """The weight itself (not a copy)."""
+        return self.tensor
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ W.T (+ bias)`` over the last dimension of ``x`` (inference only: no autograd)."""
@@ -70,33 +54,37 @@ class _Packed:
                 "This model was optimised for CPU inference (olmo_hf.fast); its packed linear layers cannot be "
                 "trained or differentiated. Call olmo_hf.fast.undo(model) first, or run under torch.no_grad()."
             )
-        if torch.compiler.is_compiling():
-            out = torch.ops.olmo_hf.packed_matmul(x, self.handle, self.out_features)
+        plan = native._PLAN
+        if (
+            plan is not None
+            and plan.gemv_max_rows
+            and self.dtype == x.dtype == torch.bfloat16
+            and type(x) is torch.Tensor  # not a FakeTensor (torch.compile / torch.export / ONNX tracing)
+            and x.device.type == "cpu"
+            and x.numel() <= plan.gemv_max_rows * x.shape[-1]
+            and not torch.compiler.is_compiling()
+        ):
+            out = _native_matmul(x, self.tensor)
             return out if bias is None else out + bias
-        return self.eager_matmul(x, bias)
+        return F.linear(x, self.tensor, bias)
 
-    def eager_matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if self.native_ptr is not None and x.dtype == torch.bfloat16 and x.numel() <= _NATIVE_MAX_ROWS * x.shape[-1]:
-            out = _native_matmul(x, self.native_ptr, self.out_features, self.in_features)
-            return out if bias is None else out + bias
-        return mkldnn_linear(x, self.tensor, bias)
-
-    # copy.deepcopy / pickle (torch.save of a whole model): carry the dense weight, repack on the other side
+    # copy.deepcopy / pickle (torch.save of a whole model): carry the dense weight
     def __getstate__(self):
-        return {"dense": self.dense()}
+        return {"dense": self.tensor}
 
     def __setstate__(self, state):
         self.__init__(state["dense"])
 
 
 class PackedLinear(nn.Module):
-    """Inference-only stand-in for an ``nn.Linear`` whose weight is oneDNN-prepacked.
+    """Inference-only stand-in for an ``nn.Linear`` whose weight the fast path holds (see ``_Packed``).
 
     When ``rows`` is given, the module is a VIEW on rows ``rows[0]:rows[1]`` of a fused packed matrix (q/k/v,
     gate/up): calling it runs the whole fused product and slices, which only code outside the fast path does (the
-    fast attention and MLP call the fused matrix once). ``state_dict()`` writes ``weight`` (dense, standard layout)
-    and ``bias``; the original ``nn.Linear`` is kept, emptied, so that :func:`undo` can put it back with its very
-    Parameter objects. Reading ``.weight`` materialises a dense copy each time (correct, not free).
+    fast attention and MLP call the fused matrix once). ``state_dict()`` writes ``weight`` (standard layout) and
+    ``bias``; the original ``nn.Linear`` is kept, emptied, so that :func:`undo` can put it back with its very
+    Parameter objects. ``.weight`` is the weight tensor itself for a single layer, a copy of its rows for a member
+    of a fused matrix.
     """
 
     def __init__(self, source: nn.Linear, packed: _Packed, rows: tuple[int, int] | None = None) -> None:
@@ -118,7 +106,8 @@ class PackedLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """A dense COPY of the weight (standard ``(out_features, in_features)`` layout); not a Parameter."""
+        """The weight in the standard ``(out_features, in_features)`` layout (a copy for a member of a fused
+        matrix); not a Parameter."""
         dense = self._packed.dense()
         return dense if self._rows is None else dense[self._rows[0] : self._rows[1]].clone()
 
@@ -144,7 +133,8 @@ class PackedLinear(nn.Module):
                         f"current model is {(self.out_features, self.in_features)}."
                     )
                 else:
-                    self._packed = _Packed(value.to(self._packed.dtype))
+                    with torch.no_grad():  # in place, as nn.Linear loads: the model keeps its memory
+                        self._packed.tensor.copy_(value)
         elif strict:
             missing_keys.append(key)
         if self.bias is not None:
@@ -169,7 +159,7 @@ class PackedLinear(nn.Module):
         rows = "" if self._rows is None else f", rows={self._rows[0]}:{self._rows[1]} of a fused matrix"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"dtype={self._packed.dtype}, oneDNN-prepacked{rows}"
+            f"dtype={self._packed.dtype}{rows}"
         )
 
 
@@ -246,10 +236,10 @@ class _FileMappings:
 class _Packer:
     """Packs groups of nn.Linears (one group = one packed matrix) and swaps in the PackedLinears.
 
-    oneDNN's reorder runs on one core, so groups are packed by ``workers`` threads at once (the ops release the
-    GIL); at most ``workers`` groups are in flight, which bounds the transient memory. Memory: each dense source
-    is detached from its Parameter before the copy and its mmap pages are released right after, so the model
-    never exists twice.
+    A copy runs on one core, so fused groups are concatenated by ``workers`` threads at once (the ops release the
+    GIL); at most ``workers`` groups are in flight, which bounds the transient memory. Memory: each source of a
+    fused group is detached from its Parameter before the copy and its mmap pages are released right after, so
+    the model never exists twice; a single layer's weight is kept as it is.
 
     ``state`` is the record that undo() reads (``olmo_hf.fast._State``): each swapped-out nn.Linear goes to
     ``state.replaced``, the bytes of released pages are added to ``state.released_bytes``."""
@@ -258,7 +248,6 @@ class _Packer:
         self.state, self.pages, self.workers = state, pages, max(1, workers)
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="olmo_hf_pack") if self.workers > 1 else None
         self.pending: deque = deque()
-        self.local = threading.local()
 
     def submit(self, parent: nn.Module, names: list[str], dtype: torch.dtype, on_done=None) -> None:
         linears = [getattr(parent, n) for n in names]
@@ -291,7 +280,6 @@ class _Packer:
         finally:
             if self.pool is not None:
                 self.pool.shutdown()
-            self.local = None
         self.pages.trim_heap()
         if error is not None:
             raise error
@@ -323,34 +311,23 @@ class _Packer:
             raise
 
     def _pack(self, datas: list, dtype: torch.dtype) -> tuple[_Packed, int]:
-        released = 0
         with torch.no_grad():
-            if len(datas) == 1:
-                packed = _Packed(datas[0].to(dtype))
-            else:
-                rows_total, cols = sum(d.shape[0] for d in datas), datas[0].shape[1]
-                # One scratch buffer per worker for every fused group: fresh memory costs a page fault per 4 KiB
-                # on first touch, which makes a new temporary per layer slower than the copy itself.
-                scratch = getattr(self.local, "scratch", None)
-                if scratch is None or scratch.dtype != dtype or scratch.numel() < rows_total * cols:
-                    scratch = self.local.scratch = None
-                    scratch = self.local.scratch = torch.empty(rows_total * cols, dtype=dtype)
-                dense = scratch[: rows_total * cols].view(rows_total, cols)
-                torch.cat([d.to(dtype) for d in datas], dim=0, out=dense)
-                sizes = [d.shape[0] for d in datas]
-                for i in range(len(datas)):
-                    released += self.pages.release(datas[i])
-                    datas[i] = None
-                try:
-                    packed = _Packed(dense)
-                except BaseException as e:  # the sources are gone: hand back copies of their rows
-                    e.olmo_hf_dense_sources = [rows.clone() for rows in dense.split(sizes)]
-                    raise
-                del dense
-            for i, data in enumerate(datas):
-                if data is not None:
-                    released += self.pages.release(data)
-                    datas[i] = None
+            if len(datas) == 1:  # a single layer keeps its own weight tensor: no copy, no pages to give back
+                return _Packed(datas[0].to(dtype)), 0
+            # A fused group: its members' rows concatenated into one new matrix, then their sources released.
+            rows_total, cols = sum(d.shape[0] for d in datas), datas[0].shape[1]
+            dense = torch.empty((rows_total, cols), dtype=dtype)  # (sum of out_features, in_features)
+            torch.cat([d.to(dtype) for d in datas], dim=0, out=dense)
+            sizes = [d.shape[0] for d in datas]
+            released = 0
+            for i in range(len(datas)):
+                released += self.pages.release(datas[i])
+                datas[i] = None
+            try:
+                packed = _Packed(dense)
+            except BaseException as e:  # the sources are gone: hand back copies of their rows
+                e.olmo_hf_dense_sources = [rows.clone() for rows in dense.split(sizes)]
+                raise
         return packed, released
 
     def _install(self, job, result) -> None:

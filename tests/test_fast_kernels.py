@@ -1,0 +1,203 @@
+"""The fast path on every CPU: which kernel variant a CPU gets (decided from simulated flags, so that every branch
+runs on any machine), each variant this machine can build computing the right product, the measured per-machine
+plan (decided from given timings: never slower), a clean fallback where no kernel applies, and status()."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+import torch
+
+import olmo_hf
+from olmo_hf import fast
+from olmo_hf.fast import native
+
+AVX512_BF16 = {"fpu", "sse2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_bf16"}
+AVX2_ONLY = {"fpu", "sse2", "avx", "avx2", "fma", "f16c"}  # e.g. a Zen 2 / Skylake laptop
+
+
+@pytest.fixture
+def fresh_native(monkeypatch):
+    """Forget this process's library and plan for one test (restored afterwards)."""
+    monkeypatch.setattr(native, "_native", None)
+    monkeypatch.setattr(native, "_native_reason", "")
+    monkeypatch.setattr(native, "_PLAN", None)
+    return native
+
+
+# ----------------------------------------------------------------------------------------------- which variant
+def test_a_cpu_with_avx512_bf16_gets_the_avx512_bf16_kernels():
+    assert native.choose_isa(AVX512_BF16 | {"amx_bf16", "amx_tile"}, "x86_64", "linux") == ("avx512_bf16", "")
+
+
+def test_a_cpu_with_avx2_fma_f16c_only_gets_the_avx2_kernels():
+    assert native.choose_isa(AVX2_ONLY, "x86_64", "linux") == ("avx2", "")
+
+
+def test_avx512f_without_bf16_gets_the_avx2_kernels():
+    """Skylake-X / Ice Lake: AVX-512 but no bf16 dot product; the AVX2 variant widens bf16 in registers."""
+    assert native.choose_isa(AVX2_ONLY | {"avx512f", "avx512bw", "avx512vl"}, "x86_64", "linux")[0] == "avx2"
+
+
+def test_an_old_x86_cpu_gets_no_kernels_and_a_reason():
+    isa, why = native.choose_isa({"fpu", "sse2", "avx"}, "x86_64", "linux")
+    assert isa is None and "neither AVX512-BF16 nor AVX2" in why
+
+
+@pytest.mark.parametrize("machine", ["aarch64", "arm64"])
+def test_arm_gets_no_kernels_and_a_reason(machine):
+    isa, why = native.choose_isa(set(), machine, "linux")
+    assert isa is None and machine in why and "PyTorch" in why
+
+
+def test_macos_gets_no_kernels_and_a_reason():
+    isa, why = native.choose_isa(AVX512_BF16, "x86_64", "darwin")
+    assert isa is None and "Linux" in why
+
+
+# ----------------------------------------------------------------------------------------------- each variant
+def _buildable_isas():
+    have = native.cpu_flags()
+    return [pytest.param(name, marks=pytest.mark.skipif(not needs <= have, reason=f"this CPU lacks {sorted(needs - have)}"))
+            for name, needs, _ in native.ISAS]
+
+
+@pytest.mark.parametrize("isa", _buildable_isas())
+def test_each_kernel_variant_computes_x_times_w_transposed_on_the_plain_weight(isa, tmp_path, monkeypatch):
+    """1..8 rows, tails of K and N, strided rows of x and of W (a row slice of a fused matrix); within bf16
+    rounding of the float64 product."""
+    monkeypatch.setenv("OLMO_HF_CACHE", str(tmp_path))
+    path, why = native._compile(isa)
+    if path is None:
+        pytest.skip(why)
+    lib = native._NativeLib(ctypes.CDLL(path), isa)
+    lib.lib.olmo_hf_kernels_isa.restype = ctypes.c_char_p
+    assert lib.lib.olmo_hf_kernels_isa().decode() == isa
+    gen = torch.Generator().manual_seed(0)
+    for n, k in ((1, 7), (3, 33), (5, 96), (130, 100), (64, 2048)):
+        fused = torch.randn(n + 9, k + 3, generator=gen).to(torch.bfloat16)
+        w = fused[4 : 4 + n, :k]  # row stride k + 3
+        for m in range(1, 9):
+            x = torch.randn(m, k + 5, generator=gen).to(torch.bfloat16)[:, :k]
+            out = native._native_matmul(x, w, lib).double()
+            ref = x.double() @ w.double().T
+            torch.testing.assert_close(out, ref, rtol=2**-7, atol=1e-3 * k**0.5)
+    assert native._self_test(lib) == ""
+
+
+# ----------------------------------------------------------------------------------------------- the plan
+def test_a_kernel_faster_than_pytorch_is_enabled_with_its_measured_speed():
+    on, note = native.decide_part("matrix-vector (1 row)", 1.0e-3, 2.0e-3, "F.linear")
+    assert on and note == "matrix-vector (1 row): on, measured x2.00 of F.linear (1.00 vs 2.00 ms)"
+
+
+def test_a_kernel_slower_than_pytorch_is_switched_off():
+    on, note = native.decide_part("decode attention", 3.0e-3, 2.0e-3, "sdpa")
+    assert not on and "off (not faster here)" in note and "x0.67" in note
+
+
+def test_a_kernel_within_the_noise_margin_stays_off():
+    assert native.decide_part("element-wise", 0.97e-3, 1.0e-3, "PyTorch operators")[0] is False
+
+
+def _fake_timings(monkeypatch, results):
+    """Make _median_times return the given (native, torch) pairs in order of measurement."""
+    calls = iter(results)
+    monkeypatch.setattr(native, "_median_times", lambda fns, **_: list(next(calls)))
+
+
+def test_the_plan_enables_the_product_up_to_the_largest_batch_where_it_is_faster(fresh_native, monkeypatch):
+    lib = native._native_kernel()
+    if lib is None or not lib.full:
+        pytest.skip("needs the AVX512-BF16 kernels")
+    # gemv 1 row, 4 rows, 8 rows; decode attention; prefill attention; element-wise
+    _fake_timings(monkeypatch, [(1, 3), (2, 3), (5, 3), (1, 2), (4, 2), (1, 2)])
+    plan = native._measure_plan(lib)
+    assert plan.gemv_max_rows == 4
+    assert plan.decode_attention and not plan.prefill_attention and plan.elementwise
+    assert "off (not faster here)" in plan.notes["gemv_8"] and "off" in plan.notes["prefill_attention"]
+
+
+def test_a_product_slower_at_one_row_is_never_used(fresh_native, monkeypatch):
+    lib = native._native_kernel()
+    if lib is None or not lib.full:
+        pytest.skip("needs the AVX512-BF16 kernels")
+    _fake_timings(monkeypatch, [(3, 2), (5, 5), (5, 5), (5, 5)])
+    plan = native._measure_plan(lib)
+    assert plan.gemv_max_rows == 0 and "gemv_4" not in plan.notes
+    assert not (plan.decode_attention or plan.prefill_attention or plan.elementwise)
+
+
+def _tiny_bf16_model():
+    config = olmo_hf.Olmo2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                 num_attention_heads=2, pad_token_id=1, eos_token_id=2, initializer_range=0.1)
+    torch.manual_seed(0)
+    return olmo_hf.Olmo2ForCausalLM(config).to(torch.bfloat16).eval()
+
+
+def _greedy(model, ids):
+    with torch.no_grad():
+        return model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=1)
+
+
+def test_a_plan_with_every_kernel_off_runs_exactly_the_plain_models_arithmetic(fresh_native, monkeypatch):
+    """Measured slower everywhere: the optimised model computes what the plain model computes (PyTorch's
+    operators on the same weights), so its logits are bit-identical."""
+    monkeypatch.setattr(native, "_PLAN", native.KernelPlan(isa="avx512_bf16", notes={}))
+    model = _tiny_bf16_model()
+    ids = torch.tensor([[3, 5, 7, 11, 13]])
+    with torch.no_grad():
+        plain = model(ids).logits
+        fast.optimize_for_cpu_inference(model, fuse=False, fast_attention=False)
+        assert torch.equal(model(ids).logits, plain)
+    fast.undo(model)
+
+
+def test_arm_falls_back_cleanly_and_says_why(fresh_native, monkeypatch):
+    monkeypatch.setattr(native.platform, "machine", lambda: "aarch64")
+    monkeypatch.setenv("OLMO_HF_NATIVE", "auto")
+    model = _tiny_bf16_model()
+    ids = torch.tensor([[3, 5, 7, 11, 13]])
+    expected = _greedy(model, ids)
+    fast.optimize_for_cpu_inference(model)
+    assert torch.equal(_greedy(model, ids), expected)
+    report = fast.status(model)
+    assert report.isa is None and report.optimized
+    assert any("no native kernels for aarch64 CPUs" in line for line in report.skipped)
+
+
+def test_switched_off_native_code_is_reported(fresh_native, monkeypatch):
+    monkeypatch.setenv("OLMO_HF_NATIVE", "0")
+    report = fast.status()
+    assert report.isa is None and "switched off (OLMO_HF_NATIVE=0)" in str(report)
+
+
+# ----------------------------------------------------------------------------------------------- status
+def test_status_of_an_optimised_model_lists_what_runs_and_what_does_not(monkeypatch):
+    monkeypatch.setattr(native, "_PLAN", native.KernelPlan(
+        isa="avx512_bf16", gemv_max_rows=8, decode_attention=True,
+        notes={"gemv_8": "matrix-vector (8 rows): on, measured x2.10 of F.linear (1.00 vs 2.10 ms)",
+               "decode_attention": "decode attention: on, measured x5.00 of sdpa (0.04 vs 0.20 ms)",
+               "prefill_attention": "prefill attention: off (not faster here), measured x0.80 of sdpa (1.0 vs 0.8 ms)"}))
+    model = fast.optimize_for_cpu_inference(_tiny_bf16_model())
+    report = fast.status(model)
+    assert report.optimized and report.isa == "avx512_bf16"
+    assert "matrix-vector (8 rows): on, measured x2.10 of F.linear (1.00 vs 2.10 ms)" in report.enabled
+    assert any(line.startswith("prefill attention: off") for line in report.skipped)
+    assert any("2 fused q/k/v" in line or "4 fused q/k/v" in line for line in report.enabled)
+    text = str(report)
+    assert text.startswith("olmo_hf.fast: model optimised; native kernels: avx512_bf16")
+    assert "  off: prefill attention" in text
+    fast.undo(model)
+    assert not fast.status(model).optimized
+
+
+def test_status_of_a_float32_model_says_the_native_kernels_do_not_apply(monkeypatch):
+    monkeypatch.setattr(native, "_PLAN", native.KernelPlan(
+        isa="avx512_bf16", gemv_max_rows=8, notes={"gemv_8": "matrix-vector (8 rows): on, measured x2 of F.linear"}))
+    model = _tiny_bf16_model().float()
+    fast.optimize_for_cpu_inference(model)
+    report = fast.status(model)
+    assert any("float32 (the native kernels are bf16 only)" in line for line in report.skipped)
+    fast.undo(model)
