@@ -120,9 +120,15 @@ def test_classification_checkpoint_gets_the_fast_path_score_head_included(cli, t
 
 
 # ----------------------------------------------------------------------------------------------- --fast, cannot apply
-def test_fast_with_quantize_is_a_one_line_error(cli):
-    line = one_error_line(*cli("--fast", "--quantize", "int8")[:3])
+def test_fast_with_a_quantization_it_does_not_take_is_a_one_line_error(cli):
+    line = one_error_line(*cli("--fast", "--quantize", "int8-dynamic")[:3])
     assert "--fast" in line and "--quantize" in line
+
+
+def test_quantize_int8_gets_the_fast_path_by_default(cli, tiny):
+    code, out, err, (model,) = cli("--model", str(tiny["lm"]), "--quantize", "int8", "--max-new-tokens", "4")
+    assert code == 0, err
+    assert is_optimized(model) and type(model.model.layers[0].mlp.down_proj).__name__ == "Int8PackedLinear"
 
 
 def test_fast_on_a_gpu_is_a_one_line_error(cli, monkeypatch):
@@ -157,7 +163,10 @@ def test_resolve_fast_defaults():
     assert resolve_fast(None, cpu, "-1", None) == "auto"
     assert resolve_fast(True, cpu, "-1", None) == "on"
     assert resolve_fast(False, cpu, "-1", None) == "off"
-    assert resolve_fast(None, cpu, "-1", object()) == "off"  # --quantize: not by default
+    assert resolve_fast(None, cpu, "-1", object()) == "off"  # --quantize: not by default ...
+    from olmo_hf.quantization import quantization_config
+
+    assert resolve_fast(None, cpu, "-1", quantization_config("int8", device="cpu")) == "auto"  # ... but int8
     assert resolve_fast(None, torch.device("cuda", 0), "0", None) == "off"
     assert resolve_fast(False, torch.device("cuda", 0), "0", object()) == "off"  # --no-fast never errs
 

@@ -115,7 +115,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     model.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                        help="olmo_hf's CPU fast path (olmo_hf.fast.optimize_for_cpu_inference): oneDNN-prepacked "
                        "weights, fused projections and native kernels, ~2.9x faster bf16 decoding of a 1B "
-                       "model. Default: on when the model runs on the CPU, unquantized (no --quantize), and is an "
+                       "model. Default: on when the model runs on the CPU, unquantized or --quantize int8, and is an "
                        "olmo_hf OLMo / OLMo 2 model (text generation or classification); --fast makes it an error "
                        "where it cannot apply, --no-fast turns it off. Cost: a one-off ~2 s of packing for a 1B "
                        "model, paid back after ~15 generated tokens (text classification, prefill only, gains "

@@ -86,6 +86,7 @@ from torch import nn
 from ..modules import Olmo2RMSNorm, OlmoAttention, OlmoMLP
 from .forwards import _fast_attention_forward, _fast_mlp_forward, _fast_rms_norm_forward
 from .native import KernelPlan, _native_kernel, kernel_plan
+from . import quantized as _quantized
 from .packing import FastPathError, PackedLinear, _FileMappings, _Packed, _Packer
 
 __all__ = [
@@ -135,7 +136,10 @@ def _check_model(model: nn.Module) -> None:
             f"optimize_for_cpu_inference expects an olmo_hf OLMo / OLMo 2 / OLMo 3 model, got {type(model).__name__}."
         )
     if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
-        raise ValueError("This model is quantized; the CPU fast path packs plain bf16/fp32 weights only.")
+        why = _quantized.unsupported_quantization(model)
+        if why is not None:
+            raise ValueError(f"This model is quantized in a way the CPU fast path does not take ({why}); it takes "
+                             "plain bf16/fp32 weights and torchao int8 weight-only (quantization_config('int8')).")
     peft = any(type(m).__module__.startswith("peft") for m in model.modules())
     if getattr(model, "_hf_peft_config_loaded", False) or peft:
         raise ValueError("This model carries PEFT adapters; merge them (merge_and_unload) before optimising.")
@@ -225,6 +229,10 @@ def optimize_for_cpu_inference(
             for module in list(model.modules()):
                 if isinstance(module, OlmoAttention):
                     names = ["q_proj", "k_proj", "v_proj"]
+                    if pack:  # torchao int8 weight-only layers (olmo_hf.fast.quantized); plain ones are left
+                        _quantized.pack_int8_group(state, module, names, fuse,
+                                                   functools.partial(_install_fused_qkv, state, module))
+                        _quantized.pack_int8_group(state, module, ["o_proj"], False)
                     lins = [getattr(module, n) for n in names]
                     fusable = fuse and all(packable(m) for m in lins) and len({m.weight.dtype for m in lins}) == 1
                     fusable = fusable and all(m.bias is None for m in lins)
@@ -244,6 +252,11 @@ def optimize_for_cpu_inference(
                     _patch(state, module, "forward", functools.partial(_fast_rms_norm_forward, module))
                     _patch(state, module, "_fast_weight_f32", None)  # a float32 copy of the weight, made on first use
                 elif isinstance(module, OlmoMLP):
+                    if pack:
+                        _quantized.pack_int8_group(state, module, ["gate_proj", "up_proj"],
+                                                   fuse and module.config.hidden_act == "silu",
+                                                   functools.partial(_install_fused_mlp, state, module))
+                        _quantized.pack_int8_group(state, module, ["down_proj"], False)
                     lins = [module.gate_proj, module.up_proj]
                     fusable = fuse and all(packable(m) for m in lins) and len({m.weight.dtype for m in lins}) == 1
                     fusable = fusable and all(m.bias is None for m in lins) and module.config.hidden_act == "silu"
@@ -281,6 +294,11 @@ def undo(model: nn.Module) -> nn.Module:
         current, dense = None, None
         for parent, name, original in state.replaced:
             packed_module: PackedLinear = getattr(parent, name)
+            restore = getattr(packed_module, "_restore_source", None)
+            if restore is not None:  # an int8 layer (olmo_hf.fast.quantized): its own record
+                restore()
+                setattr(parent, name, original)
+                continue
             if packed_module._packed is not current:
                 current, dense = packed_module._packed, None
                 dense = current.dense()

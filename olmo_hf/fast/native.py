@@ -97,6 +97,12 @@ class _NativeLib:
         self.gemv = lib.olmo_hf_gemv_bf16
         self.gemv.argtypes = [c_ptr, c_long, c_ptr, c_long, c_long, c_long, c_ptr, c_long, c_long, c_int]
         self.gemv.restype = c_int
+        self.gemv_int8 = lib.olmo_hf_gemv_int8  # torchao int8 weight-only (olmo_hf.fast.quantized)
+        self.gemv_int8.argtypes = [c_ptr, c_long, c_ptr, c_long, c_ptr, c_long, c_long, c_ptr, c_long, c_long, c_int]
+        self.gemv_int8.restype = c_int
+        self.int8_to_bf16 = lib.olmo_hf_int8_to_bf16
+        self.int8_to_bf16.argtypes = [c_ptr, c_long, c_long, c_long, c_ptr, c_int]
+        self.int8_to_bf16.restype = c_int
         self.full = isa == "avx512_bf16"
         if not self.full:
             return
@@ -219,6 +225,13 @@ def _self_test(native: _NativeLib) -> str:
         out = _native_matmul(x, w, native).float()
         if not torch.allclose(out, ref, atol=1e-2 * k**0.5, rtol=1e-2):
             return f"matrix-vector product {m}x{k} @ {k}x{n}"
+        q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+        scale = torch.rand(n, generator=gen) / 64
+        ref = F.linear(x.float(), q.float()) * scale
+        if not torch.allclose(_native_int8_matmul(x, q, scale, native).float(), ref, atol=1e-2, rtol=1e-2):
+            return f"int8 matrix-vector product {m}x{k} @ {k}x{n}"
+        if not torch.equal(_native_int8_to_bf16(q, native), q.to(torch.bfloat16)):
+            return f"int8 -> bf16 conversion of {n}x{k}"
     if not native.full:
         return ""
     for b, h, g, s_len, d in ((2, 4, 2, 37, 24), (1, 3, 3, 5, 64)):
@@ -280,6 +293,36 @@ def _native_matmul(x: torch.Tensor, weight: torch.Tensor, native: _NativeLib | N
                    torch.get_num_threads()) != 0:
         raise RuntimeError("olmo_hf native matrix-vector kernel rejected its arguments")
     return out.view(*x.shape[:-1], n)
+
+
+def _native_int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                        native: _NativeLib | None = None) -> torch.Tensor:
+    """``(x @ qweight.T) * scale`` over the last dimension of bf16 ``x`` (at most ``_NATIVE_MAX_ROWS`` rows), in
+    bf16: ``qweight`` an int8 (out, in) matrix with unit stride along ``in`` (torchao's ``Int8Tensor.qdata``),
+    ``scale`` its float32 per-row scales, contiguous (out,)."""
+    native = native or _native
+    n, k = qweight.shape
+    x2d = x.reshape(-1, k)
+    if x2d.stride(-1) != 1:
+        x2d = x2d.contiguous()
+    m = x2d.shape[0]
+    out = torch.empty((m, n), dtype=torch.bfloat16)
+    if native.gemv_int8(x2d.data_ptr(), x2d.stride(0), qweight.data_ptr(), qweight.stride(0), scale.data_ptr(), n, k,
+                        out.data_ptr(), n, m, torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native int8 matrix-vector kernel rejected its arguments")
+    return out.view(*x.shape[:-1], n)
+
+
+def _native_int8_to_bf16(qweight: torch.Tensor, native: _NativeLib | None = None,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
+    """``qweight.to(torch.bfloat16)`` (exact) for an int8 (out, in) matrix with unit stride along ``in``, into
+    ``out`` (a contiguous bf16 tensor of at least ``qweight.numel()`` elements) when given."""
+    native = native or _native
+    n, k = qweight.shape
+    out = torch.empty((n, k), dtype=torch.bfloat16) if out is None else out.view(-1)[: n * k].view(n, k)
+    if native.int8_to_bf16(qweight.data_ptr(), qweight.stride(0), n, k, out.data_ptr(), torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native int8 -> bf16 conversion rejected its arguments")
+    return out
 
 
 def _native_attention(
@@ -413,6 +456,8 @@ class KernelPlan:
     """Which native kernels run on this machine, and why (measured at first use, see :func:`kernel_plan`).
 
     ``gemv_max_rows``: products of 1..gemv_max_rows rows take the native matrix-vector kernel (0: none do);
+    ``int8_gemv_max_rows``: the same for the int8 weight-only kernel (``olmo_hf.fast.quantized``);
+    ``int8_convert``: int8 weights are widened to bf16 for larger products by the native conversion kernel;
     ``notes``: for each part, one line saying what was measured or why it is off."""
 
     isa: str | None
@@ -420,6 +465,8 @@ class KernelPlan:
     decode_attention: bool = False
     prefill_attention: bool = False
     elementwise: bool = False
+    int8_gemv_max_rows: int = 0
+    int8_convert: bool = False
     notes: dict = field(default_factory=dict)
 
 
@@ -467,6 +514,7 @@ def _measure_plan(native: _NativeLib) -> KernelPlan:
             break
         max_rows = rows
     del weights
+    enabled.update(_measure_int8(native, gen, notes))
     if native.full:
         q = torch.randn(1, 16, 1, 128, generator=gen).to(torch.bfloat16)
         kv = torch.randn(2, 1, 16, 512, 128, generator=gen).to(torch.bfloat16)
@@ -498,6 +546,35 @@ def _measure_plan(native: _NativeLib) -> KernelPlan:
     return KernelPlan(isa=native.isa, gemv_max_rows=max_rows, notes=notes, **enabled)
 
 
+def _measure_int8(native: _NativeLib, gen: torch.Generator, notes: dict) -> dict:
+    """The int8 weight-only kernels (``olmo_hf.fast.quantized``) against what runs without them: PyTorch's fused
+    ``_weight_int8pack_mm`` (what ``olmo_hf.quantization.use_cpu_int8_kernel`` runs) for 1..8 rows, and
+    ``q.to(torch.bfloat16)`` for the conversion that precedes the GEMM of larger products."""
+    from ..compat import has_int8_weight_only_mm, int8_weight_only_mm
+
+    weights = [torch.randint(-127, 128, (8192, 2048), generator=gen, dtype=torch.int8) for _ in range(2)]
+    scale = torch.rand(8192, generator=gen) / 64
+    max_rows = 0
+    for rows in (1, 4, 8):
+        x = torch.randn(rows, 2048, generator=gen).to(torch.bfloat16)
+        if has_int8_weight_only_mm():
+            baseline, name = lambda: [int8_weight_only_mm(x, w, scale.to(torch.bfloat16)) for w in weights], \
+                "torch._weight_int8pack_mm"
+        else:
+            baseline, name = lambda: [F.linear(x, w.to(torch.bfloat16)) * scale for w in weights], "dequantize + F.linear"
+        nat, ref = _median_times([lambda: [_native_int8_matmul(x, w, scale, native) for w in weights], baseline])
+        on, note = decide_part(f"int8 matrix-vector ({rows} row{'s' * (rows > 1)})", nat, ref, name)
+        notes[f"int8_gemv_{rows}"] = note
+        if not on:
+            break
+        max_rows = rows
+    buffer = torch.empty(weights[0].shape, dtype=torch.bfloat16)
+    nat, ref = _median_times([lambda: [_native_int8_to_bf16(w, native, buffer) for w in weights],
+                              lambda: [w.to(torch.bfloat16) for w in weights]])
+    convert, notes["int8_convert"] = decide_part("int8 -> bf16 widening before a GEMM", nat, ref, "Tensor.to")
+    return {"int8_gemv_max_rows": max_rows, "int8_convert": convert}
+
+
 def kernel_plan() -> KernelPlan:
     """The plan for this process: built (and measured, unless OLMO_HF_NATIVE=force) on first use."""
     global _PLAN
@@ -515,6 +592,7 @@ def _make_plan() -> KernelPlan:
     if _native_mode() == "force":
         return KernelPlan(isa=native.isa, gemv_max_rows=_NATIVE_MAX_ROWS, decode_attention=native.full,
                           prefill_attention=native.full, elementwise=native.full,
+                          int8_gemv_max_rows=_NATIVE_MAX_ROWS, int8_convert=True,
                           notes={"native": "every kernel on, unmeasured (OLMO_HF_NATIVE=force)"})
     try:
         with torch.no_grad():

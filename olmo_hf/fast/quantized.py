@@ -1,0 +1,245 @@
+# Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
+"""The fast path for int8 weight-only models (torchao ``Int8WeightOnlyConfig``, per output channel: what
+``olmo_hf.quantization.quantization_config("int8")`` returns)::
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16,
+                                                 quantization_config=quantization_config("int8"))
+    olmo_hf.fast.optimize_for_cpu_inference(model)   # int8 linears -> Int8PackedLinear
+
+Each such ``nn.Linear`` becomes an :class:`Int8PackedLinear` reading an :class:`_Int8Packed`: torchao's own int8
+``(out_features, in_features)`` row-major data (``Int8Tensor.qdata``, not copied for a single layer; the rows of
+q/k/v or gate/up concatenated for a fused matrix) and its per-row float32 scales. Decoding (1..8 rows) runs the
+native int8 matrix-vector kernel (``kernels.c``: ``olmo_hf_gemv_int8``), which reads one byte per weight instead
+of bf16's two; larger products (prefill) widen the int8 weight to bf16 (exact) into a reused buffer and run
+``F.linear`` on it, then scale: torchao's own arithmetic for these weights, on oneDNN's bf16 GEMM (AMX where the
+CPU has it), because PyTorch's fused ``_weight_int8pack_mm`` is ~8x slower than the bf16 GEMM at 128 rows here
+(docs/quantization.md).
+
+``state_dict()`` / ``save_pretrained`` write exactly what the unoptimised torchao model writes (``weight`` is a
+torchao ``Int8Tensor`` again: the original one for a single layer, one rebuilt from the rows of a fused matrix),
+and :func:`olmo_hf.fast.undo` puts the original Parameter objects back with their very values.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import native
+from .native import _native_int8_matmul, _native_int8_to_bf16
+from .packing import FastPathError, PackedLinear
+
+__all__ = ["Int8PackedLinear", "is_int8_weight_only", "unsupported_quantization"]
+
+
+def _int8_tensor_class():
+    try:
+        from torchao.quantization import Int8Tensor
+    except ImportError:  # torchao missing or too old: no int8 weights to take
+        return None
+    return Int8Tensor
+
+
+def is_int8_weight_only(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Linear`` with a torchao int8 weight-only, per-output-channel, symmetric
+    ``Int8Tensor`` weight on CPU: the layers the fast path takes."""
+    cls = _int8_tensor_class()
+    weight = getattr(module, "weight", None)
+    if cls is None or type(module) is not nn.Linear or not isinstance(weight, cls):
+        return False
+    qdata, scale = weight.qdata, weight.scale
+    zero_point = getattr(weight, "zero_point", None)
+    return (
+        qdata.dim() == 2
+        and qdata.dtype == torch.int8
+        and qdata.device.type == "cpu"
+        and list(weight.block_size) == [1, qdata.shape[1]]  # one scale per output row
+        and scale.numel() == qdata.shape[0]
+        and weight.act_quant_kwargs is None  # weight-only
+        and getattr(weight, "act_pre_scale", None) is None
+        and (zero_point is None or not bool(zero_point.any()))  # symmetric
+    )
+
+
+def unsupported_quantization(model: nn.Module) -> str | None:
+    """Why the fast path cannot take this quantized model, or None when it can: it takes models whose only
+    quantized layers are torchao int8 weight-only per-channel linears."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        config = getattr(quantizer, "quantization_config", None)
+        method = getattr(getattr(config, "quant_method", None), "value", getattr(config, "quant_method", None))
+        quant_type = type(getattr(config, "quant_type", None)).__name__
+        if method != "torchao" or quant_type != "Int8WeightOnlyConfig":
+            return f"quantization method {method or type(quantizer).__name__!r} {quant_type if method else ''}".strip()
+    for name, module in model.named_modules():
+        if is_int8_weight_only(module):
+            continue
+        kind = type(module).__name__
+        if kind in ("Linear4bit", "Linear8bitLt") or type(module).__module__.startswith("bitsandbytes"):
+            return f"{name} is a bitsandbytes {kind}"
+        for pname, p in module.named_parameters(recurse=False):
+            if type(p) not in (nn.Parameter, torch.Tensor) or hasattr(type(p), "__tensor_flatten__"):
+                return f"{name}.{pname} is a {type(p).__name__} (only torchao int8 weight-only per-channel weights)"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- packed weight
+_SCRATCH = threading.local()  # per thread: a bf16 buffer the int8 weights of larger products are widened into
+
+
+def _scratch(numel: int) -> torch.Tensor:
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or buffer.numel() < numel:
+        buffer = _SCRATCH.buffer = torch.empty(numel, dtype=torch.bfloat16)
+    return buffer
+
+
+class _Int8Packed:
+    """One int8 weight-only matrix of the fast path (``_Packed``'s counterpart), shared by the Int8PackedLinear(s)
+    that read it: ``qdata`` (out_features, in_features) int8, row-major; ``scale`` (out_features,) float32;
+    ``dtype`` the model's compute dtype (the torchao tensor's logical dtype). ``sources`` keeps, for each member,
+    what rebuilds its torchao ``Int8Tensor``: (the tensor itself, or None for a fused member, its flatten
+    metadata and rows)."""
+
+    __slots__ = ("qdata", "scale", "dtype", "out_features", "in_features", "members", "__weakref__")
+
+    def __init__(self, qdata: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, members: list) -> None:
+        self.qdata = qdata if qdata.is_contiguous() else qdata.contiguous()  # (out_features, in_features) int8
+        self.scale = scale.reshape(-1).float().contiguous()  # (out_features,) float32
+        self.dtype = dtype
+        self.out_features, self.in_features = qdata.shape
+        self.members = members
+
+    def member_weight(self, index: int):
+        """Member ``index``'s torchao ``Int8Tensor`` (the original for a single layer; rebuilt from its rows of
+        the fused matrix otherwise: the same values)."""
+        original, meta, (lo, hi), scale_shape, zp_dtype = self.members[index]
+        if original is not None:
+            return original
+        cls = _int8_tensor_class()
+        inner = {"qdata": self.qdata[lo:hi].clone(), "scale": self.scale[lo:hi].reshape(scale_shape).clone()}
+        if zp_dtype is not None:
+            inner["zero_point"] = torch.zeros(scale_shape, dtype=zp_dtype)
+        return cls.__tensor_unflatten__(inner, meta, None, None)
+
+    def dense(self) -> torch.Tensor:
+        """The weight as the model's dtype, dequantized (what torchao's ``dequantize`` gives)."""
+        return (self.qdata.float() * self.scale[:, None]).to(self.dtype)
+
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ dequantized(W).T (+ bias)`` over the last dimension of ``x`` (inference only: no autograd)."""
+        if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+            raise FastPathError(
+                "This model was optimised for CPU inference (olmo_hf.fast); its packed linear layers cannot be "
+                "trained or differentiated. Call olmo_hf.fast.undo(model) first, or run under torch.no_grad()."
+            )
+        plan = native._PLAN
+        usable = (
+            plan is not None
+            and x.dtype == torch.bfloat16
+            and type(x) is torch.Tensor  # not a FakeTensor (torch.compile / torch.export / ONNX tracing)
+            and x.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+        )
+        if usable and plan.int8_gemv_max_rows and x.numel() <= plan.int8_gemv_max_rows * x.shape[-1]:
+            out = _native_int8_matmul(x, self.qdata, self.scale)
+        elif usable and plan.int8_convert:
+            # torchao's arithmetic (x @ bf16(q)^T, rounded, then times the bf16 scale) with q widened natively
+            weight = _native_int8_to_bf16(self.qdata, None, _scratch(self.qdata.numel()))
+            out = F.linear(x, weight) * self.scale.to(x.dtype)
+        else:
+            out = F.linear(x, self.qdata.to(x.dtype)) * self.scale.to(x.dtype)
+        return out if bias is None else out + bias
+
+    def __getstate__(self):  # copy.deepcopy / pickle: carry the int8 data, scales and the members' metadata
+        return {name: getattr(self, name) for name in ("qdata", "scale", "dtype", "members")}
+
+    def __setstate__(self, state):
+        self.__init__(state["qdata"], state["scale"], state["dtype"], state["members"])
+
+
+class Int8PackedLinear(PackedLinear):
+    """:class:`PackedLinear` over an int8 weight-only matrix (:class:`_Int8Packed`). ``weight`` is a torchao
+    ``Int8Tensor`` (as in the unoptimised model), so ``state_dict()`` and ``save_pretrained`` write torchao's keys
+    and values; a member of a fused matrix rebuilds its own from its rows."""
+
+    def __init__(self, source: nn.Linear, packed: _Int8Packed, rows: tuple[int, int] | None, index: int) -> None:
+        super().__init__(source, packed, rows)
+        self._member = index
+
+    @property
+    def weight(self):
+        return self._packed.member_weight(self._member)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
+        if any(key.startswith(prefix + "weight") for key in state_dict):
+            errors.append(f"{prefix}weight: loading into an int8 layer of a model optimised by olmo_hf.fast is not "
+                          "supported; call olmo_hf.fast.undo(model) first.")
+        elif strict:
+            missing_keys.append(prefix + "weight")
+
+    def _restore_source(self) -> None:
+        """Give the original module's Int8Tensor back its data (a fused member's was emptied when packing)."""
+        packed: _Int8Packed = self._packed
+        original, _, (lo, hi), scale_shape, _ = packed.members[self._member]
+        if original is None:
+            weight = self._source.weight
+            weight.qdata = packed.qdata[lo:hi].clone()
+            weight.scale = packed.scale[lo:hi].reshape(scale_shape).clone().to(weight.scale.dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", int8 weight-only"
+
+
+# ----------------------------------------------------------------------------------------------- packing
+def _member(weight, rows: tuple[int, int], fused: bool) -> tuple:
+    _, meta = weight.__tensor_flatten__()
+    zero_point = getattr(weight, "zero_point", None)
+    return (None if fused else weight, meta, rows, tuple(weight.scale.shape),
+            None if zero_point is None else zero_point.dtype)
+
+
+def pack_int8(state, parent: nn.Module, names: list[str], on_done=None) -> None:
+    """Replace ``parent``'s int8 linears ``names`` by Int8PackedLinears over one matrix (fused when several),
+    recording each original in ``state.replaced`` (consecutively, as undo() expects)."""
+    linears = [getattr(parent, n) for n in names]
+    weights = [lin.weight for lin in linears]
+    fused = len(linears) > 1
+    with torch.no_grad():
+        if fused:
+            qdata = torch.cat([w.qdata for w in weights], dim=0)  # (sum of out_features, in_features)
+            scale = torch.cat([w.scale.reshape(-1).float() for w in weights])
+        else:
+            qdata, scale = weights[0].qdata, weights[0].scale
+        members, row = [], 0
+        for w in weights:
+            members.append(_member(w, (row, row + w.qdata.shape[0]), fused))
+            row += w.qdata.shape[0]
+        packed = _Int8Packed(qdata, scale, weights[0].dtype, members)
+        if fused:  # the fused copy replaces the members' data (undo gives it back, see _restore_source)
+            for w in weights:
+                w.qdata = torch.empty((0, w.qdata.shape[1]), dtype=torch.int8)
+                w.scale = torch.empty(0, dtype=w.scale.dtype)
+    for i, (name, lin) in enumerate(zip(names, linears)):
+        setattr(parent, name, Int8PackedLinear(lin, packed, members[i][2] if fused else None, i))
+        state.replaced.append((parent, name, lin))
+    if on_done is not None:
+        on_done(packed)
+
+
+def pack_int8_group(state, parent: nn.Module, names: list[str], fuse: bool, on_fused=None) -> None:
+    """Pack those of ``parent``'s linears ``names`` that are int8 weight-only: as one fused matrix when ``fuse``
+    and all of them are (same input width, no bias; ``on_fused`` installs it), else one by one."""
+    linears = [getattr(parent, n) for n in names]
+    int8 = [is_int8_weight_only(lin) for lin in linears]
+    fusable = (fuse and len(names) > 1 and all(int8) and len({lin.in_features for lin in linears}) == 1
+               and len({lin.weight.dtype for lin in linears}) == 1 and all(lin.bias is None for lin in linears))
+    if fusable:
+        pack_int8(state, parent, names, on_fused)
+        return
+    for name, is_int8 in zip(names, int8):
+        if is_int8:
+            pack_int8(state, parent, [name])

@@ -1,0 +1,167 @@
+"""The CPU fast path on torchao int8 weight-only models (olmo_hf.fast.quantized; kernels.c: olmo_hf_gemv_int8).
+
+The optimised model is compared with the SAME quantized model without the fast path: prefill runs torchao's own
+arithmetic (x @ bf16(q)^T, rounded, then the scale), so its logits are bit-identical; a decoding step runs the
+native kernel (fp32 sum of x * q, one rounding after the scale) inside the bf16 fast path, whose other kernels
+also round differently from the plain modules. Measured on the tiny model below, relative L2 of the 11 decode-step
+logits: fast vs plain 0.008-0.014 (threshold 0.03); against an fp32 model holding the dequantized weights,
+fast 0.006-0.015 (mean 0.011), plain 0.007-0.015 (mean 0.010): the fast path's mean must stay within 1.5x the plain
+model's. (bf16 noise: the same model unquantized shows the same spread.)
+"""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import olmo_hf
+from olmo_hf.fast import is_optimized, native, optimize_for_cpu_inference, status, undo
+from olmo_hf.fast.quantized import Int8PackedLinear, is_int8_weight_only
+from olmo_hf.quantization import quantization_config
+
+pytest.importorskip("torchao")
+
+needs_kernels = pytest.mark.skipif(native.kernel_plan().isa is None, reason="no native kernels on this machine")
+DECODE_LOGITS_REL = 0.03
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("olmo2_int8")
+    config = olmo_hf.Olmo2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, initializer_range=0.1,
+                                 pad_token_id=1, eos_token_id=2, bos_token_id=None)
+    torch.manual_seed(0)
+    olmo_hf.Olmo2ForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def load_int8(directory):
+    return AutoModelForCausalLM.from_pretrained(
+        directory, dtype=torch.bfloat16, quantization_config=quantization_config("int8", device="cpu")).eval()
+
+
+IDS = torch.tensor([[5, 17, 99, 3, 42, 8, 77, 64, 12, 30, 101]])
+
+
+# ----------------------------------------------------------------------------------------------- the kernels
+@needs_kernels
+@pytest.mark.parametrize("n, k", [(64, 64), (37, 100), (3, 33), (130, 2048 + 7), (4, 8)])
+def test_int8_kernel_is_the_float64_product_up_to_rounding(n, k):
+    gen = torch.Generator().manual_seed(n * k)
+    q = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    scale = torch.rand(n, generator=gen) / 100
+    for rows in range(1, 9):
+        x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+        exact = (x.double() @ q.double().T) * scale.double()
+        out = native._native_int8_matmul(x, q, scale).double()
+        # one bf16 rounding of the result, plus fp32 accumulation error (relative to sum |x q| s)
+        bound = exact.abs() * 2**-8 + 1e-6 * ((x.double().abs() @ q.double().abs().T) * scale.double())
+        assert ((out - exact).abs() <= bound).all(), (rows, n, k)
+
+
+@needs_kernels
+def test_int8_kernel_reads_row_slices_and_strided_rows():
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randint(-127, 128, (40, 80), generator=gen, dtype=torch.int8)
+    scale = torch.rand(40, generator=gen)
+    x = torch.randn(3, 2, 160, generator=gen).to(torch.bfloat16)[..., ::2]  # (3, 2, 80), row stride 2
+    ref = ((x.double() @ q[8:20].double().T) * scale[8:20].double())
+    out = native._native_int8_matmul(x, q[8:20], scale[8:20].contiguous())
+    assert out.shape == (3, 2, 12) and torch.allclose(out.double(), ref, rtol=2**-8, atol=1e-4)
+
+
+@needs_kernels
+def test_int8_to_bf16_widening_is_exact():
+    q = torch.arange(-128, 128, dtype=torch.int8).repeat(3, 2)[:, :509]  # every value; a row tail
+    assert torch.equal(native._native_int8_to_bf16(q), q.to(torch.bfloat16))
+
+
+@needs_kernels
+def test_kernel_plan_measures_the_int8_kernels():
+    notes = {}
+    lib = native._native_kernel()
+    decided = native._measure_int8(lib, torch.Generator().manual_seed(0), notes)
+    assert set(decided) == {"int8_gemv_max_rows", "int8_convert"}
+    assert notes["int8_gemv_1"].startswith("int8 matrix-vector (1 row): ")
+    assert "torch._weight_int8pack_mm" in notes["int8_gemv_1"]
+    assert notes["int8_convert"].startswith("int8 -> bf16 widening before a GEMM: ")
+
+
+# ----------------------------------------------------------------------------------------------- the model
+def test_int8_linears_become_fast_path_layers_holding_torchao_data(checkpoint):
+    model = load_int8(checkpoint)
+    o_proj_qdata = model.model.layers[0].self_attn.o_proj.weight.qdata
+    optimize_for_cpu_inference(model)
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    for layer in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+        assert type(layer) is Int8PackedLinear
+    assert attn.o_proj._packed.qdata is o_proj_qdata  # a single layer keeps torchao's int8 tensor: no copy
+    assert attn.__dict__["_fast_qkv"].qdata.shape == (64 + 2 * 32, 64)  # fused q/k/v: one int8 matrix
+    assert mlp.__dict__["_fast_gate_up"].qdata.dtype == torch.int8
+    assert type(model.lm_head).__name__ == "PackedLinear"  # lm_head stays bf16 (not quantized)
+    assert "model optimised" in str(status(model))
+
+
+@needs_kernels
+def test_int8_model_gives_the_quantized_models_tokens_and_logits(checkpoint):
+    plain, fast = load_int8(checkpoint), optimize_for_cpu_inference(load_int8(checkpoint))
+    with torch.no_grad():
+        assert torch.equal(fast(IDS).logits, plain(IDS).logits)  # prefill: torchao's arithmetic, bit for bit
+    kwargs = dict(max_new_tokens=12, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    out_fast, out_plain = fast.generate(IDS, **kwargs), plain.generate(IDS, **kwargs)
+    assert torch.equal(out_fast.sequences, out_plain.sequences)
+    exact = olmo_hf.Olmo2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, module in plain.named_modules():  # the fp32 model with the dequantized int8 weights
+            if is_int8_weight_only(module):
+                exact.get_submodule(name).weight.copy_(module.weight.qdata.float() * module.weight.scale.float())
+        reference = exact(out_plain.sequences).logits[0, IDS.shape[1]:]  # (decoding steps, vocab)
+    fast_err, plain_err = [], []
+    for i in range(1, len(out_fast.logits)):  # decoding steps: the native int8 kernel
+        assert _rel(out_fast.logits[i], out_plain.logits[i]) < DECODE_LOGITS_REL
+        fast_err.append(_rel(out_fast.logits[i][0], reference[i - 1]))
+        plain_err.append(_rel(out_plain.logits[i][0], reference[i - 1]))
+    assert sum(fast_err) <= 1.5 * sum(plain_err)
+
+
+def test_undo_restores_the_torchao_model_exactly(checkpoint):
+    model = load_int8(checkpoint)
+    params = dict(model.named_parameters())
+    before = {name: (p.qdata.clone(), p.scale.clone()) for name, p in params.items() if hasattr(p, "qdata")}
+    with torch.no_grad():
+        ref = model(IDS).logits
+    undo(optimize_for_cpu_inference(model))
+    assert not is_optimized(model)
+    after = dict(model.named_parameters())
+    assert after.keys() == params.keys() and all(after[name] is p for name, p in params.items())
+    for name, (qdata, scale) in before.items():
+        assert torch.equal(after[name].qdata, qdata) and torch.equal(after[name].scale, scale), name
+        assert is_int8_weight_only(model.get_submodule(name.rsplit(".", 1)[0]))
+    with torch.no_grad():
+        assert torch.equal(model(IDS).logits, ref)
+
+
+def test_save_pretrained_after_optimising_writes_the_torchao_checkpoint(checkpoint, tmp_path):
+    plain, fast = load_int8(checkpoint), optimize_for_cpu_inference(load_int8(checkpoint))
+    plain.save_pretrained(tmp_path / "plain")
+    fast.save_pretrained(tmp_path / "fast")
+    written = load_file(tmp_path / "fast" / "model.safetensors")
+    expected = load_file(tmp_path / "plain" / "model.safetensors")
+    assert written.keys() == expected.keys()
+    assert all(torch.equal(written[key], expected[key]) for key in expected)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "fast")
+    with torch.no_grad():
+        assert torch.equal(reloaded(IDS).logits, plain(IDS).logits)
+
+
+def test_other_quantization_is_refused_naming_it(checkpoint):
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoint, dtype=torch.bfloat16, quantization_config=quantization_config("int8-dynamic", device="cpu"))
+    with pytest.raises(ValueError, match="Int8DynamicActivationInt8WeightConfig.*int8 weight-only"):
+        optimize_for_cpu_inference(model)
+    assert not is_optimized(model)
