@@ -111,10 +111,12 @@ def test_the_plan_enables_the_product_up_to_the_largest_batch_where_it_is_faster
     lib = native._native_kernel()
     if lib is None or not lib.full:
         pytest.skip("needs the AVX512-BF16 kernels")
-    # gemv 1 row, 4 rows, 8 rows; decode attention; prefill attention; element-wise
-    _fake_timings(monkeypatch, [(1, 3), (2, 3), (5, 3), (1, 2), (4, 2), (1, 2)])
+    # gemv 1 row, 4 rows, 8 rows; decode attention; prefill attention; element-wise; int8 gemv 1 row, 4 rows;
+    # int8 -> bf16 widening
+    _fake_timings(monkeypatch, [(1, 3), (2, 3), (5, 3), (1, 2), (4, 2), (1, 2), (1, 2), (3, 2), (1, 2)])
     plan = native._measure_plan(lib)
     assert plan.gemv_max_rows == 4
+    assert plan.int8_gemv_max_rows == 1 and plan.int8_convert and "off" in plan.notes["int8_gemv_4"]
     assert plan.decode_attention and not plan.prefill_attention and plan.elementwise
     assert "off (not faster here)" in plan.notes["gemv_8"] and "off" in plan.notes["prefill_attention"]
 
@@ -123,9 +125,10 @@ def test_a_product_slower_at_one_row_is_never_used(fresh_native, monkeypatch):
     lib = native._native_kernel()
     if lib is None or not lib.full:
         pytest.skip("needs the AVX512-BF16 kernels")
-    _fake_timings(monkeypatch, [(3, 2), (5, 5), (5, 5), (5, 5)])
+    _fake_timings(monkeypatch, [(3, 2), (5, 5), (5, 5), (5, 5), (3, 2), (3, 2)])
     plan = native._measure_plan(lib)
     assert plan.gemv_max_rows == 0 and "gemv_4" not in plan.notes
+    assert plan.int8_gemv_max_rows == 0 and not plan.int8_convert and "int8_gemv_4" not in plan.notes
     assert not (plan.decode_attention or plan.prefill_attention or plan.elementwise)
 
 

@@ -514,7 +514,6 @@ def _measure_plan(native: _NativeLib) -> KernelPlan:
             break
         max_rows = rows
     del weights
-    enabled.update(_measure_int8(native, gen, notes))
     if native.full:
         q = torch.randn(1, 16, 1, 128, generator=gen).to(torch.bfloat16)
         kv = torch.randn(2, 1, 16, 512, 128, generator=gen).to(torch.bfloat16)
@@ -543,6 +542,7 @@ def _measure_plan(native: _NativeLib) -> KernelPlan:
     else:
         for part in ("decode_attention", "prefill_attention", "elementwise"):
             notes[part] = f"{part.replace('_', ' ')}: off (no {native.isa} variant; it needs AVX512-BF16)"
+    enabled.update(_measure_int8(native, gen, notes))
     return KernelPlan(isa=native.isa, gemv_max_rows=max_rows, notes=notes, **enabled)
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compat import has_int8_weight_only_mm, int8_weight_only_mm
 from . import native
 from .native import _native_int8_matmul, _native_int8_to_bf16
 from .packing import FastPathError, PackedLinear
@@ -144,8 +145,13 @@ class _Int8Packed:
             and x.device.type == "cpu"
             and not torch.compiler.is_compiling()
         )
+        few_rows = x.numel() <= native._NATIVE_MAX_ROWS * x.shape[-1]
         if usable and plan.int8_gemv_max_rows and x.numel() <= plan.int8_gemv_max_rows * x.shape[-1]:
             out = _native_int8_matmul(x, self.qdata, self.scale)
+        elif few_rows and x.device.type == "cpu" and has_int8_weight_only_mm() and type(x) is torch.Tensor:
+            # decoding where the native kernel is off: PyTorch's fused kernel (use_cpu_int8_kernel's)
+            x2d = x.reshape(-1, x.shape[-1]).contiguous()
+            out = int8_weight_only_mm(x2d, self.qdata, self.scale.to(x.dtype)).view(*x.shape[:-1], -1)
         elif usable and plan.int8_convert:
             # torchao's arithmetic (x @ bf16(q)^T, rounded, then times the bf16 scale) with q widened natively
             weight = _native_int8_to_bf16(self.qdata, None, _scratch(self.qdata.numel()))

@@ -1,0 +1,95 @@
+# Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
+"""Batch-1 decode and 128-token prefill of one checkpoint in bf16 and in torchao int8 weight-only, both through the
+CPU fast path (olmo_hf.fast), measured interleaved (one step of each in turn, medians), next to the machine's
+memory bandwidth (torch.sum over 1 GiB), for docs/quantization.md::
+
+    python scripts/benchmark_int8_decode.py --model-dir /work/bench-1b/checkpoint --threads 2 --rounds 5
+
+The checkpoint: any bf16 OLMo 2 directory (scripts/benchmark.py --shape 1b writes a random one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from transformers import DynamicCache
+
+import olmo_hf
+from olmo_hf.fast import optimize_for_cpu_inference, status
+from olmo_hf.quantization import memory_footprint, quantization_config
+
+
+def weight_bytes(model) -> dict:
+    """Bytes of the matrices one decoding step reads: int8 data + scales, bf16 matrices (lm_head included)."""
+    int8 = bf16 = 0
+    for module in model.modules():
+        packed = getattr(module, "_packed", None)
+        if packed is None or getattr(module, "_rows", None) not in (None, (0, module.out_features)):
+            continue  # count each fused matrix once, from its first member
+        if hasattr(packed, "qdata"):
+            int8 += packed.qdata.numel() + packed.scale.numel() * 4
+        else:
+            bf16 += packed.tensor.numel() * packed.tensor.element_size()
+    return {"int8": int8, "bf16": bf16}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=8, help="decoding steps per model per round")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    models = {
+        "bf16": olmo_hf.Olmo2ForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16),
+        "int8": olmo_hf.Olmo2ForCausalLM.from_pretrained(
+            args.model_dir, dtype=torch.bfloat16, quantization_config=quantization_config("int8", device="cpu")),
+    }
+    for model in models.values():
+        optimize_for_cpu_inference(model.eval())
+    print(status(models["int8"]))
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, 50000, (1, 128), generator=gen)
+    big = torch.ones(2**28)  # 1 GiB of fp32
+    steps = {name: [] for name in models}
+    prefill = {name: [] for name in models}
+    bandwidth, loads = [], []
+    with torch.no_grad():
+        for _ in range(args.rounds):
+            for name, model in models.items():
+                cache = DynamicCache()
+                t0 = time.perf_counter()
+                out = model(prompt, cache=cache, use_cache=True)
+                prefill[name].append(time.perf_counter() - t0)
+                token = out.logits[:, -1:].argmax(-1)
+                for _ in range(args.steps):
+                    t0 = time.perf_counter()
+                    out = model(token, cache=cache, use_cache=True)
+                    steps[name].append(time.perf_counter() - t0)
+                    token = out.logits[:, -1:].argmax(-1)
+            t0 = time.perf_counter()
+            big.sum()
+            bandwidth.append(2**30 / (time.perf_counter() - t0) / 1e9)
+            loads.append(os.getloadavg()[0])
+    bw = statistics.median(bandwidth)
+    print(f"threads {args.threads}, load average {min(loads):.1f}-{max(loads):.1f}; torch.sum over 1 GiB: "
+          f"{bw:.1f} GB/s (median of {len(bandwidth)})")
+    for name, model in models.items():
+        step = statistics.median(steps[name])
+        nbytes = weight_bytes(model)
+        total = nbytes["int8"] + nbytes["bf16"]
+        print(f"{name}: decode {1 / step:.2f} tok/s ({step * 1e3:.0f} ms/step, median of {len(steps[name])}), "
+              f"prefill 128: {128 / statistics.median(prefill[name]):.0f} tok/s; weights read per step "
+              f"{total / 1e9:.2f} GB (int8 {nbytes['int8'] / 1e9:.2f}, bf16 {nbytes['bf16'] / 1e9:.2f}) = "
+              f"{total / step / 1e9:.1f} GB/s ({total / step / 1e9 / bw:.0%} of torch.sum); "
+              f"footprint {memory_footprint(model) / 1e9:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
