@@ -3,7 +3,10 @@
 CPU fast path (olmo_hf.fast), measured interleaved (one step of each in turn, medians), next to the machine's
 memory bandwidth (torch.sum over 1 GiB), for docs/quantization.md::
 
-    python scripts/benchmark_int8_decode.py --model-dir /work/bench-1b/checkpoint --threads 2 --rounds 5
+    OLMO_HF_NATIVE=force python scripts/benchmark_int8_decode.py --model-dir CHECKPOINT --threads 2 --rounds 5
+
+(OLMO_HF_NATIVE=force: both models run every native kernel, unmeasured; on a busy machine the per-process kernel
+plan can switch a kernel off by noise, which would compare plan decisions instead of kernels.)
 
 The checkpoint: any bf16 OLMo 2 directory (scripts/benchmark.py --shape 1b writes a random one).
 """
@@ -51,7 +54,8 @@ def main() -> None:
         "int8": olmo_hf.Olmo2ForCausalLM.from_pretrained(
             args.model_dir, dtype=torch.bfloat16, quantization_config=quantization_config("int8", device="cpu")),
     }
-    for model in models.values():
+    footprint = {name: memory_footprint(model) for name, model in models.items()}  # before: packed weights are
+    for model in models.values():                                                     # no longer parameters
         optimize_for_cpu_inference(model.eval())
     print(status(models["int8"]))
     gen = torch.Generator().manual_seed(0)
@@ -88,7 +92,7 @@ def main() -> None:
               f"prefill 128: {128 / statistics.median(prefill[name]):.0f} tok/s; weights read per step "
               f"{total / 1e9:.2f} GB (int8 {nbytes['int8'] / 1e9:.2f}, bf16 {nbytes['bf16'] / 1e9:.2f}) = "
               f"{total / step / 1e9:.1f} GB/s ({total / step / 1e9 / bw:.0%} of torch.sum); "
-              f"footprint {memory_footprint(model) / 1e9:.2f} GB")
+              f"footprint {footprint[name] / 1e9:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -474,108 +474,130 @@ int olmo_hf_prefill_attention_bf16(const uint16_t* q, long qsb, long qsh, long q
    ===================================================================================================================
    y[m, n] = bf16(scale[n] * sum_k x[m, k] * q[n, k]) for M <= 8 rows of bf16 x, q the PLAIN (out_features,
    in_features) row-major int8 weight that torchao's Int8Tensor holds (its `qdata`, no copy), scale its per-output-row
-   fp32 scale. Half the bytes of the bf16 product per weight, so twice the speed where memory bandwidth bounds it.
-   x is widened to fp32 once per call; each int8 weight vector is widened in registers (sign-extend to int32, convert
-   to fp32: exact) and multiplied into fp32 accumulators, so the only rounding besides fp32 summation is the final
-   one to bf16 (no quantization of x: the result is at least as close to the exact product as torchao's, which
-   rounds x @ q^T to bf16 before it scales). The band / thread structure is olmo_hf_gemv_bf16's. Both variants. */
-#if defined(__AVX512BF16__)
-static inline __m512 i8x16_to_f32(const int8_t* p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
-}
-static inline __m512 i8x16_to_f32_masked(const int8_t* p, __mmask16 m) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+   fp32 scale. Half the bytes of the bf16 product per weight, so up to twice the speed where memory bandwidth bounds
+   it -- if the arithmetic keeps up, which widening every weight to fp32 (sign-extend, convert, FMA: 16 weights per
+   three instructions) does not on a busy core. So x goes the other way: each block of I8_QB elements of a row of x
+   is scaled to int16 (round to nearest, |x| max -> 32767; bf16 x has 8 significant bits, so this only loses what lies
+   more than 2^-16 below the block's largest element, far below the bf16 rounding of the result), the weights are
+   sign-extended to int16 in registers and multiplied in pairs into int32 (vpmaddwd: 32 weights per instruction with
+   AVX512, 16 with AVX2), and each block's int32 sums are converted and scaled into fp32 accumulators. No weight is
+   quantized differently from torchao's; the only roundings are x's to 16 bits, fp32 sums, and the final bf16. */
+#define I8_QB 128 /* x quantization block (elements); int32 sums of a block cannot overflow: 128 * 32767 * 128 */
+
+/* x (M rows, stride ldx, bf16) -> xq (M rows of Kp int16, zero padded) and sx (M rows of nb block scales). */
+static void quantize_x_int16(const uint16_t* x, long ldx, long M, long K, long Kp, long nb, int16_t* xq, float* sx) {
+    for (long m = 0; m < M; ++m) {
+        for (long b = 0; b < nb; ++b) {
+            const long k0 = b * I8_QB, k1 = k0 + I8_QB < K ? k0 + I8_QB : K;
+            float mx = 0.f;
+            for (long k = k0; k < k1; ++k) { const float v = fabsf(bf16_to_f32(x[m * ldx + k])); if (v > mx) mx = v; }
+            const float inv = mx > 0.f ? 32767.f / mx : 0.f;
+            sx[m * nb + b] = mx / 32767.f;
+            for (long k = k0; k < k1; ++k) xq[m * Kp + k] = (int16_t)lrintf(bf16_to_f32(x[m * ldx + k]) * inv);
+        }
+        for (long k = K; k < Kp; ++k) xq[m * Kp + k] = 0;
+    }
 }
 
-/* out[m][r] = x[m, :] . q[r, :] for MM rows of fp32 x and NR rows of int8 q; 16 weights per instruction. */
+#if defined(__AVX512BF16__)
+#define I8_STEP 32
+#define I8_MAX_MM 2 /* rows of x per pass over a band (registers: MM*NR int32 + MM*NR fp32 accumulators) */
+/* out[m][r] = sum_b sx[m, b] * (xq[m, block b] . q[r, block b]) for MM rows of x and NR rows of q. */
 #define GEMV_I8_MICRO(MM)                                                                                     \
-static inline void gemv_i8_micro_##MM(const float* x, long ldx, const int8_t* w, long ldw, long K,         \
-                                      float out[4][NR]) {                                                  \
+static inline void gemv_i8_micro_##MM(const int16_t* xq, long Kp, const float* sx, long nb, const int8_t* w,  \
+                                      long ldw, long K, float out[4][NR]) {                                \
     __m512 acc[MM][NR];                                                                                    \
     for (int m = 0; m < MM; ++m) for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();             \
-    long k = 0;                                                                                            \
-    for (; k + 16 <= K; k += 16) {                                                                         \
-        __m512 wv[NR];                                                                                     \
-        for (int r = 0; r < NR; ++r) wv[r] = i8x16_to_f32(w + r * ldw + k);                                \
-        for (int m = 0; m < MM; ++m) {                                                                     \
-            const __m512 xv = _mm512_loadu_ps(x + m * ldx + k);                                            \
-            for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_fmadd_ps(wv[r], xv, acc[m][r]);               \
+    for (long b = 0; b < nb; ++b) {                                                                        \
+        __m512i ia[MM][NR];                                                                                \
+        for (int m = 0; m < MM; ++m) for (int r = 0; r < NR; ++r) ia[m][r] = _mm512_setzero_si512();       \
+        const long k1 = (b + 1) * I8_QB < K ? (b + 1) * I8_QB : K;                                         \
+        for (long k = b * I8_QB; k < k1; k += I8_STEP) {                                                   \
+            const __mmask32 mk = k1 - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (k1 - k)) - 1); \
+            __m512i wv[NR];                                                                                \
+            for (int r = 0; r < NR; ++r)                                                                   \
+                wv[r] = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mk, w + r * ldw + k));                \
+            for (int m = 0; m < MM; ++m) {                                                                 \
+                const __m512i xv = _mm512_loadu_si512((const void*)(xq + m * Kp + k));                     \
+                for (int r = 0; r < NR; ++r) ia[m][r] = _mm512_add_epi32(ia[m][r], _mm512_madd_epi16(wv[r], xv)); \
+            }                                                                                              \
         }                                                                                                  \
-    }                                                                                                      \
-    if (k < K) {                                                                                           \
-        const __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);                                             \
-        __m512 wv[NR];                                                                                     \
-        for (int r = 0; r < NR; ++r) wv[r] = i8x16_to_f32_masked(w + r * ldw + k, mk);                     \
         for (int m = 0; m < MM; ++m) {                                                                     \
-            const __m512 xv = _mm512_maskz_loadu_ps(mk, x + m * ldx + k);                                  \
-            for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_fmadd_ps(wv[r], xv, acc[m][r]);               \
+            const __m512 s = _mm512_set1_ps(sx[m * nb + b]);                                               \
+            for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[m][r]), s, acc[m][r]); \
         }                                                                                                  \
     }                                                                                                      \
     for (int m = 0; m < MM; ++m) for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]); \
 }
-#else /* AVX2 + FMA: 8 weights per instruction, the K % 8 tail in scalar code */
-static inline __m256 i8x8_to_f32(const int8_t* p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
-}
-
+GEMV_I8_MICRO(1) GEMV_I8_MICRO(2)
+#else /* AVX2: 16 weights per step, the K % 16 tail of each block in scalar code */
+#define I8_STEP 16
+#define I8_MAX_MM 1
 #define GEMV_I8_MICRO(MM)                                                                                     \
-static inline void gemv_i8_micro_##MM(const float* x, long ldx, const int8_t* w, long ldw, long K,         \
-                                      float out[4][NR]) {                                                  \
-    __m256 acc[MM][NR];                                                                                    \
-    for (int m = 0; m < MM; ++m) for (int r = 0; r < NR; ++r) acc[m][r] = _mm256_setzero_ps();             \
-    long k = 0;                                                                                            \
-    for (; k + 8 <= K; k += 8) {                                                                           \
-        __m256 wv[NR];                                                                                     \
-        for (int r = 0; r < NR; ++r) wv[r] = i8x8_to_f32(w + r * ldw + k);                                 \
-        for (int m = 0; m < MM; ++m) {                                                                     \
-            const __m256 xv = _mm256_loadu_ps(x + m * ldx + k);                                            \
-            for (int r = 0; r < NR; ++r) acc[m][r] = _mm256_fmadd_ps(wv[r], xv, acc[m][r]);               \
+static inline void gemv_i8_micro_##MM(const int16_t* xq, long Kp, const float* sx, long nb, const int8_t* w,  \
+                                      long ldw, long K, float out[4][NR]) {                                \
+    __m256 acc[NR];                                                                                        \
+    float tail[NR] = {0.f};                                                                                \
+    for (int r = 0; r < NR; ++r) acc[r] = _mm256_setzero_ps();                                             \
+    for (long b = 0; b < nb; ++b) {                                                                        \
+        __m256i ia[NR];                                                                                    \
+        for (int r = 0; r < NR; ++r) ia[r] = _mm256_setzero_si256();                                       \
+        const long k1 = (b + 1) * I8_QB < K ? (b + 1) * I8_QB : K;                                         \
+        long k = b * I8_QB;                                                                                \
+        for (; k + 16 <= k1; k += 16) {                                                                    \
+            const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + k));                               \
+            for (int r = 0; r < NR; ++r) {                                                                 \
+                const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w + r * ldw + k))); \
+                ia[r] = _mm256_add_epi32(ia[r], _mm256_madd_epi16(wv, xv));                                \
+            }                                                                                              \
+        }                                                                                                  \
+        const __m256 s = _mm256_set1_ps(sx[b]);                                                            \
+        for (int r = 0; r < NR; ++r) {                                                                     \
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[r]), s, acc[r]);                                \
+            long t = 0;                                                                                    \
+            for (long kk = k; kk < k1; ++kk) t += (long)xq[kk] * w[r * ldw + kk];                          \
+            tail[r] += (float)t * sx[b];                                                                   \
         }                                                                                                  \
     }                                                                                                      \
-    for (int m = 0; m < MM; ++m)                                                                           \
-        for (int r = 0; r < NR; ++r) {                                                                     \
-            float s = hsum256(acc[m][r]);                                                                  \
-            for (long kk = k; kk < K; ++kk) s += x[m * ldx + kk] * (float)w[r * ldw + kk];                 \
-            out[m][r] = s;                                                                                 \
-        }                                                                                                  \
+    for (int r = 0; r < NR; ++r) out[0][r] = hsum256(acc[r]) + tail[r];                                    \
 }
+GEMV_I8_MICRO(1)
 #endif
-GEMV_I8_MICRO(1) GEMV_I8_MICRO(2) GEMV_I8_MICRO(3) GEMV_I8_MICRO(4)
-
-static inline void gemv_i8_micro(long mm, const float* x, long ldx, const int8_t* w, long ldw, long K,
-                                 float out[4][NR]) {
-    switch (mm) {
-        case 1: gemv_i8_micro_1(x, ldx, w, ldw, K, out); break;
-        case 2: gemv_i8_micro_2(x, ldx, w, ldw, K, out); break;
-        case 3: gemv_i8_micro_3(x, ldx, w, ldw, K, out); break;
-        default: gemv_i8_micro_4(x, ldx, w, ldw, K, out); break;
-    }
-}
 
 /* x_bf16 (M, K) row stride ldx; q (N, K) int8 row stride ldw; scale (N,) fp32; y (M, N) bf16 row stride ldy. */
 int olmo_hf_gemv_int8(const uint16_t* x_bf16, long ldx, const int8_t* q, long ldw, const float* scale, long N, long K,
                       uint16_t* y, long ldy, long M, int nthreads) {
     if (M < 1 || M > 8 || K < 1 || N < 1 || ldw < K) return -1;
-    float* x = (float*)malloc(sizeof(float) * M * K);  /* x widened to fp32 once */
-    if (!x) return -2;
-    for (long m = 0; m < M; ++m) for (long k = 0; k < K; ++k) x[m * K + k] = bf16_to_f32(x_bf16[m * ldx + k]);
+    const long Kp = (K + 31) / 32 * 32, nb = (K + I8_QB - 1) / I8_QB;
+    int16_t* xq = (int16_t*)aligned_alloc(64, sizeof(int16_t) * M * Kp);
+    float* sx = (float*)malloc(sizeof(float) * M * nb);
+    if (!xq || !sx) { free(xq); free(sx); return -2; }
+    quantize_x_int16(x_bf16, ldx, M, K, Kp, nb, xq, sx);
     const long NB = (N + NR - 1) / NR;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (long nb = 0; nb < NB; ++nb) {
-        const long n0 = nb * NR;
+    for (long nband = 0; nband < NB; ++nband) {
+        const long n0 = nband * NR;
         /* the last band may hold fewer than NR rows: it re-reads (and discards) rows of the band before it */
         const long base = n0 + NR <= N ? n0 : (N >= NR ? N - NR : 0);
         const long rows = N >= NR ? NR : N;
         float out[4][NR];
-        for (long m0 = 0; m0 < M; m0 += 4) {
-            const long mm = M - m0 < 4 ? M - m0 : 4;
+        for (long m0 = 0; m0 < M; m0 += I8_MAX_MM) {
+            const long mm = M - m0 < I8_MAX_MM ? M - m0 : I8_MAX_MM;
             if (rows == NR) {
-                gemv_i8_micro(mm, x + m0 * K, K, q + base * ldw, ldw, K, out);
-            } else { /* N < NR: one row at a time, scalar */
+#if I8_MAX_MM > 1
+                if (mm == 2) gemv_i8_micro_2(xq + m0 * Kp, Kp, sx + m0 * nb, nb, q + base * ldw, ldw, K, out); else
+#endif
+                gemv_i8_micro_1(xq + m0 * Kp, Kp, sx + m0 * nb, nb, q + base * ldw, ldw, K, out);
+            } else { /* N < NR: one row at a time, scalar, same arithmetic */
                 for (long m = 0; m < mm; ++m)
                     for (long r = 0; r < rows; ++r) {
                         float s = 0.f;
-                        for (long k = 0; k < K; ++k) s += x[(m0 + m) * K + k] * (float)q[r * ldw + k];
+                        for (long b = 0; b < nb; ++b) {
+                            long t = 0;
+                            for (long k = b * I8_QB; k < (b + 1) * I8_QB && k < K; ++k)
+                                t += (long)xq[(m0 + m) * Kp + k] * q[r * ldw + k];
+                            s += (float)t * sx[(m0 + m) * nb + b];
+                        }
                         out[m][r] = s;
                     }
             }
@@ -584,7 +606,7 @@ int olmo_hf_gemv_int8(const uint16_t* x_bf16, long ldx, const int8_t* q, long ld
                     y[(m0 + m) * ldy + base + r] = f32_to_bf16(out[m][r] * scale[base + r]);
         }
     }
-    free(x);
+    free(xq); free(sx);
     return 0;
 }
 
@@ -592,6 +614,16 @@ int olmo_hf_gemv_int8(const uint16_t* x_bf16, long ldx, const int8_t* q, long ld
    ldq. The product over many rows then runs in PyTorch's bf16 GEMM (oneDNN, AMX where the CPU has it) on this
    copy, which is torchao's own arithmetic for per-row int8 weights (x @ bf16(q)^T, then the scale), with the
    conversion in one vectorised pass instead of PyTorch's element-wise cast. */
+#if defined(__AVX512BF16__)
+static inline __m512 i8x16_to_f32(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+}
+#else
+static inline __m256 i8x8_to_f32(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+#endif
+
 int olmo_hf_int8_to_bf16(const int8_t* q, long ldq, long N, long K, uint16_t* out, int nthreads) {
     if (N < 1 || K < 1 || ldq < K) return -1;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
