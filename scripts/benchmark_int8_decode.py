@@ -5,6 +5,9 @@ memory bandwidth (torch.sum over 1 GiB), for docs/quantization.md::
 
     OLMO_HF_NATIVE=force python scripts/benchmark_int8_decode.py --model-dir CHECKPOINT --threads 2 --rounds 5
 
+With ``--llama-bench BIN --gguf FILE [--gguf FILE ...]`` each round also runs llama.cpp's ``llama-bench -p 128 -n 16
+-r 1`` on each GGUF (same threads), so that its numbers see the same load as ours.
+
 (OLMO_HF_NATIVE=force: both models run every native kernel, unmeasured; on a busy machine the per-process kernel
 plan can switch a kernel off by noise, which would compare plan decisions instead of kernels.)
 
@@ -14,8 +17,10 @@ The checkpoint: any bf16 OLMo 2 directory (scripts/benchmark.py --shape 1b write
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import time
 
 import torch
@@ -46,6 +51,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=8, help="decoding steps per model per round")
+    p.add_argument("--llama-bench", help="llama.cpp's llama-bench binary")
+    p.add_argument("--gguf", action="append", default=[], help="a GGUF of the same weights (repeatable)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -64,6 +71,7 @@ def main() -> None:
     steps = {name: [] for name in models}
     prefill = {name: [] for name in models}
     bandwidth, loads = [], []
+    llama = {path: {"decode": [], "prefill": []} for path in args.gguf}
     with torch.no_grad():
         for _ in range(args.rounds):
             for name, model in models.items():
@@ -77,6 +85,11 @@ def main() -> None:
                     out = model(token, cache=cache, use_cache=True)
                     steps[name].append(time.perf_counter() - t0)
                     token = out.logits[:, -1:].argmax(-1)
+            for path in args.gguf if args.llama_bench else ():
+                run = subprocess.run([args.llama_bench, "-m", path, "-t", str(args.threads), "-p", "128", "-n", "16",
+                                      "-r", "1", "-o", "json"], capture_output=True, text=True, check=True)
+                for entry in json.loads(run.stdout):
+                    llama[path]["prefill" if entry["n_prompt"] else "decode"].append(entry["avg_ts"])
             t0 = time.perf_counter()
             big.sum()
             bandwidth.append(2**30 / (time.perf_counter() - t0) / 1e9)
@@ -93,6 +106,15 @@ def main() -> None:
               f"{total / 1e9:.2f} GB (int8 {nbytes['int8'] / 1e9:.2f}, bf16 {nbytes['bf16'] / 1e9:.2f}) = "
               f"{total / step / 1e9:.1f} GB/s ({total / step / 1e9 / bw:.0%} of torch.sum); "
               f"footprint {footprint[name] / 1e9:.2f} GB")
+    for path, speeds in llama.items():
+        if speeds["decode"]:
+            print(f"llama.cpp {os.path.basename(path)}: decode {statistics.median(speeds['decode']):.2f} tok/s, prefill "
+                  f"128: {statistics.median(speeds['prefill']):.0f} tok/s (medians of {len(speeds['decode'])}; "
+                  f"decode per round {[round(v, 2) for v in speeds['decode']]})")
+    for name in models:
+        print(f"{name} decode per round (median step of each): " + str([
+            round(1 / statistics.median(steps[name][i * args.steps:(i + 1) * args.steps]), 2)
+            for i in range(args.rounds)]))
 
 
 if __name__ == "__main__":

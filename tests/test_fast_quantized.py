@@ -9,6 +9,8 @@ fast 0.006-0.015 (mean 0.011), plain 0.007-0.015 (mean 0.010): the fast path's m
 model's. (bf16 noise: the same model unquantized shows the same spread.)
 """
 
+import copy
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -170,3 +172,13 @@ def test_other_quantization_is_refused_naming_it(checkpoint):
     with pytest.raises(ValueError, match="Int8DynamicActivationInt8WeightConfig.*int8 weight-only"):
         optimize_for_cpu_inference(model)
     assert not is_optimized(model)
+
+
+def test_deepcopy_of_an_optimised_int8_model_gives_the_same_logits(checkpoint):
+    # (torch.save of a whole torchao model fails before and after optimising: torchao's tensors hold a partial)
+    model = optimize_for_cpu_inference(load_int8(checkpoint))
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(twin(IDS).logits, model(IDS).logits)
+    undo(twin)
+    assert type(twin.model.layers[0].mlp.up_proj) is torch.nn.Linear

@@ -64,7 +64,8 @@ What stays true: ``state_dict()`` / ``save_pretrained()`` write the standard key
 ``model.config``, ``generate()``, every attention implementation and every ``Cache`` class work; deepcopy and
 pickling work. What is refused, with a message that says to call :func:`undo` first: gradients through a packed
 layer, ``.to()`` another device or dtype, ``load_state_dict`` into a fused projection. Models that are
-quantized, carry PEFT adapters, or are not on CPU are refused by :func:`optimize_for_cpu_inference`.
+quantized (other than torchao int8 weight-only, which :mod:`olmo_hf.fast.quantized` takes), carry PEFT adapters, or
+are not on CPU are refused by :func:`optimize_for_cpu_inference`.
 
 Why ``from_pretrained`` does not apply it: it is only right for CPU inference, and it costs a one-time
 measurement of the kernels (~0.3 s) and the copies of the fused matrices. Users routinely load a model and then train it, wrap it with PEFT, quantize it or move it to a GPU; a
