@@ -168,7 +168,7 @@ def resolve_fast(fast: bool | None, device: torch.device, device_flag: str, quan
     if quantization_config is not None and not int8:  # the fast path takes torchao int8 weight-only models too
         if fast:
             raise CliError("--fast cannot be combined with --quantize: the CPU fast path packs plain bf16/fp32 "
-                           "weights only; drop one of the two flags")
+                           "weights and --quantize int8 only; drop one of the two flags")
         return "off"
     return "on" if fast else "auto"
 
