@@ -481,7 +481,9 @@ int olmo_hf_prefill_attention_bf16(const uint16_t* q, long qsb, long qsh, long q
    more than 2^-16 below the block's largest element, far below the bf16 rounding of the result), the weights are
    sign-extended to int16 in registers and multiplied in pairs into int32 (vpmaddwd: 32 weights per instruction with
    AVX512, 16 with AVX2), and each block's int32 sums are converted and scaled into fp32 accumulators. No weight is
-   quantized differently from torchao's; the only roundings are x's to 16 bits, fp32 sums, and the final bf16. */
+   quantized differently from torchao's; the only roundings are x's to 16 bits, fp32 sums, and the final bf16.
+   Rows of 1-2 KB are short streams for the hardware prefetcher, so each row of a band also prefetches the same
+   position one band (NR rows) ahead: 1.35x at one thread here (9.0 -> 12.2 GB/s, torch.sum: 12.7 GB/s). */
 #define I8_QB 128 /* x quantization block (elements); int32 sums of a block cannot overflow: 128 * 32767 * 128 */
 
 /* x (M rows, stride ldx, bf16) -> xq (M rows of Kp int16, zero padded) and sx (M rows of nb block scales). */
@@ -515,8 +517,10 @@ static inline void gemv_i8_micro_##MM(const int16_t* xq, long Kp, const float* s
         for (long k = b * I8_QB; k < k1; k += I8_STEP) {                                                   \
             const __mmask32 mk = k1 - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (k1 - k)) - 1); \
             __m512i wv[NR];                                                                                \
-            for (int r = 0; r < NR; ++r)                                                                   \
+            for (int r = 0; r < NR; ++r) {                                                                 \
+                if (!(k & 63)) _mm_prefetch((const char*)(w + (r + NR) * ldw + k), _MM_HINT_T0);           \
                 wv[r] = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mk, w + r * ldw + k));                \
+            }                                                                                              \
             for (int m = 0; m < MM; ++m) {                                                                 \
                 const __m512i xv = _mm512_loadu_si512((const void*)(xq + m * Kp + k));                     \
                 for (int r = 0; r < NR; ++r) ia[m][r] = _mm512_add_epi32(ia[m][r], _mm512_madd_epi16(wv[r], xv)); \
@@ -547,6 +551,7 @@ static inline void gemv_i8_micro_##MM(const int16_t* xq, long Kp, const float* s
         for (; k + 16 <= k1; k += 16) {                                                                    \
             const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + k));                               \
             for (int r = 0; r < NR; ++r) {                                                                 \
+                if (!(k & 63)) _mm_prefetch((const char*)(w + (r + NR) * ldw + k), _MM_HINT_T0);           \
                 const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w + r * ldw + k))); \
                 ia[r] = _mm256_add_epi32(ia[r], _mm256_madd_epi16(wv, xv));                                \
             }                                                                                              \
