@@ -166,12 +166,17 @@ def test_save_pretrained_after_optimising_writes_the_torchao_checkpoint(checkpoi
         assert torch.equal(reloaded(IDS).logits, plain(IDS).logits)
 
 
-def test_other_quantization_is_refused_naming_it(checkpoint):
+def test_other_quantization_and_per_group_int8_are_refused_naming_them(checkpoint):
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint, dtype=torch.bfloat16, quantization_config=quantization_config("int8-dynamic", device="cpu"))
     with pytest.raises(ValueError, match="Int8DynamicActivationInt8WeightConfig.*int8 weight-only"):
         optimize_for_cpu_inference(model)
     assert not is_optimized(model)
+    per_group = AutoModelForCausalLM.from_pretrained(
+        checkpoint, dtype=torch.bfloat16, quantization_config=quantization_config("int8", device="cpu", group_size=32))
+    with pytest.raises(ValueError, match=r"q_proj\.weight is a Int8Tensor \(only torchao int8 weight-only per-channel"):
+        optimize_for_cpu_inference(per_group)
+    assert not is_optimized(per_group)
 
 
 def test_deepcopy_of_an_optimised_int8_model_gives_the_same_logits(checkpoint):
