@@ -80,7 +80,8 @@ def load_native_library(
 
     The cache is ``$OLMO_HF_CACHE/native/<key>`` (default ``~/.cache/olmo_hf``), the key hashing the source text,
     the compiler (its command, resolved paths, sizes and modification times), the flags (the environment's
-    ``CPPFLAGS`` / ``CFLAGS`` / ``LDFLAGS`` included), torch's version, the platform and the self-test.
+    ``CPPFLAGS`` / ``CFLAGS`` / ``LDFLAGS`` included), torch's version, the platform, the CPU model and the
+    self-test.
 
     Never raises: every failure is ``NativeLibrary(None, None, reason)``.
     """
@@ -111,6 +112,7 @@ def _load(name: str, source_file: str, flags: list[str], libs: list[str], self_t
         "environment": {var: os.environ.get(var, "") for var in _FLAG_VARIABLES},
         "torch": _torch_version(),
         "platform": sysconfig.get_platform(),
+        "cpu": _cpu_model(),  # a self-test's verdict holds for this CPU model (a shared home may span several)
         "self_test": self_test,
     }
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
@@ -172,6 +174,20 @@ def _compiler_fingerprint(words: list[str]) -> list[list]:
         st = os.stat(real)
         fingerprint.append([word, real, st.st_size, st.st_mtime_ns])
     return fingerprint
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere platform.processor())."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor()
 
 
 def _torch_version() -> str:
@@ -387,7 +403,7 @@ def _run_self_test(self_test: str, path: str, name: str) -> None:
     if code == 0:
         return
     if code == _SELF_TEST_RETURNED_FALSE:
-        why = "computed wrong results"
+        why = "failed (the check returned False)"
     elif code < 0:
         try:
             why = f"crashed with {signal.Signals(-code).name}"
