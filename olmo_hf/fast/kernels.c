@@ -149,7 +149,8 @@ int olmo_hf_gemv_bf16(const uint16_t* x_bf16, long ldx, const uint16_t* w, long 
     ldx = K;
 #endif
     const long NB = (N + NR - 1) / NR;
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    /* a parallel region costs microseconds: small products (tiny models) stay on the calling thread */
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (N * K >= (1L << 18))
     for (long nb = 0; nb < NB; ++nb) {
         const long n0 = nb * NR;
         /* the last band may hold fewer than NR rows: it re-reads (and discards) rows of the band before it */
@@ -195,7 +196,7 @@ int olmo_hf_decode_attention_bf16(const uint16_t* q, long qsb, long qsh,
     if (D < 1 || D > 512 || S < 1 || G < 1 || H % G) return -1;
     const long rep = H / G, nd = (D + 15) / 16;
     int failed = 0;
-    #pragma omp parallel num_threads(nthreads)
+    #pragma omp parallel num_threads(nthreads) if (B * H * S * D >= 65536)
     {
         float* scores = (float*)malloc(sizeof(float) * S);
         if (!scores) { failed = 1; }
@@ -361,7 +362,7 @@ static inline __m512 exp_ps(__m512 x) {
 int olmo_hf_silu_mul_bf16(const uint16_t* gu, long ld, long rows, long n, uint16_t* out, int nthreads) {
     if (n % 16) return -1;
     const long chunk = 512, chunks = (n + chunk - 1) / chunk;
-    #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n > 4096)
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n > 65536)
     for (long t = 0; t < rows * chunks; ++t) {
         const long r = t / chunks, c0 = (t % chunks) * chunk, c1 = c0 + chunk < n ? c0 + chunk : n;
         const uint16_t* gate = gu + r * ld;

@@ -6,14 +6,10 @@ Optional throughout: where a kernel is unavailable or measured slower, PyTorch d
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -24,6 +20,7 @@ import torch.nn.functional as F
 
 from ..compat import attn_implementation
 from ..modules import rotate_half
+from .build import load_native_library
 
 # kernels.c, compiled once per machine with the flags of the instruction set this CPU has (chosen from its flags,
 # see choose_isa) into ~/.cache/olmo_hf (OLMO_HF_CACHE), self-tested before use, called through ctypes:
@@ -141,14 +138,12 @@ def native_unavailable_reason() -> str:
     return _native_reason
 
 
-def _compiler() -> list[str] | None:
-    cc = os.environ.get("CC")
-    if cc:
-        import shlex
+def _isa_flags(isa: str) -> list[str]:
+    return [*_COMMON_FLAGS, *next(flags for name, _, flags in ISAS if name == isa)]
 
-        return shlex.split(cc)
-    found = shutil.which("cc") or shutil.which("gcc")
-    return [found] if found else None
+
+def _isa_flags(isa: str) -> list[str]:
+    return [*_COMMON_FLAGS, *next(flags for name, _, flags in ISAS if name == isa)]
 
 
 def _build_native() -> tuple[_NativeLib | None, str]:
@@ -164,49 +159,20 @@ def _build_native() -> tuple[_NativeLib | None, str]:
                 return None, "torch does not use GNU OpenMP here (the kernels run on its libgomp threads)"
     except OSError:
         return None, "cannot read /proc/self/maps to find torch's OpenMP runtime"
-    lib_path, why = _compile(isa)
-    if lib_path is None:
-        return None, why
-    native = _NativeLib(ctypes.CDLL(lib_path), isa)
-    failed = _self_test(native)
-    if failed:
-        return None, f"the {isa} kernels failed their self-test ({failed})"
-    return native, ""
+    # Built, self-tested in a subprocess and cached by build.py; loaded only if that self-test passed.
+    built = load_native_library(f"olmo_hf_kernels_{isa}", _NATIVE_SOURCE_FILE, flags=_isa_flags(isa),
+                                libs=_NATIVE_LIBS, self_test="olmo_hf.fast.native:_self_test_library")
+    if built.library is None:
+        return None, built.reason
+    return _NativeLib(built.library, isa), ""
 
 
-def _compile(isa: str) -> tuple[str | None, str]:
-    """kernels.c compiled for ``isa`` into the cache; (path, "") or (None, why not)."""
-    cc = _compiler()
-    if not cc:
-        return None, "no C compiler found (set CC, or install gcc)"
-    isa_flags = next(f for name, _, f in ISAS if name == isa)
-    flags = [*_COMMON_FLAGS, *isa_flags]
-    with open(_NATIVE_SOURCE_FILE, encoding="utf-8") as f:
-        source = f.read()
-    key = hashlib.sha256((source + " ".join(flags + list(_NATIVE_LIBS) + cc)).encode()).hexdigest()[:16]
-    root = os.environ.get("OLMO_HF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "olmo_hf")
-    directory = os.path.join(root, "native", key)
-    lib_path = os.path.join(directory, "libolmo_hf_kernels.so")
-    if not os.path.exists(lib_path):
-        os.makedirs(directory, exist_ok=True)
-        # Unique temporary names, then atomic renames: concurrent processes (pytest-xdist, several servers) may
-        # build at the same time, and none must ever compile or load a half-written file.
-        fd, src = tempfile.mkstemp(suffix=".c", dir=directory)
-        with os.fdopen(fd, "w") as f:
-            f.write(source)  # the text we hashed, even if the package file changes meanwhile
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
-        os.close(fd)
-        try:
-            proc = subprocess.run([*cc, *flags, "-o", tmp, src, *_NATIVE_LIBS], capture_output=True, text=True)
-            if proc.returncode != 0:
-                return None, f"{' '.join(cc)} failed: {proc.stderr.strip()[-300:]}"
-            os.replace(src, os.path.join(directory, "kernels.c"))  # kept for reference
-            os.replace(tmp, lib_path)
-        finally:
-            for path in (src, tmp):
-                if os.path.exists(path):
-                    os.unlink(path)
-    return lib_path, ""
+def _self_test_library(path: str) -> bool:
+    """build.py's self-test (run in a fresh interpreter after each build): every kernel of the library at ``path``
+    against the PyTorch arithmetic it replaces."""
+    lib = ctypes.CDLL(path)
+    lib.olmo_hf_kernels_isa.restype = ctypes.c_char_p
+    return _self_test(_NativeLib(lib, lib.olmo_hf_kernels_isa().decode())) == ""
 
 
 def _self_test(native: _NativeLib) -> str:
