@@ -85,6 +85,7 @@ from torch import nn
 from ..compat import has_mkldnn_packed_linear, mkldnn_bf16_supported
 from ..modules import Olmo2RMSNorm, OlmoAttention, OlmoMLP
 from .forwards import _fast_attention_forward, _fast_mlp_forward, _fast_rms_norm_forward
+from .guards import install_guards
 from .native import _native_kernel
 from .packing import FastPathError, PackedLinear, _FileMappings, _Packed, _Packer
 
@@ -260,6 +261,7 @@ def optimize_for_cpu_inference(
                         packer.submit(module, ["down_proj"], module.down_proj.weight.dtype)
         finally:
             packer.close()
+        install_guards(model, functools.partial(_patch, state))  # refusals leave the model as it was (guards.py)
     except BaseException:
         undo(model)
         raise
