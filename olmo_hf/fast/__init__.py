@@ -60,9 +60,14 @@ kernel. Float32 models take none of the native kernels.
 
 What stays true: ``state_dict()`` / ``save_pretrained()`` write the standard keys and dense tensors;
 ``model.config``, ``generate()``, every attention implementation and every ``Cache`` class work; deepcopy and
-pickling work. What is refused, with a message that says to call :func:`undo` first: gradients through a packed
-layer, ``.to()`` another device or dtype, ``load_state_dict`` into a fused projection. Models that are
-quantized, carry PEFT adapters, or are not on CPU are refused by :func:`optimize_for_cpu_inference`.
+pickling work. What is refused, with a message that says to call :func:`undo` first, is refused as a whole,
+before any tensor, flag or module changes (``guards.py``), on the model and on every submodule: any conversion that
+would replace a parameter or a packed weight (``.to()`` another dtype or device, ``.half()``, ``.cuda()``,
+``.to_empty()``; a no-op ``.to()`` / ``.cpu()`` passes), a ``load_state_dict`` whose dict has a fused-projection
+key, a mis-shaped tensor or (strict) a missing or unexpected key (the whole dict is checked before one tensor is
+copied), ``requires_grad_(True)`` on a module holding packed layers, and gradients through a packed layer
+(``model.train()`` itself passes). Models that are quantized, carry PEFT adapters, or are not on CPU are refused by
+:func:`optimize_for_cpu_inference`.
 
 Why ``from_pretrained`` does not apply it: it is only right for CPU inference, and packing reads every weight
 once (about 1-2 s for the 1B model, which the plain model pays instead as page faults during its first
