@@ -73,14 +73,14 @@ def _conversion_refusal(module: nn.Module, fn: Callable, recurse: bool) -> FastP
         except Exception as e:  # e.g. .cuda() without CUDA: the conversion would fail at its first tensor anyway
             error = FastPathError(
                 f"Cannot convert a model optimised for CPU inference (olmo_hf.fast) to the requested device or dtype "
-                f"({type(e).__name__}: {e}), nothing was changed; {_UNDO}."
+                f"({type(e).__name__}: {_first_line(e)}), nothing was changed; {_UNDO}."
             )
             error.__cause__ = e
             return error
         if out is probe:
             continue
         if isinstance(out, torch.Tensor) and (out.dtype, out.device) == (dtype, device):
-            target = f"new (empty) {device.type}/{dtype} tensors"
+            target = f"new {device.type}/{dtype} tensors"  # to_empty()
         elif isinstance(out, torch.Tensor):
             target = f"{out.device.type}/{out.dtype}"
         else:
@@ -90,6 +90,12 @@ def _conversion_refusal(module: nn.Module, fn: Callable, recurse: bool) -> FastP
             f"{_UNDO}."
         )
     return None
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message, without a final full stop (it goes inside one sentence)."""
+    lines = str(error).strip().splitlines()
+    return lines[0].rstrip(".") if lines else ""
 
 
 def _guarded_apply(module: nn.Module, fn: Callable, recurse: bool = True) -> nn.Module:
