@@ -62,9 +62,14 @@ kernel. Float32 models take none of the native kernels.
 
 What stays true: ``state_dict()`` / ``save_pretrained()`` write the standard keys and dense tensors;
 ``model.config``, ``generate()``, every attention implementation and every ``Cache`` class work; deepcopy and
-pickling work. What is refused, with a message that says to call :func:`undo` first: gradients through a packed
-layer, ``.to()`` another device or dtype, ``load_state_dict`` into a fused projection. Models that are
-quantized, carry PEFT adapters, or are not on CPU are refused by :func:`optimize_for_cpu_inference`.
+pickling work. What is refused, with a message that says to call :func:`undo` first, is refused as a whole,
+before any tensor, flag or module changes (``guards.py``), on the model and on every submodule: any conversion that
+would replace a parameter or a packed weight (``.to()`` another dtype or device, ``.half()``, ``.cuda()``,
+``.to_empty()``; a no-op ``.to()`` / ``.cpu()`` passes), a ``load_state_dict`` whose dict has a fused-projection
+key, a mis-shaped tensor or (strict) a missing or unexpected key (the whole dict is checked before one tensor is
+copied), ``requires_grad_(True)`` on a module holding packed layers, and gradients through a packed layer
+(``model.train()`` itself passes). Models that are quantized, carry PEFT adapters, or are not on CPU are refused by
+:func:`optimize_for_cpu_inference`.
 
 Why ``from_pretrained`` does not apply it: it is only right for CPU inference, and it costs a one-time
 measurement of the kernels (~0.3 s) and the copies of the fused matrices. Users routinely load a model and then train it, wrap it with PEFT, quantize it or move it to a GPU; a
@@ -85,6 +90,7 @@ from torch import nn
 
 from ..modules import Olmo2RMSNorm, OlmoAttention, OlmoMLP
 from .forwards import _fast_attention_forward, _fast_mlp_forward, _fast_rms_norm_forward
+from .guards import install_guards
 from .native import KernelPlan, _native_kernel, kernel_plan
 from .packing import FastPathError, PackedLinear, _FileMappings, _Packed, _Packer
 
@@ -258,6 +264,7 @@ def optimize_for_cpu_inference(
                         packer.submit(module, ["down_proj"], module.down_proj.weight.dtype)
         finally:
             packer.close()
+        install_guards(model, functools.partial(_patch, state))  # refusals leave the model as it was (guards.py)
     except BaseException:
         undo(model)
         raise
