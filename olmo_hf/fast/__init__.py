@@ -133,9 +133,16 @@ def _is_plain_linear(module: nn.Module) -> bool:
     )
 
 
+_PEFT_MESSAGE = "This model carries PEFT adapters; merge them (merge_and_unload) before optimising."
+
+
 def _check_model(model: nn.Module) -> None:
     from ..modeling import _OlmoFamilyPreTrainedModel
 
+    # A PeftModel wrapper is no olmo_hf class itself: name the adapters, not the wrapper's type. Told apart by the
+    # module its class comes from, so that peft is never imported here.
+    if any(cls.__module__.partition(".")[0] == "peft" for cls in type(model).__mro__):
+        raise ValueError(_PEFT_MESSAGE)
     if not isinstance(model, _OlmoFamilyPreTrainedModel):
         raise TypeError(
             f"optimize_for_cpu_inference expects an olmo_hf OLMo / OLMo 2 / OLMo 3 model, got {type(model).__name__}."
@@ -144,7 +151,7 @@ def _check_model(model: nn.Module) -> None:
         raise ValueError("This model is quantized; the CPU fast path packs plain bf16/fp32 weights only.")
     peft = any(type(m).__module__.startswith("peft") for m in model.modules())
     if getattr(model, "_hf_peft_config_loaded", False) or peft:
-        raise ValueError("This model carries PEFT adapters; merge them (merge_and_unload) before optimising.")
+        raise ValueError(_PEFT_MESSAGE)
     devices = {p.device.type for p in model.parameters()}
     if devices != {"cpu"}:
         raise ValueError(f"The CPU fast path needs every parameter on CPU; found {sorted(devices)}.")
