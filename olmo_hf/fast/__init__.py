@@ -61,7 +61,8 @@ kernel. Float32 models take none of the native kernels.
 What stays true: ``state_dict()`` / ``save_pretrained()`` write the standard keys and dense tensors;
 ``model.config``, ``generate()``, every attention implementation and every ``Cache`` class work; deepcopy and
 pickling work. What is refused, with a message that says to call :func:`undo` first: gradients through a packed
-layer, ``.to()`` another device or dtype, ``load_state_dict`` into a fused projection. Models that are
+layer, ``.to()`` another device or dtype, ``load_state_dict`` into a fused projection, ``torch.export`` (and so
+``torch.onnx.export(dynamo=True)`` and ExecuTorch: the packed weights are not in the traced graph). Models that are
 quantized, carry PEFT adapters, or are not on CPU are refused by :func:`optimize_for_cpu_inference`.
 
 Why ``from_pretrained`` does not apply it: it is only right for CPU inference, and packing reads every weight

@@ -42,6 +42,13 @@ def _packed_matmul_op(x: torch.Tensor, handle: int, out_features: int) -> torch.
 
 @_packed_matmul_op.register_fake
 def _(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    # torch.export (and so ONNX's dynamo exporter and ExecuTorch) traces through this fake kernel: refuse there, since
+    # the weight behind ``handle`` lives in this process, not in the exported graph (torch.compile is unaffected).
+    if torch.compiler.is_exporting():
+        raise FastPathError(
+            "This model was optimised for CPU inference (olmo_hf.fast), whose packed weights torch.export, ONNX and "
+            "ExecuTorch cannot export; call olmo_hf.fast.undo(model) before exporting it."
+        )
     return x.new_empty((*x.shape[:-1], out_features))
 
 
