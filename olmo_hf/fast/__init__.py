@@ -68,7 +68,8 @@ would replace a parameter or a packed weight (``.to()`` another dtype or device,
 ``.to_empty()``; a no-op ``.to()`` / ``.cpu()`` passes), a ``load_state_dict`` whose dict has a fused-projection
 key, a mis-shaped tensor or (strict) a missing or unexpected key (the whole dict is checked before one tensor is
 copied), ``requires_grad_(True)`` on a module holding packed layers, and gradients through a packed layer
-(``model.train()`` itself passes). Models that are quantized, carry PEFT adapters, or are not on CPU are refused by
+(``model.train()`` itself passes), and ``torch.export`` (so ``torch.onnx.export(dynamo=True)`` and
+ExecuTorch: the fast path's forwards and kernels are not graph operators). Models that are quantized, carry PEFT adapters, or are not on CPU are refused by
 :func:`optimize_for_cpu_inference`.
 
 Why ``from_pretrained`` does not apply it: it is only right for CPU inference, and it costs a one-time
