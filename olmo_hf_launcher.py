@@ -4,10 +4,10 @@
 Importing anything inside ``olmo_hf`` first imports the package, which imports torch and Transformers (seconds).
 Before that happens, this module:
 
-- quiets two libraries' import-time log lines that say nothing about the user's command (unless ``--debug``);
 - parses the command line with ``olmo_hf/cli/parser.py``, loaded by its file path so that the package is not
   imported: ``--version``, ``--help`` (of ``olmo-hf``, ``run`` and ``convert``), a missing command and every
   argument error (exit code 2) are answered without importing torch or Transformers;
+- quiets two libraries' import-time log lines that say nothing about the user's command (unless ``--debug``);
 - turns a Ctrl-C during the heavy imports into one line and exit code 130, like a Ctrl-C anywhere else in the
   command (``olmo_hf.cli.errors``), instead of Python's traceback.
 
@@ -16,7 +16,7 @@ A command line that parses is then handed to ``olmo_hf.cli.main``, which parses 
 own CLI, so they go to ``olmo_hf.cli.main`` directly.
 """
 
-import logging
+import os
 import sys
 
 # Loggers whose import-time warnings every olmo-hf call printed, and why they are noise for a CLI user.
@@ -29,18 +29,35 @@ NOISY_LOGGERS = {
 PARSER_MODULE = "_olmo_hf_cli_parser"
 
 
-def load_parser_module():
+def package_dir() -> str | None:
+    """The directory of the ``olmo_hf`` package, found without running its ``__init__``; None if there is none."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("olmo_hf")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return next(iter(spec.submodule_search_locations))
+
+
+def package_version(directory: str) -> str | None:
+    """``olmo_hf.__version__``, read from the line of ``__init__.py`` that assigns it (no import, no metadata: the
+    version the package itself reports, in a checkout too)."""
+    with open(os.path.join(directory, "__init__.py"), encoding="utf-8") as init:
+        for line in init:
+            if line.startswith("__version__ = "):
+                return line.split("=", 1)[1].split("#", 1)[0].strip().strip("\"'")
+    return None
+
+
+def load_parser_module(directory: str | None = None):
     """``olmo_hf/cli/parser.py`` executed from its path, without importing ``olmo_hf``; None if it is not found."""
     import importlib.util
-    from pathlib import Path
 
     if PARSER_MODULE in sys.modules:
         return sys.modules[PARSER_MODULE]
-    package = importlib.util.find_spec("olmo_hf")  # locates the package without running its __init__
-    if package is None or not package.submodule_search_locations:
-        return None
-    path = Path(next(iter(package.submodule_search_locations))) / "cli" / "parser.py"
-    if not path.is_file():
+    directory = directory or package_dir()
+    path = os.path.join(directory, "cli", "parser.py") if directory else None
+    if path is None or not os.path.isfile(path):
         return None
     spec = importlib.util.spec_from_file_location(PARSER_MODULE, path)
     module = importlib.util.module_from_spec(spec)
@@ -53,25 +70,13 @@ def load_parser_module():
     return module
 
 
-def _version() -> str | None:
-    """The installed distribution's version, without importing the package (None when it is not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("olmo_hf")
-    except PackageNotFoundError:
-        return None
-
-
 def main() -> int:
     """Run ``olmo-hf`` with ``sys.argv``; returns the process exit code."""
     argv = sys.argv[1:]
-    if "--debug" not in argv:
-        for name in NOISY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
     if not (argv and argv[0] in ("serve", "chat")):  # olmo_hf.cli.parser.PASS_THROUGH: Transformers parses those
-        version = _version()
-        parser_module = load_parser_module() if version is not None else None
+        directory = package_dir()
+        version = package_version(directory) if directory else None
+        parser_module = load_parser_module(directory) if version else None
         if parser_module is not None:
             parser = parser_module.build_parser(version)
             try:
@@ -81,6 +86,11 @@ def main() -> int:
             if args.command is None:
                 parser.print_help(sys.stderr)
                 return 2
+    if "--debug" not in argv:  # before the heavy imports that log
+        import logging
+
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         from olmo_hf.cli import main as cli_main
     except KeyboardInterrupt:
