@@ -76,6 +76,9 @@ def main() -> int:
     if not (argv and argv[0] in ("serve", "chat")):  # olmo_hf.cli.parser.PASS_THROUGH: Transformers parses those
         directory = package_dir()
         version = package_version(directory) if directory else None
+        if version and argv == ["--version"]:  # what the parser's --version prints, without building the parser
+            print(f"olmo-hf {version}")
+            return 0
         parser_module = load_parser_module(directory) if version else None
         if parser_module is not None:
             parser = parser_module.build_parser(version)
