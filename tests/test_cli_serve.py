@@ -143,7 +143,7 @@ def test_serve_applies_the_cpu_fast_path_and_no_fast_turns_it_off_with_the_same_
 
 @pytest.mark.parametrize("args, off", [
     (["m", "--no-fast"], "--no-fast"),
-    (["m", "--compile"], "--compile (not tested with the fast path)"),
+    (["m", "--compile"], "--compile (serve compiles the plain model; drop --compile for the fast path)"),
     (["m", "--continuous-batching", "--port", "8001"], "--continuous-batching (not tested with the fast path)"),
     (["m", "--compile", "--no-compile"], None),
     (["m", "--device", "cpu"], None),

@@ -126,15 +126,20 @@ def _port_error(args: list[str]) -> str | None:
     return None
 
 
-# Transformers' serve flags the CPU fast path is not tested with: it stays off when one is on (the last spelling wins).
-_FAST_PATH_UNTESTED = {"--compile": "--no-compile", "--continuous-batching": "--no-continuous-batching"}
+# Transformers' serve flags that keep the CPU fast path off (the last of a flag and its negation wins), and why.
+_FAST_PATH_OFF_WITH = {
+    # torch.compile over the fast path runs slower than the fast path eagerly (docs/performance.md)
+    ("--compile", "--no-compile"): "--compile (serve compiles the plain model; drop --compile for the fast path)",
+    # paged attention over packed sequences: a combination the fast path's tests do not cover
+    ("--continuous-batching", "--no-continuous-batching"): "--continuous-batching (not tested with the fast path)",
+}
 
 SERVE_HELP_ADDENDUM = """
 olmo-hf serve adds:
   --no-fast  Serve the plain model, without olmo_hf's CPU fast path (olmo_hf.fast.optimize_for_cpu_inference).
              By default it is applied right after loading, like `olmo-hf run` does, to an olmo_hf OLMo / OLMo 2 /
              OLMo 3 model on the CPU in bfloat16 or float32, not quantized, without --compile or
-             --continuous-batching (untested with the fast path): ~2.9x faster bf16 decoding of a 1B model for a
+             --continuous-batching: ~2.9x faster bf16 decoding of a 1B model for a
              one-off ~2 s of packing; identical outputs in float32. The line `olmo-hf serve: serving MODEL with
              olmo_hf.CLASS (CPU fast path on|off: why)` says which. See docs/cli.md."""
 
@@ -145,10 +150,10 @@ def fast_path_setting(args: list[str]) -> tuple[list[str], str | None]:
     rest = [a for a in args if a != "--no-fast"]
     if len(rest) < len(args):
         return rest, "--no-fast"
-    for flag, negation in _FAST_PATH_UNTESTED.items():
+    for (flag, negation), why in _FAST_PATH_OFF_WITH.items():
         given = [a for a in args if a in (flag, negation)]
         if given and given[-1] == flag:
-            return rest, f"{flag} (not tested with the fast path)"
+            return rest, why
     return rest, None
 
 
