@@ -73,22 +73,21 @@ def load_parser_module(directory: str | None = None):
 def main() -> int:
     """Run ``olmo-hf`` with ``sys.argv``; returns the process exit code."""
     argv = sys.argv[1:]
-    if not (argv and argv[0] in ("serve", "chat")):  # olmo_hf.cli.parser.PASS_THROUGH: Transformers parses those
-        directory = package_dir()
-        version = package_version(directory) if directory else None
-        if version and argv == ["--version"]:  # what the parser's --version prints, without building the parser
-            print(f"olmo-hf {version}")
-            return 0
-        parser_module = load_parser_module(directory) if version else None
-        if parser_module is not None:
-            parser = parser_module.build_parser(version)
-            try:
-                args = parser.parse_args(argv)
-            except SystemExit as done:  # --help, --version (0) and usage errors (2), all before torch
-                return done.code if isinstance(done.code, int) else 0 if done.code is None else 1
-            if args.command is None:
-                parser.print_help(sys.stderr)
-                return 2
+    directory = package_dir()
+    version = package_version(directory) if directory else None
+    if version and argv == ["--version"]:  # what the parser's --version prints, without building the parser
+        print(f"olmo-hf {version}")
+        return 0
+    parser_module = load_parser_module(directory) if version else None
+    if parser_module is not None and not (argv and argv[0] in parser_module.PASS_THROUGH):  # Transformers parses those
+        parser = parser_module.build_parser(version)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as done:  # --help, --version (0) and usage errors (2), all before torch
+            return done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
     if "--debug" not in argv:  # before the heavy imports that log
         import logging
 
