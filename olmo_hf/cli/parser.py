@@ -109,13 +109,16 @@ def add_run_parser(subparsers: Any, handler: Callable[[argparse.Namespace], int]
     model.add_argument("--attn-implementation", metavar="IMPL", help="eager, sdpa (default), flex_attention, "
                        "flash_attention_2, ...")
     model.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
-                       help="olmo_hf's CPU fast path (olmo_hf.fast.optimize_for_cpu_inference): oneDNN-prepacked "
-                       "weights, fused projections and native kernels, ~2.9x faster bf16 decoding of a 1B "
-                       "model. Default: on when the model runs on the CPU, unquantized (no --quantize), and is an "
-                       "olmo_hf OLMo / OLMo 2 model (text generation or classification); --fast makes it an error "
-                       "where it cannot apply, --no-fast turns it off. Cost: a one-off ~2 s of packing for a 1B "
-                       "model, paid back after ~15 generated tokens (text classification, prefill only, gains "
-                       "~1.2x). Outputs: identical in float32, within bf16 rounding in bf16")
+                       help="olmo_hf's CPU fast path (olmo_hf.fast.optimize_for_cpu_inference): fused projections "
+                       "and native kernels, each enabled only where it measures faster on this CPU (--verbose "
+                       "says which). Default: on when the model runs on the CPU, unquantized (no --quantize), and is "
+                       "an olmo_hf OLMo / OLMo 2 / OLMo 3 model (text generation or classification); --fast makes it "
+                       "an error where it cannot apply, --no-fast turns it off. Cost: a one-off measurement of the "
+                       "kernels (~0.3 s) and the copies of the fused matrices. Outputs: identical in float32, within "
+                       "bf16 rounding in bf16")
+    model.add_argument("--verbose", action="store_true",
+                       help="print what the CPU fast path does on this machine: which native kernels run, which do "
+                       "not and why, with the speeds measured against PyTorch (olmo_hf.fast.status)")
     model.add_argument("--trust-remote-code", action="store_true",
                        help="allow a checkpoint's own Python code to run (off by default)")
 

@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
 
     dtype = resolve_dtype(args.dtype, device, getattr(config, "model_type", None))
     model, tokenizer = load_model_and_tokenizer(
-        request, config, task, device, dtype, args.attn_implementation, quantization_config, fast, args.debug
+        request, config, task, device, dtype, args.attn_implementation, quantization_config, fast, args.debug,
+        verbose=args.verbose,
     )
     call_kwargs = _generation_kwargs(args, model) if task.generates else _no_generation_flags(args, task)
     if args.chat:
