@@ -95,8 +95,13 @@ class _NativeLib:
         self.gemv.argtypes = [c_ptr, c_long, c_ptr, c_long, c_long, c_long, c_ptr, c_long, c_long, c_int]
         self.gemv.restype = c_int
         self.full = isa == "avx512_bf16"
+        self.amx = False  # the AMX-BF16 product: set by enable_amx() where the CPU and the kernel allow it
+        self.amx_note = "AMX tile product: off (needs the avx512_bf16 variant)"
         if not self.full:
             return
+        self.gemv_amx = lib.olmo_hf_gemv_bf16_amx
+        self.gemv_amx.argtypes = self.gemv.argtypes
+        self.gemv_amx.restype = c_int
         self.attention = lib.olmo_hf_decode_attention_bf16
         self.attention.argtypes = [c_ptr, c_long, c_long, c_ptr, c_long, c_long, c_long, c_ptr, c_long, c_long,
                                    c_long, c_ptr, c_long, c_long, c_long, c_long, c_long, c_float, c_int]
@@ -164,7 +169,35 @@ def _build_native() -> tuple[_NativeLib | None, str]:
                                 libs=_NATIVE_LIBS, self_test="olmo_hf.fast.native:_self_test_library")
     if built.library is None:
         return None, built.reason
-    return _NativeLib(built.library, isa), ""
+    native = _NativeLib(built.library, isa)
+    why = enable_amx(native, cpu_flags())
+    native.amx_note = "AMX tile product: on, available to the plan" if not why else (
+        f"AMX tile product: off ({why.removeprefix('AMX: ')})")
+    return native, ""
+
+
+_AMX_FLAGS = frozenset({"amx_tile", "amx_bf16"})
+
+
+def enable_amx(native: _NativeLib, flags: frozenset[str] | set[str]) -> str:
+    """Switch on the library's AMX-BF16 product where the CPU has AMX and Linux grants this process the tile state
+    (``arch_prctl(ARCH_REQ_XCOMP_PERM)``) and it computes right; "" when on, else why not."""
+    if not native.full:
+        return "AMX: no (needs the avx512_bf16 variant)"
+    if not _AMX_FLAGS <= set(flags):
+        return "AMX: this CPU has no AMX-BF16"
+    if native.lib.olmo_hf_amx_enable() != 0:
+        return "AMX: Linux did not grant the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM; Linux >= 5.16)"
+    native.amx = True
+    gen = torch.Generator().manual_seed(1)
+    for n, k, m in ((64, 64, 1), (48, 96, 8), (40, 2048, 5), (16, 32, 3)):
+        w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+        x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+        out = _native_matmul(x, w, native, amx=True).float()
+        if not torch.allclose(out, F.linear(x.float(), w.float()), atol=1e-2 * k**0.5, rtol=1e-2):
+            native.amx = False
+            return "AMX: the tile kernel failed its self-test"
+    return ""
 
 
 def _self_test_library(path: str) -> bool:
@@ -232,9 +265,11 @@ def _elementwise_self_test(native: _NativeLib, gen: torch.Generator) -> bool:
     return close(_native_silu_mul(native, gu), F.silu(gu[..., :48]) * gu[..., 48:])
 
 
-def _native_matmul(x: torch.Tensor, weight: torch.Tensor, native: _NativeLib | None = None) -> torch.Tensor:
+def _native_matmul(x: torch.Tensor, weight: torch.Tensor, native: _NativeLib | None = None,
+                   amx: bool = False) -> torch.Tensor:
     """``x @ weight.T`` over the last dimension of ``x`` (at most ``_NATIVE_MAX_ROWS`` rows), ``weight`` a bf16
-    (out, in) matrix with unit stride along ``in`` (the plain nn.Linear weight, or a row slice of one)."""
+    (out, in) matrix with unit stride along ``in`` (the plain nn.Linear weight, or a row slice of one). ``amx``:
+    the AMX tile kernel for the rows of W it takes (multiples of 16, K % 32 == 0), the AVX512 kernel for the rest."""
     native = native or _native
     n, k = weight.shape
     x2d = x.reshape(-1, k)
@@ -242,8 +277,13 @@ def _native_matmul(x: torch.Tensor, weight: torch.Tensor, native: _NativeLib | N
         x2d = x2d.contiguous()
     m = x2d.shape[0]
     out = torch.empty((m, n), dtype=torch.bfloat16)
-    if native.gemv(x2d.data_ptr(), x2d.stride(0), weight.data_ptr(), weight.stride(0), n, k, out.data_ptr(), n, m,
-                   torch.get_num_threads()) != 0:
+    threads, ldw = torch.get_num_threads(), weight.stride(0)
+    n_amx = n - n % 16 if amx and native.amx and k % 32 == 0 else 0
+    if n_amx and native.gemv_amx(x2d.data_ptr(), x2d.stride(0), weight.data_ptr(), ldw, n_amx, k, out.data_ptr(), n,
+                                 m, threads) != 0:
+        raise RuntimeError("olmo_hf native AMX matrix-vector kernel rejected its arguments")
+    if n_amx < n and native.gemv(x2d.data_ptr(), x2d.stride(0), weight.data_ptr() + 2 * n_amx * ldw, ldw, n - n_amx,
+                                 k, out.data_ptr() + 2 * n_amx, n, m, threads) != 0:
         raise RuntimeError("olmo_hf native matrix-vector kernel rejected its arguments")
     return out.view(*x.shape[:-1], n)
 
@@ -383,6 +423,7 @@ class KernelPlan:
 
     isa: str | None
     gemv_max_rows: int = 0
+    gemv_amx_from_rows: int = 0  # products of this many rows or more (up to gemv_max_rows) run on AMX; 0: never
     decode_attention: bool = False
     prefill_attention: bool = False
     elementwise: bool = False
@@ -390,6 +431,7 @@ class KernelPlan:
 
 
 _PLAN: KernelPlan | None = None
+_FORCED_AMX_FROM_ROWS = 2  # OLMO_HF_NATIVE=force: AMX from 2 rows (where it measured faster on a Xeon with AMX)
 _plan_lock = threading.Lock()
 # A part is enabled when its kernel's median time is below this fraction of PyTorch's in the same interleaved
 # measurement: a margin against measurement noise on shared machines (never slower is the promise).
@@ -422,16 +464,25 @@ def _measure_plan(native: _NativeLib) -> KernelPlan:
     notes, enabled = {}, {}
     # Matrix-vector: two 32 MiB weights (an OLMo-2-1B MLP matrix each), alternated so that neither stays cached.
     weights = [torch.randn(8192, 2048, generator=gen).to(torch.bfloat16) for _ in range(2)]
-    max_rows = 0
-    for rows in (1, 4, 8):
+    max_rows = amx_from = 0
+    for low, rows in ((1, 1), (2, 4), (5, 8)):  # each measured row count decides the products of low..rows rows
         x = torch.randn(rows, 2048, generator=gen).to(torch.bfloat16)
-        nat, ref = _median_times([lambda: [_native_matmul(x, w, native) for w in weights],
-                                  lambda: [F.linear(x, w) for w in weights]])
-        on, note = decide_part(f"matrix-vector ({rows} row{'s' * (rows > 1)})", nat, ref, "F.linear")
+        kernels = [("AVX512", lambda: [_native_matmul(x, w, native) for w in weights])]
+        if native.amx:
+            kernels.append(("AMX", lambda: [_native_matmul(x, w, native, amx=True) for w in weights]))
+        times = _median_times([fn for _, fn in kernels] + [lambda: [F.linear(x, w) for w in weights]])
+        best = min(range(len(kernels)), key=lambda i: times[i])
+        name = kernels[best][0]
+        on, note = decide_part(f"matrix-vector, {name} ({rows} row{'s' * (rows > 1)})", times[best], times[-1],
+                               "F.linear")
+        if len(kernels) > 1:
+            note += f"; {kernels[1 - best][0]} {times[1 - best] * 1e3:.2f} ms"
         notes[f"gemv_{rows}"] = note
         if not on:
             break
         max_rows = rows
+        if name == "AMX" and not amx_from:
+            amx_from = low
     del weights
     if native.full:
         q = torch.randn(1, 16, 1, 128, generator=gen).to(torch.bfloat16)
@@ -461,7 +512,8 @@ def _measure_plan(native: _NativeLib) -> KernelPlan:
     else:
         for part in ("decode_attention", "prefill_attention", "elementwise"):
             notes[part] = f"{part.replace('_', ' ')}: off (no {native.isa} variant; it needs AVX512-BF16)"
-    return KernelPlan(isa=native.isa, gemv_max_rows=max_rows, notes=notes, **enabled)
+    notes["amx"] = native.amx_note
+    return KernelPlan(isa=native.isa, gemv_max_rows=max_rows, gemv_amx_from_rows=amx_from, notes=notes, **enabled)
 
 
 def kernel_plan() -> KernelPlan:
@@ -479,9 +531,11 @@ def _make_plan() -> KernelPlan:
     if native is None:
         return KernelPlan(isa=None, notes={"native": f"no native kernels: {native_unavailable_reason()}"})
     if _native_mode() == "force":
-        return KernelPlan(isa=native.isa, gemv_max_rows=_NATIVE_MAX_ROWS, decode_attention=native.full,
+        return KernelPlan(isa=native.isa, gemv_max_rows=_NATIVE_MAX_ROWS,
+                          gemv_amx_from_rows=_FORCED_AMX_FROM_ROWS if native.amx else 0, decode_attention=native.full,
                           prefill_attention=native.full, elementwise=native.full,
-                          notes={"native": "every kernel on, unmeasured (OLMO_HF_NATIVE=force)"})
+                          notes={"native": "every kernel built: on, unmeasured (OLMO_HF_NATIVE=force)",
+                                 "amx": native.amx_note})
     try:
         with torch.no_grad():
             return _measure_plan(native)

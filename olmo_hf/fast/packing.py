@@ -69,7 +69,8 @@ class _Packed:
             and x.numel() <= plan.gemv_max_rows * x.shape[-1]
             and not torch.compiler.is_compiling()
         ):
-            out = _native_matmul(x, self.tensor)
+            amx = 0 < plan.gemv_amx_from_rows <= x.numel() // x.shape[-1]
+            out = _native_matmul(x, self.tensor, amx=amx)
             return out if bias is None else out + bias
         return F.linear(x, self.tensor, bias)
 
