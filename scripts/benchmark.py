@@ -594,24 +594,16 @@ def make_ggufs(args) -> list[str]:
 
 
 def run_llama_bench(args, path: str, n_prompt: int, n_gen: int, depth: int) -> dict:
-    """One llama-bench run (one repetition after its warm-up) of ``path``: a prompt of ``n_prompt`` tokens or
-    ``n_gen`` generated tokens after ``depth`` tokens already in the KV cache. Returns tokens/s and the run's
-    peak RSS (includes the mmap-ed weights it touched)."""
+    """One llama-bench run (one repetition after its warm-up) of ``path``: a prompt of ``n_prompt`` tokens, or
+    ``n_gen`` generated tokens after ``depth`` tokens already in the KV cache. Returns tokens/s and the build."""
     cmd = [os.path.join(args.llama_cpp_bin, "llama-bench"), "-m", path, "-t", str(args.threads), "-p", str(n_prompt),
            "-n", str(n_gen), "-d", str(depth), "-r", "1", "-o", "json"]
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)  # wait4: this child's own rusage (peak RSS)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        proc.stdout.close()
-        if proc.returncode != 0:
-            err.seek(0)
-            log(err.read().decode(errors="replace")[-3000:])
-            fail(f"llama-bench failed on {path} (exit code {proc.returncode}, output above): " + " ".join(cmd))
-    (test,) = json.loads(out)
-    n = n_prompt or n_gen
-    return {"tps": n / (test["samples_ns"][0] / 1e9), "peak_rss_mb": usage.ru_maxrss / 1024, "command": cmd,
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        log(proc.stderr[-3000:])
+        fail(f"llama-bench failed on {path} (exit code {proc.returncode}, output above): " + " ".join(cmd))
+    (test,) = json.loads(proc.stdout)
+    return {"tps": (n_prompt or n_gen) / (test["samples_ns"][0] / 1e9), "command": cmd,
             "build": {k: test.get(k) for k in ("build_commit", "build_number", "cpu_info", "backends", "flash_attn",
                                                "n_batch", "n_ubatch", "poll", "repack")}}
 
@@ -632,7 +624,6 @@ def llama_cpp_round(args, samples: dict, gguf: dict, r: int) -> None:
                           f"{label} decode b1")
     d.setdefault("decode_b1_tps", []).append(dec["tps"])
     d.setdefault("foreign_load_b1", []).append(fload)
-    d.setdefault("peak_rss_mb", []).append(max(pre["peak_rss_mb"], dec["peak_rss_mb"]))
     gguf.setdefault("llama_bench", {"build": dec["build"], "prefill_command": pre["command"],
                                     "decode_command": dec["command"]})
     log(f"repeat {r + 1}/{args.repeats} {label}: prefill {pre['tps']:.1f} tok/s, decode b1 {dec['tps']:.2f} tok/s "
@@ -646,8 +637,7 @@ def summarize_llama_cpp(res: dict) -> dict:
     out = {}
     for g in res["llama_cpp"]["ggufs"]:
         d = s[g["label"]]
-        row = {"path": g["path"], "file_type": g.get("file_type"), "bytes_per_step": g["bytes_per_step"],
-               "peak_rss_mb": max(d["peak_rss_mb"])}
+        row = {"path": g["path"], "file_type": g.get("file_type"), "bytes_per_step": g["bytes_per_step"]}
         for key in ("prefill_tps", "decode_b1_tps"):
             row[key] = median(d[key])
             for impl in ("ours", "builtin"):
@@ -667,7 +657,7 @@ def markdown_llama_cpp(res: dict, args) -> list[str]:
     lc = s["llama_cpp"]
     roof = s["roofline"]
     build = next((g.get("llama_bench", {}).get("build", {}) for g in res["llama_cpp"]["ggufs"]), {})
-    ours_label = "olmo_hf" + (" (fast path)" if args.fast and not args.quantize and args.device == "cpu" else "")
+    ours_label = "olmo_hf" + (", fast path" if args.fast and not args.quantize and args.device == "cpu" else "")
     lines = [
         "",
         f"llama.cpp (`llama-bench`, build {build.get('build_commit')}, {build.get('backends')}; same interleaved "
@@ -691,9 +681,7 @@ def markdown_llama_cpp(res: dict, args) -> list[str]:
                      f"{'–' if a is None else f'x{a:.2f}'} | {'–' if b is None else f'x{b:.2f}'} |")
     lines.append("")
     lines.append("Ratios are medians of per-round ratios; each roofline fraction uses that engine's own bytes per "
-                 "token and the bandwidth measured just before each decode sample. llama-bench peak RSS (MiB, "
-                 "includes the mmap-ed weights): "
-                 + ", ".join(f"{label} {row['peak_rss_mb']:.0f}" for label, row in lc.items()) + ".")
+                 "token and the bandwidth measured just before each decode sample.")
     return lines
 
 
@@ -1198,6 +1186,7 @@ def main(argv=None) -> int:
         if tmp and not args.keep_checkpoint:
             shutil.rmtree(tmp, ignore_errors=True)
     md = markdown(res, args)
+    res["args"] = {k: v for k, v in vars(args).items() if k != "llama_cpp_ggufs"}  # those are res["llama_cpp"]
     res["timed"]["samples"] = res["timed"]["samples"]
     text = json.dumps(res, indent=1, default=str)
     if args.json:
