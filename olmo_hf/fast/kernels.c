@@ -201,6 +201,8 @@ int olmo_hf_gemv_bf16(const uint16_t* x_bf16, long ldx, const uint16_t* w, long 
    strided tile load straight from the weight) . B (x's 32 k x 16 m, pairs of k interleaved as TDPBF16PS wants it:
    x is packed once per call, zero-padded to 16 rows). Needs K % 32 == 0; N % 16 rows are left to the caller
    (the AVX512 kernel). Only called after olmo_hf_amx_enable() returned 0 and the plan measured it faster. */
+#if (defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11) || (defined(__clang__) && __clang_major__ >= 12)
+#define OLMO_HF_HAVE_AMX 1  /* compilers that know the AMX intrinsics; older ones build the rest without them */
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -257,6 +259,7 @@ int olmo_hf_gemv_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, long l
     free(xp);
     return 0;
 }
+#endif /* OLMO_HF_HAVE_AMX */
 
 /* ------------------------------------------------------------------------------------------- decode attention */
 static inline __m512 bf16x16_to_f32(const uint16_t* p, __mmask16 m) {

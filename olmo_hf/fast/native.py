@@ -99,9 +99,12 @@ class _NativeLib:
         self.amx_note = "AMX tile product: off (needs the avx512_bf16 variant)"
         if not self.full:
             return
-        self.gemv_amx = lib.olmo_hf_gemv_bf16_amx
-        self.gemv_amx.argtypes = self.gemv.argtypes
-        self.gemv_amx.restype = c_int
+        try:  # absent when the compiler knew no AMX intrinsics
+            self.gemv_amx = lib.olmo_hf_gemv_bf16_amx
+            self.gemv_amx.argtypes = self.gemv.argtypes
+            self.gemv_amx.restype = c_int
+        except AttributeError:
+            self.gemv_amx = None
         self.attention = lib.olmo_hf_decode_attention_bf16
         self.attention.argtypes = [c_ptr, c_long, c_long, c_ptr, c_long, c_long, c_long, c_ptr, c_long, c_long,
                                    c_long, c_ptr, c_long, c_long, c_long, c_long, c_long, c_float, c_int]
@@ -186,6 +189,8 @@ def enable_amx(native: _NativeLib, flags: frozenset[str] | set[str]) -> str:
         return "AMX: no (needs the avx512_bf16 variant)"
     if not _AMX_FLAGS <= set(flags):
         return "AMX: this CPU has no AMX-BF16"
+    if native.gemv_amx is None:
+        return "AMX: the C compiler has no AMX intrinsics (gcc >= 11 or clang >= 12 needed)"
     if native.lib.olmo_hf_amx_enable() != 0:
         return "AMX: Linux did not grant the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM; Linux >= 5.16)"
     native.amx = True
