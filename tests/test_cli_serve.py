@@ -72,7 +72,7 @@ SERVED_BY_OURS = "with olmo_hf.Olmo2ForCausalLM"  # the line olmo-hf serve print
 
 
 @contextlib.contextmanager
-def serving(checkpoint: Path):
+def serving(checkpoint: Path, *options: str):
     """The wrapper's serve command, in a thread of this process, stopped through the uvicorn server it started
     (Transformers 5.25 removed `--non-blocking` and `Serve.kill_server()`); yields the base URL. From 5.25 the
     model loads in a spawned process, which inherits this test's stderr."""
@@ -93,7 +93,7 @@ def serving(checkpoint: Path):
     previous = expose_classes()  # what run_transformers_command does too; kept to restore afterwards
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    argv = [str(checkpoint), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    argv = [str(checkpoint), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", *options]
     exit_codes: list[int] = []
     uvicorn.Server.__init__ = recording_server_init
     thread = threading.Thread(target=lambda: exit_codes.append(run_transformers_command("serve", argv)), daemon=True)
@@ -121,6 +121,62 @@ def test_a_checkpoint_naming_Olmo2ForCausalLM_is_served_by_our_class(checkpoint,
         })
         assert reply["choices"][0]["message"]["role"] == "assistant"
     assert SERVED_BY_OURS in capfd.readouterr().err
+
+
+FAST_PATH_ON = "with olmo_hf.Olmo2ForCausalLM (CPU fast path on; --no-fast turns it off)"
+FAST_PATH_OFF = "with olmo_hf.Olmo2ForCausalLM (CPU fast path off: --no-fast)"
+
+
+def test_serve_applies_the_cpu_fast_path_and_no_fast_turns_it_off_with_the_same_greedy_completion(checkpoint, capfd):
+    """float32 on the CPU: the fast path gives the plain model's greedy tokens; the serving line says which ran."""
+    request = {"model": str(checkpoint), "prompt": "The import statement", "max_tokens": 8, "temperature": 0}
+    completions = {}
+    for options, line in ((["--dtype", "float32"], FAST_PATH_ON), (["--dtype", "float32", "--no-fast"], FAST_PATH_OFF)):
+        with serving(checkpoint, *options) as base:
+            reply = post(base, "/v1/completions", request)
+        assert reply["usage"]["completion_tokens"] == 8
+        completions[line] = reply["choices"][0]["text"]
+        err = capfd.readouterr().err
+        assert line in err and err.count("olmo-hf serve: serving") == 1, err[-3000:]
+    assert completions[FAST_PATH_ON] == completions[FAST_PATH_OFF] != ""
+
+
+@pytest.mark.parametrize("args, off", [
+    (["m", "--no-fast"], "--no-fast"),
+    (["m", "--compile"], "--compile (serve compiles the plain model; drop --compile for the fast path)"),
+    (["m", "--continuous-batching", "--port", "8001"], "--continuous-batching (not tested with the fast path)"),
+    (["m", "--compile", "--no-compile"], None),
+    (["m", "--device", "cpu"], None),
+])
+def test_serve_decides_before_loading_whether_the_fast_path_may_apply(args, off):
+    from olmo_hf.cli.serve import fast_path_setting
+
+    assert fast_path_setting(args) == ([a for a in args if a != "--no-fast"], off)
+
+
+def test_the_fast_path_is_applied_to_a_bf16_or_fp32_cpu_model_only(checkpoint):
+    import torch
+
+    from olmo_hf import fast
+    from olmo_hf.cli.serve_loader import apply_fast_path
+
+    for dtype in (torch.float32, torch.bfloat16):
+        model = olmo_hf.Olmo2ForCausalLM.from_pretrained(checkpoint, dtype=dtype)
+        assert apply_fast_path(model) is None and fast.is_optimized(model)
+        assert apply_fast_path(model) is None  # already packed (up to 5.23 the loader runs per request)
+    model = olmo_hf.Olmo2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float16)
+    assert apply_fast_path(model) == "float16 weights (it packs bfloat16 and float32)"
+    assert not fast.is_optimized(model)
+    model = olmo_hf.Olmo2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    assert apply_fast_path(model, off="--no-fast") == "--no-fast" and not fast.is_optimized(model)
+
+
+def test_serve_help_teaches_no_fast(capsys):
+    from olmo_hf.cli.serve import run_transformers_command
+
+    assert run_transformers_command("serve", ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--port" in out and "olmo-hf serve adds:\n  --no-fast  Serve the plain model" in out
 
 
 def post_any(base: str, path: str, body: dict) -> tuple[int, dict]:

@@ -67,11 +67,14 @@ def _buildable_isas():
 def test_each_kernel_variant_computes_x_times_w_transposed_on_the_plain_weight(isa, tmp_path, monkeypatch):
     """1..8 rows, tails of K and N, strided rows of x and of W (a row slice of a fused matrix); within bf16
     rounding of the float64 product."""
+    from olmo_hf.fast.build import load_native_library
+
     monkeypatch.setenv("OLMO_HF_CACHE", str(tmp_path))
-    path, why = native._compile(isa)
-    if path is None:
-        pytest.skip(why)
-    lib = native._NativeLib(ctypes.CDLL(path), isa)
+    built = load_native_library(f"olmo_hf_kernels_{isa}", native._NATIVE_SOURCE_FILE, flags=native._isa_flags(isa),
+                                libs=native._NATIVE_LIBS, self_test="olmo_hf.fast.native:_self_test_library")
+    if built.library is None:
+        pytest.skip(built.reason)
+    lib = native._NativeLib(built.library, isa)
     lib.lib.olmo_hf_kernels_isa.restype = ctypes.c_char_p
     assert lib.lib.olmo_hf_kernels_isa().decode() == isa
     gen = torch.Generator().manual_seed(0)
@@ -111,6 +114,7 @@ def test_the_plan_enables_the_product_up_to_the_largest_batch_where_it_is_faster
     lib = native._native_kernel()
     if lib is None or not lib.full:
         pytest.skip("needs the AVX512-BF16 kernels")
+    monkeypatch.setattr(lib, "amx", False)
     # gemv 1 row, 4 rows, 8 rows; decode attention; prefill attention; element-wise; int8 gemv 1 row, 4 rows;
     # int8 -> bf16 widening
     _fake_timings(monkeypatch, [(1, 3), (2, 3), (5, 3), (1, 2), (4, 2), (1, 2), (1, 2), (3, 2), (1, 2)])
@@ -125,11 +129,50 @@ def test_a_product_slower_at_one_row_is_never_used(fresh_native, monkeypatch):
     lib = native._native_kernel()
     if lib is None or not lib.full:
         pytest.skip("needs the AVX512-BF16 kernels")
+    monkeypatch.setattr(lib, "amx", False)
     _fake_timings(monkeypatch, [(3, 2), (5, 5), (5, 5), (5, 5), (3, 2), (3, 2)])
     plan = native._measure_plan(lib)
     assert plan.gemv_max_rows == 0 and "gemv_4" not in plan.notes
     assert plan.int8_gemv_max_rows == 0 and not plan.int8_convert and "int8_gemv_4" not in plan.notes
     assert not (plan.decode_attention or plan.prefill_attention or plan.elementwise)
+
+
+def test_amx_takes_over_from_the_row_count_where_it_measured_faster(fresh_native, monkeypatch):
+    lib = native._native_kernel()
+    if lib is None or not lib.full:
+        pytest.skip("needs the AVX512-BF16 kernels")
+    monkeypatch.setattr(lib, "amx", True)
+    # (AVX512, AMX, F.linear) at 1, 4, 8 rows; then attention and element-wise pairs
+    _fake_timings(monkeypatch, [(1, 2, 3), (3, 2, 4), (5, 3, 4), (1, 2), (1, 2), (1, 2)])
+    plan = native._measure_plan(lib)
+    assert plan.gemv_max_rows == 8 and plan.gemv_amx_from_rows == 2
+    assert plan.notes["gemv_1"].startswith("matrix-vector, AVX512 (1 row): on") and "AMX 2000.00 ms" in plan.notes["gemv_1"]
+    assert plan.notes["gemv_8"].startswith("matrix-vector, AMX (8 rows): on")
+
+
+def test_the_amx_kernel_computes_the_product_and_leaves_odd_rows_to_avx512(fresh_native):
+    lib = native._native_kernel()
+    if lib is None or not lib.amx:
+        pytest.skip(f"no AMX here: {native.enable_amx(lib, native.cpu_flags()) if lib else 'no native kernels'}")
+    gen = torch.Generator().manual_seed(0)
+    for n, k in ((16, 32), (37, 64), (130, 2048), (64, 100)):  # N % 16 tails; K % 32 != 0 goes to AVX512 whole
+        fused = torch.randn(n + 9, k + 3, generator=gen).to(torch.bfloat16)
+        w = fused[4 : 4 + n, :k]
+        for m in (1, 2, 5, 8):
+            x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+            out = native._native_matmul(x, w, lib, amx=True).double()
+            torch.testing.assert_close(out, x.double() @ w.double().T, rtol=2**-7, atol=1e-3 * k**0.5)
+
+
+def test_amx_is_off_without_the_cpu_flags(fresh_native):
+    lib = native._native_kernel()
+    if lib is None or not lib.full:
+        pytest.skip("needs the AVX512-BF16 kernels")
+    was = lib.amx
+    try:
+        assert native.enable_amx(lib, AVX512_BF16) == "AMX: this CPU has no AMX-BF16"
+    finally:
+        lib.amx = was
 
 
 def _tiny_bf16_model():

@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -282,6 +283,7 @@ def test_sigint_while_the_console_script_imports_olmo_hf_exits_130_with_one_line
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", interrupted_import)
+    monkeypatch.setattr(sys, "argv", ["olmo-hf", "run", "--max-new-tokens", "2"])  # parses, so olmo_hf.cli is next
     assert olmo_hf_launcher.main() == 130
     assert capsys.readouterr().err == "olmo-hf: interrupted\n"
 

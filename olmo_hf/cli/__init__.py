@@ -7,7 +7,9 @@ Commands:
 - ``serve`` / ``chat``: Transformers 5's own commands, with olmo_hf's classes active (:mod:`.serve`);
 - ``convert``: original OLMo checkpoints -> Transformers, parsed and run by :mod:`olmo_hf.convert.cli`.
 
-Every command's ``--help`` ends with examples; docs/cli.md is the full reference.
+Every command's ``--help`` ends with examples; docs/cli.md is the full reference. The parsers themselves are
+built by :mod:`.parser`, which the console script runs before importing this package (so that ``--help`` and
+argument errors answer before torch is imported).
 """
 
 from __future__ import annotations
@@ -17,52 +19,22 @@ import os
 import sys
 
 from .errors import CliError, report
+from .parser import PASS_THROUGH, TOP_EPILOG
+from .parser import build_parser as _build_parser
 
 __all__ = ["main", "build_parser"]
 
-PASS_THROUGH = ("serve", "chat")  # handed, arguments untouched, to Transformers' own CLI
-
-EPILOG = """\
-examples:
-  echo "The with statement" | olmo-hf run --task text-generation     # embedded demo model, offline
-  olmo-hf run --model allenai/OLMo-2-0425-1B --input prompts.json --column text --output out.json
-  olmo-hf serve allenai/OLMo-2-0425-1B --port 8000                     # OpenAI-compatible server
-  olmo-hf chat allenai/OLMo-2-0425-1B http://localhost:8000            # talk to it
-
-`olmo-hf COMMAND --help` explains each command; docs/cli.md has every flag."""
-
-
-def _converter_parser_hook():
-    """``olmo_hf.convert.cli.add_convert_parser`` when the conversion package is installed, else None."""
-    try:
-        from olmo_hf.convert.cli import add_convert_parser
-    except ImportError:
-        return None
-    return add_convert_parser
+EPILOG = TOP_EPILOG
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser (``run`` is parsed here; ``serve``/``chat`` are listed, and parsed by Transformers)."""
+    """The top-level parser (:func:`olmo_hf.cli.parser.build_parser`) with each command's handler attached."""
     from olmo_hf import __version__
+    from olmo_hf.convert.cli import run_convert
 
-    from . import run
+    from .run import run
 
-    parser = argparse.ArgumentParser(
-        prog="olmo-hf",
-        description="OLMo and OLMo 2 with Hugging Face Transformers 5, using olmo_hf's own model classes.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"olmo-hf {__version__}")
-    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
-    run.add_parser(commands)
-    commands.add_parser("serve", help="Transformers' OpenAI-compatible server (`transformers serve`) "
-                        "with olmo_hf's classes")
-    commands.add_parser("chat", help="Transformers' terminal chat client (`transformers chat`) for a running server")
-    add_convert_parser = _converter_parser_hook()
-    if add_convert_parser is not None:
-        add_convert_parser(commands)  # owned by olmo_hf.convert.cli; sets its own handler
-    return parser
+    return _build_parser(__version__, handlers={"run": run, "convert": run_convert})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -322,12 +322,13 @@ def load_model_and_tokenizer(
     quantization_config: Any = None,
     fast: str = "off",
     debug: bool = False,
+    verbose: bool = False,
 ) -> tuple[Any, Any]:
     """Load the model for ``task`` on ``device`` in ``dtype``, and its tokenizer (``--tokenizer`` or the model's).
 
     ``fast`` (from :func:`resolve_fast`): ``"on"`` / ``"auto"`` apply the CPU fast path right after loading;
     where it cannot apply, ``"on"`` is a :class:`CliError` and ``"auto"`` keeps the plain model (a note with
-    ``debug``)."""
+    ``debug``). ``verbose``: print :func:`olmo_hf.fast.status` (what the fast path runs, and why) on stderr."""
     import transformers
 
     auto_class = getattr(transformers, task.auto_class)
@@ -360,6 +361,11 @@ def load_model_and_tokenizer(
         use_cpu_int8_kernel(model)  # torchao int8 weight-only: PyTorch's fused CPU kernel instead of dequantising
     if fast != "off":
         _apply_fast_path(model, fast, request.model_name, debug)
+    if verbose:
+        from olmo_hf import fast as fast_path
+
+        print(fast_path.status(model) if fast != "off" else "olmo_hf.fast: CPU fast path off for this run "
+              "(--no-fast, not on the CPU, or quantized)", file=sys.stderr, flush=True)
 
     tok_flag, tok_name = ("--tokenizer", request.tokenizer) if request.tokenizer else ("--model", request.model_name)
     _check_exists(tok_flag, tok_name)

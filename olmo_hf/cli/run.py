@@ -20,7 +20,6 @@ from typing import Any
 
 from .errors import CliError, warn
 from .formats import (
-    FORMATS,
     check_combination,
     iter_pipe,
     open_writer,
@@ -30,7 +29,6 @@ from .formats import (
     undecodable_lines,
 )
 from .loading import (
-    DTYPE_CHOICES,
     LoadRequest,
     load_config,
     load_model_and_tokenizer,
@@ -40,108 +38,19 @@ from .loading import (
     resolve_quantization,
 )
 from .output_file import check_output
+from .parser import DEFAULT_MAX_NEW_TOKENS, RUN_EPILOG, add_run_parser
 from ..presets import end_of_turn_id
 from .tasks import Task, get_task, infer_task, normalize_output
 
 __all__ = ["add_parser", "run"]
 
-DEFAULT_MAX_NEW_TOKENS = 64
 GENERATION_FLAGS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
-
-EPILOG = """\
-examples:
-  # the embedded demo model (offline, a few MB), one prompt per line, one JSON result per line
-  echo "The import statement" | olmo-hf run --task text-generation
-
-  # a local checkpoint, greedy, 20 new tokens; print only the text
-  printf 'def forward(self\\nimport torch\\n' | olmo-hf run --model ./my-olmo --no-do-sample \\
-      --max-new-tokens 20 | jq -r .generated_text
-
-  # a Hub model on GPU 0 in bf16, JSON in and out
-  olmo-hf run --model allenai/OLMo-2-0425-1B --device 0 --input prompts.json --column prompt \\
-      --output out.json --overwrite
-
-  # CSV in, CSV out (header: generated_text), sampling with a fixed seed
-  olmo-hf run --input prompts.csv --column text --do-sample --temperature 0.7 --top-p 0.9 --seed 0
-
-  # classify tab-separated pairs with a sequence-classification checkpoint
-  printf 'a premise\\ta hypothesis\\n' | olmo-hf run --task text-classification --model ./clf --column text,text_pair
-
-formats: --format names the input format and the output uses the same one (json: a list; csv: a table;
-pipe: lines). Without --format it is taken from the --input extension, or pipe without --input.
-exit codes: 0 ok, 1 unexpected failure, 2 usage or input error, 74 I/O fault (disk full, permission denied),
-130 interrupted (Ctrl-C); one line on stderr, --debug adds the traceback.
-Full reference: docs/cli.md."""
+EPILOG = RUN_EPILOG
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``run`` on the top-level CLI."""
-    p = subparsers.add_parser(
-        "run",
-        help="run a pipeline (text generation) over stdin or a JSON/CSV file, like Transformers 4.x `run`",
-        description="Run a text-generation (or text-classification) pipeline with olmo_hf's OLMo classes over "
-        "inputs from stdin (one per line) or a JSON/CSV file. Without --model it uses a small OLMo 2 demo "
-        "model shipped inside the package, so it works offline.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    io = p.add_argument_group("inputs and outputs (as in Transformers 4.x `run`)")
-    io.add_argument("--task", help="text-generation or text-classification (default: from the checkpoint's "
-                    "architectures; text-generation for a causal LM)")
-    io.add_argument("--input", metavar="FILE", help="file to read inputs from (default: stdin, one input per line)")
-    io.add_argument("--output", metavar="FILE", help="file to write outputs to (default: stdout)")
-    io.add_argument("--column", metavar="COLS", help="JSON/CSV field holding the input; `a,b` or `text=a,text_pair=b` "
-                    "for two-input tasks (with --format pipe: split lines on tabs)")
-    io.add_argument("--format", choices=("infer", *FORMATS), default="infer",
-                    help="input (and output) format; infer = from the --input extension, pipe without --input "
-                    "(default: %(default)s)")
-    io.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-
-    model = p.add_argument_group("model")
-    model.add_argument("--model", metavar="NAME_OR_DIR",
-                       help="checkpoint directory or Hub id (default: the embedded demo model, olmo_hf/demo)")
-    model.add_argument("--config", metavar="NAME_OR_DIR", help="config to use instead of the model's")
-    model.add_argument("--tokenizer", metavar="NAME_OR_DIR", help="tokenizer to use (default: the model's)")
-    model.add_argument("--revision", metavar="REV", help="Hub branch, tag or commit of --model (and --config)")
-    model.add_argument("--device", default="-1", metavar="DEVICE",
-                       help="-1 = CPU, N = CUDA GPU N (as in 4.x); also cpu, cuda:N, mps, auto (default: %(default)s)")
-    model.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", metavar="DTYPE",
-                       help="auto (bf16 where the device supports it, else fp32), bf16, fp16 (warns for OLMo 2), "
-                       "fp32 (default: %(default)s)")
-    model.add_argument("--quantize", metavar="NAME",
-                       help="quantize on load with olmo_hf.quantization's scheme NAME (if that module is installed)")
-    model.add_argument("--attn-implementation", metavar="IMPL", help="eager, sdpa (default), flex_attention, "
-                       "flash_attention_2, ...")
-    model.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
-                       help="olmo_hf's CPU fast path (olmo_hf.fast.optimize_for_cpu_inference): oneDNN-prepacked "
-                       "weights, fused projections and native kernels, ~2.9x faster bf16 decoding of a 1B "
-                       "model. Default: on when the model runs on the CPU, unquantized or --quantize int8, and is an "
-                       "olmo_hf OLMo / OLMo 2 model (text generation or classification); --fast makes it an error "
-                       "where it cannot apply, --no-fast turns it off. Cost: a one-off ~2 s of packing for a 1B "
-                       "model, paid back after ~15 generated tokens (text classification, prefill only, gains "
-                       "~1.2x). Outputs: identical in float32, within bf16 rounding in bf16")
-    model.add_argument("--trust-remote-code", action="store_true",
-                       help="allow a checkpoint's own Python code to run (off by default)")
-
-    gen = p.add_argument_group("generation (text-generation only)")
-    gen.add_argument("--max-new-tokens", type=int, metavar="N",
-                     help="tokens to generate per input (default: the checkpoint's generation config, "
-                     f"else {DEFAULT_MAX_NEW_TOKENS})")
-    gen.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None,
-                     help="sample instead of greedy decoding (default: the checkpoint's generation config)")
-    gen.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
-    gen.add_argument("--top-k", type=int, metavar="K", help="sample from the K most likely tokens")
-    gen.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling probability mass")
-    gen.add_argument("--repetition-penalty", type=float, metavar="R", help="penalty > 1 discourages repeats")
-    gen.add_argument("--seed", type=int, help="random seed (makes sampling reproducible)")
-    gen.add_argument("--chat", action="store_true",
-                     help="each input is a user message: apply the checkpoint tokenizer's chat template (OLMo 2 / 3 "
-                          "Instruct and Think models; a Think template opens <think> itself), also stop at the "
-                          "end-of-turn token <|im_end|>, and output only the assistant's reply")
-
-    p.add_argument("--debug", action="store_true", help="show tracebacks and Transformers' own logs")
-    p.set_defaults(handler=run)
-    return p
+    """Register ``run`` on the top-level CLI (its arguments: :func:`olmo_hf.cli.parser.add_run_parser`)."""
+    return add_run_parser(subparsers, handler=run)
 
 
 def _generation_kwargs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
@@ -227,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
 
     dtype = resolve_dtype(args.dtype, device, getattr(config, "model_type", None))
     model, tokenizer = load_model_and_tokenizer(
-        request, config, task, device, dtype, args.attn_implementation, quantization_config, fast, args.debug
+        request, config, task, device, dtype, args.attn_implementation, quantization_config, fast, args.debug,
+        verbose=args.verbose,
     )
     call_kwargs = _generation_kwargs(args, model) if task.generates else _no_generation_flags(args, task)
     if args.chat:

@@ -15,6 +15,9 @@ found in published checkpoints are added (``OLMoForCausalLM``, allenai/OLMo-7B-0
 Transformers' CLI is called through its Typer app (``transformers.cli.transformers.app``) rather than its
 ``main()``: ``main()`` only adds a PyPI check whose advice ("run hf update") is wrong for a plugin pinned to
 ``transformers<6``, and the app lets the usage lines say ``olmo-hf``.
+
+``serve`` takes one flag of olmo-hf's own, ``--no-fast`` (removed before Transformers parses the rest): served on
+the CPU, olmo_hf models run through the CPU fast path unless it is given (:mod:`.serve_loader`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from urllib.parse import urlparse
 
 from .errors import EXIT_INTERRUPTED
 
-__all__ = ["SERVED_NAMES", "expose_classes", "restore_classes", "run_transformers_command"]
+__all__ = ["SERVED_NAMES", "expose_classes", "fast_path_setting", "restore_classes", "run_transformers_command"]
 
 SERVED_NAMES: dict[str, str] = {
     # name on the transformers module -> attribute of olmo_hf
@@ -123,9 +126,44 @@ def _port_error(args: list[str]) -> str | None:
     return None
 
 
+# Transformers' serve flags that keep the CPU fast path off (the last of a flag and its negation wins), and why.
+_FAST_PATH_OFF_WITH = {
+    # torch.compile over the fast path runs slower than the fast path eagerly (docs/performance.md)
+    ("--compile", "--no-compile"): "--compile (serve compiles the plain model; drop --compile for the fast path)",
+    # paged attention over packed sequences: a combination the fast path's tests do not cover
+    ("--continuous-batching", "--no-continuous-batching"): "--continuous-batching (not tested with the fast path)",
+}
+
+SERVE_HELP_ADDENDUM = """
+olmo-hf serve adds:
+  --no-fast  Serve the plain model, without olmo_hf's CPU fast path (olmo_hf.fast.optimize_for_cpu_inference).
+             By default it is applied right after loading, like `olmo-hf run` does, to an olmo_hf OLMo / OLMo 2 /
+             OLMo 3 model on the CPU in bfloat16 or float32, not quantized, without --compile or
+             --continuous-batching: ~2.9x faster bf16 decoding of a 1B model for a
+             one-off ~2 s of packing; identical outputs in float32. The line `olmo-hf serve: serving MODEL with
+             olmo_hf.CLASS (CPU fast path on|off: why)` says which. See docs/cli.md."""
+
+
+def fast_path_setting(args: list[str]) -> tuple[list[str], str | None]:
+    """``serve`` arguments without olmo-hf's own ``--no-fast``, and why the CPU fast path stays off (None: it is
+    applied wherever it can be, see :mod:`.serve_loader`)."""
+    rest = [a for a in args if a != "--no-fast"]
+    if len(rest) < len(args):
+        return rest, "--no-fast"
+    for (flag, negation), why in _FAST_PATH_OFF_WITH.items():
+        given = [a for a in args if a in (flag, negation)]
+        if given and given[-1] == flag:
+            return rest, why
+    return rest, None
+
+
 def run_transformers_command(command: str, args: list[str]) -> int:
     """Run ``transformers <command> <args>`` with olmo_hf's classes active; returns the exit code."""
-    if command == "serve" and not any(a in ("--help", "-h") for a in args):
+    help_asked = any(a in ("--help", "-h") for a in args)
+    fast_path_off = None
+    if command == "serve":
+        args, fast_path_off = fast_path_setting(args)
+    if command == "serve" and not help_asked:
         port_error = _port_error(args)
         if port_error:
             print(f"olmo-hf serve: error: {port_error}", file=sys.stderr)
@@ -146,9 +184,10 @@ def run_transformers_command(command: str, args: list[str]) -> int:
     expose_classes()
     if command == "serve":
         from . import serve_requests
-        from .serve_loader import install
+        from .serve_loader import configure_fast_path, install
 
         install()  # and in the process that loads the model, wherever Transformers puts it
+        configure_fast_path(fast_path_off)  # for the loader Transformers creates next
         serve_requests.install()  # a bad request gets a 400 with a message before it reaches the model
     from ..compat import transformers_cli_app
 
@@ -159,5 +198,7 @@ def run_transformers_command(command: str, args: list[str]) -> int:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if code == EXIT_INTERRUPTED:  # Typer turns Ctrl-C into a silent exit 130
             print(f"olmo-hf {command}: interrupted", file=sys.stderr, flush=True)
+        elif code == 0 and command == "serve" and help_asked:
+            print(SERVE_HELP_ADDENDUM, flush=True)
         return code
     return 0

@@ -17,61 +17,23 @@ import sys
 import traceback
 
 from ..cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_IOERR, EXIT_USAGE, io_fault, is_io_fault
+from ..cli.parser import CONVERT_DESCRIPTION, CONVERT_EPILOG, add_convert_arguments, build_convert_parser
+from ..cli.parser import add_convert_parser as _add_convert_parser
 from .common import ConversionError
 
 __all__ = ["add_convert_parser", "build_parser", "run_convert"]
 
 EXIT_OK = 0
-
-DESCRIPTION = """\
-Convert an original OLMo checkpoint into a Transformers directory that olmo_hf's classes (and
-AutoModelForCausalLM) load; or, with --to olmo-core, a Transformers OLMo / OLMo 2 model into an OLMo-core
-checkpoint (config.json + model.pt) to continue training. The result is written to a temporary
-directory next to DST and renamed into place: on any error or Ctrl-C DST is left as it was. DST may not
-be SRC, nor contain it or lie inside it; --overwrite replaces only an earlier conversion's output.
-Exit codes: 0 ok, 2 a problem with the input or DST, 74 an I/O fault (disk full, permission denied),
-1 an unexpected failure, 130 interrupted."""
-
-EPILOG = """\
-formats (--format, default auto: detected from the files in SRC):
-  olmo       ai2-olmo trainer step directory: config.yaml + model.pt (unsharded)   [alias: olmo_trainer, ai2-olmo]
-  olmo-core  OLMo-core step directory: config.json + model_and_optim/ or model.pt  [alias: olmo_core]
-  hf_olmo    legacy hf_olmo repo (allenai/OLMo-1B, OLMo-7B): config.json + weights [alias: hf-olmo]
-  hf         (with --to olmo-core only) a Transformers olmo / olmo2 directory      [alias: transformers]
-
-examples:
-  olmo-hf convert ckpt/step1000-unsharded OLMo-1B-hf --tokenizer tokenizer.json
-  olmo-hf convert runs/olmo2-1b/step20000 OLMo-2-1B-hf --dtype bfloat16 --validate
-  olmo-hf convert OLMo-1B OLMo-1B-hf --format hf_olmo        # legacy hf_olmo repo, downloaded locally
-  olmo-hf convert OLMo-2-0425-1B-hf OLMo-2-1B-core --to olmo-core --model-and-optim
-  python -m olmo_hf.convert SRC DST ...                      # the same command without the olmo-hf script
-
---validate reloads the result and checks it bit for bit; when the source's original library (ai2-olmo,
-ai2-olmo-core 3.x) is importable in this Python it also compares logits with it, else it says it skipped
-that. See docs/conversion.md."""
+DESCRIPTION, EPILOG = CONVERT_DESCRIPTION, CONVERT_EPILOG
 
 _TO = {"hf": "hf", "transformers": "hf", "olmo-core": "olmo_core", "olmo_core": "olmo_core"}
 
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the convert arguments to ``p`` (a sub-command parser or a standalone one)."""
-    p.add_argument("src", metavar="SRC", help="checkpoint directory to convert")
-    p.add_argument("dst", metavar="DST", help="output directory; must be absent or empty unless --overwrite")
-    p.add_argument("--format", default="auto", metavar="{auto,olmo,olmo-core,hf_olmo}",
-                   help="format of SRC (default: auto-detect); see the list below")
-    p.add_argument("--to", default="hf", choices=["hf", "olmo-core"],
-                   help="hf (default): a Transformers directory; olmo-core: an OLMo-core checkpoint")
-    p.add_argument("--tokenizer", metavar="PATH",
-                   help="tokenizer.json file or tokenizer directory to save alongside (--to hf)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="dtype of the written weights (default: the checkpoint's)")
-    p.add_argument("--validate", action="store_true",
-                   help="check the result before it is moved into place (see below)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
-    p.add_argument("--model-and-optim", action="store_true",
-                   help="with --to olmo-core: also write model_and_optim/ (torch.distributed.checkpoint)")
-    p.add_argument("--debug", action="store_true", help="print the traceback of an error")
-    p.set_defaults(handler=run_convert, convert_prog=p.prog)
+    """Add the convert arguments (:func:`olmo_hf.cli.parser.add_convert_arguments`) to ``p`` (a sub-command parser
+    or a standalone one), with ``handler=run_convert``."""
+    add_convert_arguments(p)
+    p.set_defaults(handler=run_convert)
     return p
 
 
@@ -80,22 +42,14 @@ def add_convert_parser(subparsers) -> argparse.ArgumentParser:
 
     The parsed namespace has ``handler=run_convert``: call ``args.handler(args)`` for the exit code.
     """
-    p = subparsers.add_parser(
-        "convert",
-        help="convert an original OLMo checkpoint (ai2-olmo, OLMo-core, hf_olmo) into a Transformers directory, "
-             "or a Transformers model into OLMo-core (docs/conversion.md)",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    return configure_parser(p)
+    return _add_convert_parser(subparsers, handler=run_convert)
 
 
 def build_parser(prog: str = "python -m olmo_hf.convert") -> argparse.ArgumentParser:
     """The standalone parser of ``python -m olmo_hf.convert``."""
-    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    return configure_parser(p)
+    p = build_convert_parser(prog)
+    p.set_defaults(handler=run_convert)
+    return p
 
 
 def _setup_logging(debug: bool) -> None:

@@ -62,10 +62,16 @@ kernel. Float32 models take none of the native kernels.
 
 What stays true: ``state_dict()`` / ``save_pretrained()`` write the standard keys and dense tensors;
 ``model.config``, ``generate()``, every attention implementation and every ``Cache`` class work; deepcopy and
-pickling work. What is refused, with a message that says to call :func:`undo` first: gradients through a packed
-layer, ``.to()`` another device or dtype, ``load_state_dict`` into a fused projection. Models that are
-quantized (other than torchao int8 weight-only, which :mod:`olmo_hf.fast.quantized` takes), carry PEFT adapters, or
-are not on CPU are refused by :func:`optimize_for_cpu_inference`.
+pickling work. What is refused, with a message that says to call :func:`undo` first, is refused as a whole,
+before any tensor, flag or module changes (``guards.py``), on the model and on every submodule: any conversion that
+would replace a parameter or a packed weight (``.to()`` another dtype or device, ``.half()``, ``.cuda()``,
+``.to_empty()``; a no-op ``.to()`` / ``.cpu()`` passes), a ``load_state_dict`` whose dict has a fused-projection
+key, a mis-shaped tensor or (strict) a missing or unexpected key (the whole dict is checked before one tensor is
+copied), ``requires_grad_(True)`` on a module holding packed layers, and gradients through a packed layer
+(``model.train()`` itself passes), and ``torch.export`` (so ``torch.onnx.export(dynamo=True)`` and
+ExecuTorch: the fast path's forwards and kernels are not graph operators). Models that are quantized (other than
+torchao int8 weight-only, which :mod:`olmo_hf.fast.quantized` takes), carry PEFT adapters, or are not on CPU are
+refused by :func:`optimize_for_cpu_inference`.
 
 Why ``from_pretrained`` does not apply it: it is only right for CPU inference, and it costs a one-time
 measurement of the kernels (~0.3 s) and the copies of the fused matrices. Users routinely load a model and then train it, wrap it with PEFT, quantize it or move it to a GPU; a
@@ -86,6 +92,7 @@ from torch import nn
 
 from ..modules import Olmo2RMSNorm, OlmoAttention, OlmoMLP
 from .forwards import _fast_attention_forward, _fast_mlp_forward, _fast_rms_norm_forward
+from .guards import install_guards
 from .native import KernelPlan, _native_kernel, kernel_plan
 from . import quantized as _quantized
 from .packing import FastPathError, PackedLinear, _FileMappings, _Packed, _Packer
@@ -129,9 +136,16 @@ def _is_plain_linear(module: nn.Module) -> bool:
     )
 
 
+_PEFT_MESSAGE = "This model carries PEFT adapters; merge them (merge_and_unload) before optimising."
+
+
 def _check_model(model: nn.Module) -> None:
     from ..modeling import _OlmoFamilyPreTrainedModel
 
+    # A PeftModel wrapper is no olmo_hf class itself: name the adapters, not the wrapper's type. Told apart by the
+    # module its class comes from, so that peft is never imported here.
+    if any(cls.__module__.partition(".")[0] == "peft" for cls in type(model).__mro__):
+        raise ValueError(_PEFT_MESSAGE)
     if not isinstance(model, _OlmoFamilyPreTrainedModel):
         raise TypeError(
             f"optimize_for_cpu_inference expects an olmo_hf OLMo / OLMo 2 / OLMo 3 model, got {type(model).__name__}."
@@ -143,7 +157,7 @@ def _check_model(model: nn.Module) -> None:
                              "plain bf16/fp32 weights and torchao int8 weight-only (quantization_config('int8')).")
     peft = any(type(m).__module__.startswith("peft") for m in model.modules())
     if getattr(model, "_hf_peft_config_loaded", False) or peft:
-        raise ValueError("This model carries PEFT adapters; merge them (merge_and_unload) before optimising.")
+        raise ValueError(_PEFT_MESSAGE)
     devices = {p.device.type for p in model.parameters()}
     if devices != {"cpu"}:
         raise ValueError(f"The CPU fast path needs every parameter on CPU; found {sorted(devices)}.")
@@ -272,6 +286,7 @@ def optimize_for_cpu_inference(
                         packer.submit(module, ["down_proj"], module.down_proj.weight.dtype)
         finally:
             packer.close()
+        install_guards(model, functools.partial(_patch, state))  # refusals leave the model as it was (guards.py)
     except BaseException:
         undo(model)
         raise

@@ -56,22 +56,35 @@ static inline float bf16_to_f32(uint16_t h) {
 #if defined(__AVX512BF16__)
 const char* olmo_hf_kernels_isa(void) { return "avx512_bf16"; }
 
-/* out[m][r] = x[m, :] . w[r, :] for MM rows of x and NR rows of w; 32 bf16 per dot-product instruction. */
+/* out[m][r] = x[m, :] . w[r, :] for MM rows of x and NR rows of w; 32 bf16 per dot-product instruction. The loops
+   over m and r are fully unrolled (GCC unroll pragmas) so that the MM x NR accumulators live in registers: left as
+   loops, gcc 12 keeps the array on the stack and stores it every step (measured 2-3x slower). */
+#define GEMV_STEP(MM, LOAD)                                                                                    \
+    {                                                                                                          \
+        __m512bh wv[NR];                                                                                       \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) wv[r] = (__m512bh)LOAD(w + r * ldw + k);        \
+        _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                                 \
+            const __m512bh xv = (__m512bh)LOAD(x + m * ldx + k);                                               \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                               \
+                acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv[r], xv);                                            \
+        }                                                                                                      \
+    }
+#define LOAD_FULL(p) _mm512_loadu_si512((const void*)(p))
+#define LOAD_TAIL(p) _mm512_maskz_loadu_epi16(tail, (p))
 #define GEMV_MICRO(MM)                                                                                        \
 static inline void gemv_micro_##MM(const uint16_t* x, long ldx, const uint16_t* w, long ldw, long K,       \
                                    float out[4][NR]) {                                                     \
     __m512 acc[MM][NR];                                                                                    \
-    for (int m = 0; m < MM; ++m) for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();             \
-    for (long k = 0; k < K; k += 32) {                                                                     \
-        const __mmask32 mk = K - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (K - k)) - 1);     \
-        __m512bh wv[NR];                                                                                   \
-        for (int r = 0; r < NR; ++r) wv[r] = (__m512bh)_mm512_maskz_loadu_epi16(mk, w + r * ldw + k);     \
-        for (int m = 0; m < MM; ++m) {                                                                     \
-            const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mk, x + m * ldx + k);                  \
-            for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv[r], xv);              \
-        }                                                                                                  \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                   \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();              \
+    long k = 0;                                                                                            \
+    for (; k + 32 <= K; k += 32) GEMV_STEP(MM, LOAD_FULL)                                                  \
+    if (k < K) {                                                                                           \
+        const __mmask32 tail = (__mmask32)((1u << (K - k)) - 1);                                           \
+        GEMV_STEP(MM, LOAD_TAIL)                                                                           \
     }                                                                                                      \
-    for (int m = 0; m < MM; ++m) for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]); \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                   \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]);  \
 }
 GEMV_MICRO(1) GEMV_MICRO(2) GEMV_MICRO(3) GEMV_MICRO(4)
 
@@ -149,7 +162,8 @@ int olmo_hf_gemv_bf16(const uint16_t* x_bf16, long ldx, const uint16_t* w, long 
     ldx = K;
 #endif
     const long NB = (N + NR - 1) / NR;
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    /* a parallel region costs microseconds: small products (tiny models) stay on the calling thread */
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (N * K >= (1L << 18))
     for (long nb = 0; nb < NB; ++nb) {
         const long n0 = nb * NR;
         /* the last band may hold fewer than NR rows: it re-reads (and discards) rows of the band before it */
@@ -179,6 +193,74 @@ int olmo_hf_gemv_bf16(const uint16_t* x_bf16, long ldx, const uint16_t* w, long 
 }
 
 #if defined(__AVX512BF16__)
+/* ------------------------------------------------------------------------------- matrix-vector on AMX tiles */
+/* The same product y = x @ W^T (M <= 16 rows of x, the plain row-major W) on AMX-BF16, for CPUs that have it
+   (Sapphire Rapids and later Xeons). With several rows of x the AVX512 kernel above runs out of dot-product
+   throughput before memory bandwidth (~70 GMAC/s on two cores); a tile multiply does 16 x 16 x 32 products at once.
+   Computed transposed, so that the weight needs no packing: C (16 n x 16 m, fp32) += A (16 rows of W x 32 k, one
+   strided tile load straight from the weight) . B (x's 32 k x 16 m, pairs of k interleaved as TDPBF16PS wants it:
+   x is packed once per call, zero-padded to 16 rows). Needs K % 32 == 0; N % 16 rows are left to the caller
+   (the AVX512 kernel). Only called after olmo_hf_amx_enable() returned 0 and the plan measured it faster. */
+#if (defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11) || (defined(__clang__) && __clang_major__ >= 12)
+#define OLMO_HF_HAVE_AMX 1  /* compilers that know the AMX intrinsics; older ones build the rest without them */
+#include <sys/syscall.h>
+#include <unistd.h>
+
+struct amx_tile_config {  /* the 64-byte operand of LDTILECFG, palette 1 */
+    uint8_t palette_id, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+/* Ask Linux for permission to use the AMX tile state in this process (arch_prctl ARCH_REQ_XCOMP_PERM for
+   XFEATURE_XTILEDATA, Linux >= 5.16); 0 on success. oneDNN asks too; asking again is harmless. */
+int olmo_hf_amx_enable(void) {
+    return (int)syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */);
+}
+
+__attribute__((target("amx-tile,amx-bf16")))
+int olmo_hf_gemv_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, long ldw, long N, long K, uint16_t* y,
+                          long ldy, long M, int nthreads) {
+    if (M < 1 || M > 16 || K < 32 || K % 32 || ldw < K || N < 16) return -1;
+    /* B layout: row j (a pair of k) holds, for m = 0..15, x[m, 2j] and x[m, 2j + 1]: (K/2, 16, 2) bf16 */
+    uint16_t* xp = (uint16_t*)aligned_alloc(64, (size_t)K * 32);
+    if (!xp) return -2;
+    for (long j = 0; j < K / 2; ++j)
+        for (long m = 0; m < 16; ++m) {
+            xp[j * 32 + 2 * m] = m < M ? x[m * ldx + 2 * j] : 0;
+            xp[j * 32 + 2 * m + 1] = m < M ? x[m * ldx + 2 * j + 1] : 0;
+        }
+    const long NB = N / 16;
+    #pragma omp parallel num_threads(nthreads) if (N * K >= (1L << 18))
+    {
+        struct amx_tile_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.palette_id = 1;
+        for (int t = 0; t < 3; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }  /* tmm0: C, tmm1: A, tmm2: B */
+        _tile_loadconfig(&cfg);
+        float c[16][16] __attribute__((aligned(64)));
+        #pragma omp for schedule(static)
+        for (long nb = 0; nb < NB; ++nb) {
+            const uint16_t* a = w + nb * 16 * ldw;
+            _tile_zero(0);
+            for (long k = 0; k < K; k += 32) {
+                /* 16 rows are 16 streams: fetch each 1 KiB ahead (the tile load is a gather the prefetcher trails) */
+                for (int r = 0; r < 16; ++r) _mm_prefetch((const char*)(a + r * ldw + k + 512), _MM_HINT_T0);
+                _tile_loadd(1, a + k, ldw * 2);
+                _tile_loadd(2, xp + k * 16, 64);
+                _tile_dpbf16ps(0, 1, 2);
+            }
+            _tile_stored(0, c, 64);
+            for (long m = 0; m < M; ++m)
+                for (int n = 0; n < 16; ++n) y[m * ldy + nb * 16 + n] = f32_to_bf16(c[n][m]);
+        }
+        _tile_release();
+    }
+    free(xp);
+    return 0;
+}
+#endif /* OLMO_HF_HAVE_AMX */
+
 /* ------------------------------------------------------------------------------------------- decode attention */
 static inline __m512 bf16x16_to_f32(const uint16_t* p, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
@@ -195,7 +277,7 @@ int olmo_hf_decode_attention_bf16(const uint16_t* q, long qsb, long qsh,
     if (D < 1 || D > 512 || S < 1 || G < 1 || H % G) return -1;
     const long rep = H / G, nd = (D + 15) / 16;
     int failed = 0;
-    #pragma omp parallel num_threads(nthreads)
+    #pragma omp parallel num_threads(nthreads) if (B * H * S * D >= 65536)
     {
         float* scores = (float*)malloc(sizeof(float) * S);
         if (!scores) { failed = 1; }
@@ -361,7 +443,7 @@ static inline __m512 exp_ps(__m512 x) {
 int olmo_hf_silu_mul_bf16(const uint16_t* gu, long ld, long rows, long n, uint16_t* out, int nthreads) {
     if (n % 16) return -1;
     const long chunk = 512, chunks = (n + chunk - 1) / chunk;
-    #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n > 4096)
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n > 65536)
     for (long t = 0; t < rows * chunks; ++t) {
         const long r = t / chunks, c0 = (t % chunks) * chunk, c1 = c0 + chunk < n ? c0 + chunk : n;
         const uint16_t* gate = gu + r * ld;

@@ -6,14 +6,10 @@ Optional throughout: where a kernel is unavailable or measured slower, PyTorch d
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -24,6 +20,7 @@ import torch.nn.functional as F
 
 from ..compat import attn_implementation
 from ..modules import rotate_half
+from .build import load_native_library
 
 # kernels.c, compiled once per machine with the flags of the instruction set this CPU has (chosen from its flags,
 # see choose_isa) into ~/.cache/olmo_hf (OLMO_HF_CACHE), self-tested before use, called through ctypes:
@@ -104,8 +101,16 @@ class _NativeLib:
         self.int8_to_bf16.argtypes = [c_ptr, c_long, c_long, c_long, c_ptr, c_int]
         self.int8_to_bf16.restype = c_int
         self.full = isa == "avx512_bf16"
+        self.amx = False  # the AMX-BF16 product: set by enable_amx() where the CPU and the kernel allow it
+        self.amx_note = "AMX tile product: off (needs the avx512_bf16 variant)"
         if not self.full:
             return
+        try:  # absent when the compiler knew no AMX intrinsics
+            self.gemv_amx = lib.olmo_hf_gemv_bf16_amx
+            self.gemv_amx.argtypes = self.gemv.argtypes
+            self.gemv_amx.restype = c_int
+        except AttributeError:
+            self.gemv_amx = None
         self.attention = lib.olmo_hf_decode_attention_bf16
         self.attention.argtypes = [c_ptr, c_long, c_long, c_ptr, c_long, c_long, c_long, c_ptr, c_long, c_long,
                                    c_long, c_ptr, c_long, c_long, c_long, c_long, c_long, c_float, c_int]
@@ -147,14 +152,12 @@ def native_unavailable_reason() -> str:
     return _native_reason
 
 
-def _compiler() -> list[str] | None:
-    cc = os.environ.get("CC")
-    if cc:
-        import shlex
+def _isa_flags(isa: str) -> list[str]:
+    return [*_COMMON_FLAGS, *next(flags for name, _, flags in ISAS if name == isa)]
 
-        return shlex.split(cc)
-    found = shutil.which("cc") or shutil.which("gcc")
-    return [found] if found else None
+
+def _isa_flags(isa: str) -> list[str]:
+    return [*_COMMON_FLAGS, *next(flags for name, _, flags in ISAS if name == isa)]
 
 
 def _build_native() -> tuple[_NativeLib | None, str]:
@@ -170,49 +173,50 @@ def _build_native() -> tuple[_NativeLib | None, str]:
                 return None, "torch does not use GNU OpenMP here (the kernels run on its libgomp threads)"
     except OSError:
         return None, "cannot read /proc/self/maps to find torch's OpenMP runtime"
-    lib_path, why = _compile(isa)
-    if lib_path is None:
-        return None, why
-    native = _NativeLib(ctypes.CDLL(lib_path), isa)
-    failed = _self_test(native)
-    if failed:
-        return None, f"the {isa} kernels failed their self-test ({failed})"
+    # Built, self-tested in a subprocess and cached by build.py; loaded only if that self-test passed.
+    built = load_native_library(f"olmo_hf_kernels_{isa}", _NATIVE_SOURCE_FILE, flags=_isa_flags(isa),
+                                libs=_NATIVE_LIBS, self_test="olmo_hf.fast.native:_self_test_library")
+    if built.library is None:
+        return None, built.reason
+    native = _NativeLib(built.library, isa)
+    why = enable_amx(native, cpu_flags())
+    native.amx_note = "AMX tile product: on, available to the plan" if not why else (
+        f"AMX tile product: off ({why.removeprefix('AMX: ')})")
     return native, ""
 
 
-def _compile(isa: str) -> tuple[str | None, str]:
-    """kernels.c compiled for ``isa`` into the cache; (path, "") or (None, why not)."""
-    cc = _compiler()
-    if not cc:
-        return None, "no C compiler found (set CC, or install gcc)"
-    isa_flags = next(f for name, _, f in ISAS if name == isa)
-    flags = [*_COMMON_FLAGS, *isa_flags]
-    with open(_NATIVE_SOURCE_FILE, encoding="utf-8") as f:
-        source = f.read()
-    key = hashlib.sha256((source + " ".join(flags + list(_NATIVE_LIBS) + cc)).encode()).hexdigest()[:16]
-    root = os.environ.get("OLMO_HF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "olmo_hf")
-    directory = os.path.join(root, "native", key)
-    lib_path = os.path.join(directory, "libolmo_hf_kernels.so")
-    if not os.path.exists(lib_path):
-        os.makedirs(directory, exist_ok=True)
-        # Unique temporary names, then atomic renames: concurrent processes (pytest-xdist, several servers) may
-        # build at the same time, and none must ever compile or load a half-written file.
-        fd, src = tempfile.mkstemp(suffix=".c", dir=directory)
-        with os.fdopen(fd, "w") as f:
-            f.write(source)  # the text we hashed, even if the package file changes meanwhile
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
-        os.close(fd)
-        try:
-            proc = subprocess.run([*cc, *flags, "-o", tmp, src, *_NATIVE_LIBS], capture_output=True, text=True)
-            if proc.returncode != 0:
-                return None, f"{' '.join(cc)} failed: {proc.stderr.strip()[-300:]}"
-            os.replace(src, os.path.join(directory, "kernels.c"))  # kept for reference
-            os.replace(tmp, lib_path)
-        finally:
-            for path in (src, tmp):
-                if os.path.exists(path):
-                    os.unlink(path)
-    return lib_path, ""
+_AMX_FLAGS = frozenset({"amx_tile", "amx_bf16"})
+
+
+def enable_amx(native: _NativeLib, flags: frozenset[str] | set[str]) -> str:
+    """Switch on the library's AMX-BF16 product where the CPU has AMX and Linux grants this process the tile state
+    (``arch_prctl(ARCH_REQ_XCOMP_PERM)``) and it computes right; "" when on, else why not."""
+    if not native.full:
+        return "AMX: no (needs the avx512_bf16 variant)"
+    if not _AMX_FLAGS <= set(flags):
+        return "AMX: this CPU has no AMX-BF16"
+    if native.gemv_amx is None:
+        return "AMX: the C compiler has no AMX intrinsics (gcc >= 11 or clang >= 12 needed)"
+    if native.lib.olmo_hf_amx_enable() != 0:
+        return "AMX: Linux did not grant the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM; Linux >= 5.16)"
+    native.amx = True
+    gen = torch.Generator().manual_seed(1)
+    for n, k, m in ((64, 64, 1), (48, 96, 8), (40, 2048, 5), (16, 32, 3)):
+        w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+        x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+        out = _native_matmul(x, w, native, amx=True).float()
+        if not torch.allclose(out, F.linear(x.float(), w.float()), atol=1e-2 * k**0.5, rtol=1e-2):
+            native.amx = False
+            return "AMX: the tile kernel failed its self-test"
+    return ""
+
+
+def _self_test_library(path: str) -> bool:
+    """build.py's self-test (run in a fresh interpreter after each build): every kernel of the library at ``path``
+    against the PyTorch arithmetic it replaces."""
+    lib = ctypes.CDLL(path)
+    lib.olmo_hf_kernels_isa.restype = ctypes.c_char_p
+    return _self_test(_NativeLib(lib, lib.olmo_hf_kernels_isa().decode())) == ""
 
 
 def _self_test(native: _NativeLib) -> str:
@@ -279,9 +283,11 @@ def _elementwise_self_test(native: _NativeLib, gen: torch.Generator) -> bool:
     return close(_native_silu_mul(native, gu), F.silu(gu[..., :48]) * gu[..., 48:])
 
 
-def _native_matmul(x: torch.Tensor, weight: torch.Tensor, native: _NativeLib | None = None) -> torch.Tensor:
+def _native_matmul(x: torch.Tensor, weight: torch.Tensor, native: _NativeLib | None = None,
+                   amx: bool = False) -> torch.Tensor:
     """``x @ weight.T`` over the last dimension of ``x`` (at most ``_NATIVE_MAX_ROWS`` rows), ``weight`` a bf16
-    (out, in) matrix with unit stride along ``in`` (the plain nn.Linear weight, or a row slice of one)."""
+    (out, in) matrix with unit stride along ``in`` (the plain nn.Linear weight, or a row slice of one). ``amx``:
+    the AMX tile kernel for the rows of W it takes (multiples of 16, K % 32 == 0), the AVX512 kernel for the rest."""
     native = native or _native
     n, k = weight.shape
     x2d = x.reshape(-1, k)
@@ -289,8 +295,13 @@ def _native_matmul(x: torch.Tensor, weight: torch.Tensor, native: _NativeLib | N
         x2d = x2d.contiguous()
     m = x2d.shape[0]
     out = torch.empty((m, n), dtype=torch.bfloat16)
-    if native.gemv(x2d.data_ptr(), x2d.stride(0), weight.data_ptr(), weight.stride(0), n, k, out.data_ptr(), n, m,
-                   torch.get_num_threads()) != 0:
+    threads, ldw = torch.get_num_threads(), weight.stride(0)
+    n_amx = n - n % 16 if amx and native.amx and k % 32 == 0 else 0
+    if n_amx and native.gemv_amx(x2d.data_ptr(), x2d.stride(0), weight.data_ptr(), ldw, n_amx, k, out.data_ptr(), n,
+                                 m, threads) != 0:
+        raise RuntimeError("olmo_hf native AMX matrix-vector kernel rejected its arguments")
+    if n_amx < n and native.gemv(x2d.data_ptr(), x2d.stride(0), weight.data_ptr() + 2 * n_amx * ldw, ldw, n - n_amx,
+                                 k, out.data_ptr() + 2 * n_amx, n, m, threads) != 0:
         raise RuntimeError("olmo_hf native matrix-vector kernel rejected its arguments")
     return out.view(*x.shape[:-1], n)
 
@@ -462,6 +473,7 @@ class KernelPlan:
 
     isa: str | None
     gemv_max_rows: int = 0
+    gemv_amx_from_rows: int = 0  # products of this many rows or more (up to gemv_max_rows) run on AMX; 0: never
     decode_attention: bool = False
     prefill_attention: bool = False
     elementwise: bool = False
@@ -471,6 +483,7 @@ class KernelPlan:
 
 
 _PLAN: KernelPlan | None = None
+_FORCED_AMX_FROM_ROWS = 2  # OLMO_HF_NATIVE=force: AMX from 2 rows (where it measured faster on a Xeon with AMX)
 _plan_lock = threading.Lock()
 # A part is enabled when its kernel's median time is below this fraction of PyTorch's in the same interleaved
 # measurement: a margin against measurement noise on shared machines (never slower is the promise).
@@ -503,16 +516,25 @@ def _measure_plan(native: _NativeLib) -> KernelPlan:
     notes, enabled = {}, {}
     # Matrix-vector: two 32 MiB weights (an OLMo-2-1B MLP matrix each), alternated so that neither stays cached.
     weights = [torch.randn(8192, 2048, generator=gen).to(torch.bfloat16) for _ in range(2)]
-    max_rows = 0
-    for rows in (1, 4, 8):
+    max_rows = amx_from = 0
+    for low, rows in ((1, 1), (2, 4), (5, 8)):  # each measured row count decides the products of low..rows rows
         x = torch.randn(rows, 2048, generator=gen).to(torch.bfloat16)
-        nat, ref = _median_times([lambda: [_native_matmul(x, w, native) for w in weights],
-                                  lambda: [F.linear(x, w) for w in weights]])
-        on, note = decide_part(f"matrix-vector ({rows} row{'s' * (rows > 1)})", nat, ref, "F.linear")
+        kernels = [("AVX512", lambda: [_native_matmul(x, w, native) for w in weights])]
+        if native.amx:
+            kernels.append(("AMX", lambda: [_native_matmul(x, w, native, amx=True) for w in weights]))
+        times = _median_times([fn for _, fn in kernels] + [lambda: [F.linear(x, w) for w in weights]])
+        best = min(range(len(kernels)), key=lambda i: times[i])
+        name = kernels[best][0]
+        on, note = decide_part(f"matrix-vector, {name} ({rows} row{'s' * (rows > 1)})", times[best], times[-1],
+                               "F.linear")
+        if len(kernels) > 1:
+            note += f"; {kernels[1 - best][0]} {times[1 - best] * 1e3:.2f} ms"
         notes[f"gemv_{rows}"] = note
         if not on:
             break
         max_rows = rows
+        if name == "AMX" and not amx_from:
+            amx_from = low
     del weights
     if native.full:
         q = torch.randn(1, 16, 1, 128, generator=gen).to(torch.bfloat16)
@@ -543,7 +565,8 @@ def _measure_plan(native: _NativeLib) -> KernelPlan:
         for part in ("decode_attention", "prefill_attention", "elementwise"):
             notes[part] = f"{part.replace('_', ' ')}: off (no {native.isa} variant; it needs AVX512-BF16)"
     enabled.update(_measure_int8(native, gen, notes))
-    return KernelPlan(isa=native.isa, gemv_max_rows=max_rows, notes=notes, **enabled)
+    notes["amx"] = native.amx_note
+    return KernelPlan(isa=native.isa, gemv_max_rows=max_rows, gemv_amx_from_rows=amx_from, notes=notes, **enabled)
 
 
 def _measure_int8(native: _NativeLib, gen: torch.Generator, notes: dict) -> dict:
@@ -590,10 +613,12 @@ def _make_plan() -> KernelPlan:
     if native is None:
         return KernelPlan(isa=None, notes={"native": f"no native kernels: {native_unavailable_reason()}"})
     if _native_mode() == "force":
-        return KernelPlan(isa=native.isa, gemv_max_rows=_NATIVE_MAX_ROWS, decode_attention=native.full,
+        return KernelPlan(isa=native.isa, gemv_max_rows=_NATIVE_MAX_ROWS,
+                          gemv_amx_from_rows=_FORCED_AMX_FROM_ROWS if native.amx else 0, decode_attention=native.full,
                           prefill_attention=native.full, elementwise=native.full,
                           int8_gemv_max_rows=_NATIVE_MAX_ROWS, int8_convert=True,
-                          notes={"native": "every kernel on, unmeasured (OLMO_HF_NATIVE=force)"})
+                          notes={"native": "every kernel built: on, unmeasured (OLMO_HF_NATIVE=force)",
+                                 "amx": native.amx_note})
     try:
         with torch.no_grad():
             return _measure_plan(native)

@@ -54,6 +54,11 @@ class _Packed:
                 "This model was optimised for CPU inference (olmo_hf.fast); its packed linear layers cannot be "
                 "trained or differentiated. Call olmo_hf.fast.undo(model) first, or run under torch.no_grad()."
             )
+        if torch.compiler.is_exporting():  # torch.export, so ONNX's dynamo exporter and ExecuTorch (not torch.compile)
+            raise FastPathError(
+                "This model was optimised for CPU inference (olmo_hf.fast), whose packed weights torch.export, ONNX and "
+                "ExecuTorch cannot export; call olmo_hf.fast.undo(model) before exporting it."
+            )
         plan = native._PLAN
         if (
             plan is not None
@@ -64,7 +69,8 @@ class _Packed:
             and x.numel() <= plan.gemv_max_rows * x.shape[-1]
             and not torch.compiler.is_compiling()
         ):
-            out = _native_matmul(x, self.tensor)
+            amx = 0 < plan.gemv_amx_from_rows <= x.numel() // x.shape[-1]
+            out = _native_matmul(x, self.tensor, amx=amx)
             return out if bias is None else out + bias
         return F.linear(x, self.tensor, bias)
 

@@ -137,6 +137,11 @@ class _Int8Packed:
                 "This model was optimised for CPU inference (olmo_hf.fast); its packed linear layers cannot be "
                 "trained or differentiated. Call olmo_hf.fast.undo(model) first, or run under torch.no_grad()."
             )
+        if torch.compiler.is_exporting():  # torch.export, so ONNX's dynamo exporter and ExecuTorch
+            raise FastPathError(
+                "This model was optimised for CPU inference (olmo_hf.fast), whose packed weights torch.export, ONNX and "
+                "ExecuTorch cannot export; call olmo_hf.fast.undo(model) before exporting it."
+            )
         plan = native._PLAN
         usable = (
             plan is not None
