@@ -142,8 +142,10 @@ def test_amx_takes_over_from_the_row_count_where_it_measured_faster(fresh_native
     if lib is None or not lib.full:
         pytest.skip("needs the AVX512-BF16 kernels")
     monkeypatch.setattr(lib, "amx", True)
-    # (AVX512, AMX, F.linear) at 1, 4, 8 rows; then attention and element-wise pairs
-    _fake_timings(monkeypatch, [(1, 2, 3), (3, 2, 4), (5, 3, 4), (1, 2), (1, 2), (1, 2)])
+    # (AVX512, AMX, F.linear) at 1, 4, 8 rows; then attention and element-wise pairs; int8 gemv 1, 4, 8 rows and
+    # the int8 -> bf16 widening
+    _fake_timings(monkeypatch, [(1, 2, 3), (3, 2, 4), (5, 3, 4), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2),
+                                (1, 2)])
     plan = native._measure_plan(lib)
     assert plan.gemv_max_rows == 8 and plan.gemv_amx_from_rows == 2
     assert plan.notes["gemv_1"].startswith("matrix-vector, AVX512 (1 row): on") and "AMX 2000.00 ms" in plan.notes["gemv_1"]
