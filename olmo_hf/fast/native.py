@@ -452,7 +452,7 @@ def _native_elementwise_ok(x: torch.Tensor) -> bool:
     """Whether the element-wise kernels may run on ``x``: the plan enables them, bf16 on CPU, inference."""
     return (
         _PLAN is not None
-        and _PLAN.elementwise
+        and (_PLAN.elementwise if x.numel() <= _NATIVE_MAX_ROWS * x.shape[-1] else _PLAN.elementwise_prefill)
         and type(x) is torch.Tensor  # not a FakeTensor (torch.export / ONNX tracing): they have no data
         and x.dtype == torch.bfloat16
         and x.device.type == "cpu"
@@ -476,7 +476,8 @@ class KernelPlan:
     gemv_amx_from_rows: int = 0  # products of this many rows or more (up to gemv_max_rows) run on AMX; 0: never
     decode_attention: bool = False
     prefill_attention: bool = False
-    elementwise: bool = False
+    elementwise: bool = False  # decoding steps (up to _NATIVE_MAX_ROWS tokens)
+    elementwise_prefill: bool = False  # larger inputs (measured at 128 tokens)
     int8_gemv_max_rows: int = 0
     int8_convert: bool = False
     notes: dict = field(default_factory=dict)
@@ -561,8 +562,14 @@ def _measure_plan(native: _NativeLib) -> KernelPlan:
                                  repeats=15)
         enabled["elementwise"], notes["elementwise"] = decide_part(
             "element-wise (RMSNorm + SwiGLU, one token)", nat, ref, "PyTorch operators")
+        x = torch.randn(1, 128, 2048, generator=gen).to(torch.bfloat16)  # a prompt: torch's ops run threaded too
+        gate_up = torch.randn(1, 128, 16384, generator=gen).to(torch.bfloat16)
+        nat, ref = _median_times([lambda: (_native_rms_norm(native, x, w, 1e-6), _native_silu_mul(native, gate_up)),
+                                  lambda: (torch_rms_norm(), F.silu(gate_up[..., :8192]) * gate_up[..., 8192:])])
+        enabled["elementwise_prefill"], notes["elementwise_prefill"] = decide_part(
+            "element-wise (RMSNorm + SwiGLU, 128 tokens)", nat, ref, "PyTorch operators")
     else:
-        for part in ("decode_attention", "prefill_attention", "elementwise"):
+        for part in ("decode_attention", "prefill_attention", "elementwise", "elementwise_prefill"):
             notes[part] = f"{part.replace('_', ' ')}: off (no {native.isa} variant; it needs AVX512-BF16)"
     enabled.update(_measure_int8(native, gen, notes))
     notes["amx"] = native.amx_note
@@ -616,6 +623,7 @@ def _make_plan() -> KernelPlan:
         return KernelPlan(isa=native.isa, gemv_max_rows=_NATIVE_MAX_ROWS,
                           gemv_amx_from_rows=_FORCED_AMX_FROM_ROWS if native.amx else 0, decode_attention=native.full,
                           prefill_attention=native.full, elementwise=native.full,
+                          elementwise_prefill=native.full,
                           int8_gemv_max_rows=_NATIVE_MAX_ROWS, int8_convert=True,
                           notes={"native": "every kernel built: on, unmeasured (OLMO_HF_NATIVE=force)",
                                  "amx": native.amx_note})
