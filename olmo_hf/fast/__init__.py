@@ -92,6 +92,7 @@ from torch import nn
 
 from ..modules import Olmo2RMSNorm, OlmoAttention, OlmoMLP
 from .forwards import _fast_attention_forward, _fast_mlp_forward, _fast_rms_norm_forward
+from .build import cpu_model_name
 from .guards import install_guards
 from .native import KernelPlan, _native_kernel, kernel_plan
 from . import quantized as _quantized
@@ -349,19 +350,6 @@ class FastPathStatus:
         return "\n".join(lines)
 
 
-def _cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def status(model: nn.Module | None = None) -> FastPathStatus:
     """Which parts of the fast path run on this machine (and, given a model, for that model), which do not, and
     why. Builds and measures the native kernels if that has not happened yet in this process."""
@@ -388,4 +376,4 @@ def status(model: nn.Module | None = None) -> FastPathStatus:
                                  ("grow_kv_cache", "key/value cache grown in place (plain DynamicCache)")):
                 (enabled if opts.get(option) else skipped).append(what + ("" if opts.get(option) else ": switched off"))
     return FastPathStatus(optimized=state is not None, isa=plan.isa, enabled=tuple(enabled), skipped=tuple(skipped),
-                          cpu=_cpu_model_name())
+                          cpu=cpu_model_name())

@@ -112,7 +112,7 @@ def _load(name: str, source_file: str, flags: list[str], libs: list[str], self_t
         "environment": {var: os.environ.get(var, "") for var in _FLAG_VARIABLES},
         "torch": _torch_version(),
         "platform": sysconfig.get_platform(),
-        "cpu": _cpu_model(),  # a self-test's verdict holds for this CPU model (a shared home may span several)
+        "cpu": cpu_model_name(),  # a self-test's verdict holds for this CPU model (a shared home may span several)
         "self_test": self_test,
     }
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
@@ -176,7 +176,7 @@ def _compiler_fingerprint(words: list[str]) -> list[list]:
     return fingerprint
 
 
-def _cpu_model() -> str:
+def cpu_model_name() -> str:
     """The CPU's model name (Linux: /proc/cpuinfo; elsewhere platform.processor())."""
     try:
         with open("/proc/cpuinfo") as f:
