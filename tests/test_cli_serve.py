@@ -172,9 +172,13 @@ def test_the_fast_path_is_applied_to_a_bf16_or_fp32_cpu_model_only(checkpoint):
 
 
 def test_serve_help_teaches_no_fast(capsys):
-    from olmo_hf.cli.serve import run_transformers_command
+    from olmo_hf.cli.serve import expose_classes, restore_classes, run_transformers_command
 
-    assert run_transformers_command("serve", ["--help"]) == 0
+    previous = expose_classes()  # what run_transformers_command does for the process's lifetime; undone below, so
+    try:  # that later tests see Transformers' own classes on the transformers module again
+        assert run_transformers_command("serve", ["--help"]) == 0
+    finally:
+        restore_classes(previous)
     out = capsys.readouterr().out
     assert "--port" in out and "olmo-hf serve adds:\n  --no-fast  Serve the plain model" in out
 
