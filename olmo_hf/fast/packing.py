@@ -26,6 +26,21 @@ class FastPathError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- packed linear
+def refuse_gradients_and_export(x: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """What every fast-path product refuses (bf16 and int8 alike): gradients, and torch.export (so ONNX's dynamo
+    exporter and ExecuTorch; torch.compile is fine)."""
+    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+        raise FastPathError(
+            "This model was optimised for CPU inference (olmo_hf.fast), whose packed linear layers cannot be trained "
+            "or differentiated; call olmo_hf.fast.undo(model) first, or run under torch.no_grad()."
+        )
+    if torch.compiler.is_exporting():
+        raise FastPathError(
+            "This model was optimised for CPU inference (olmo_hf.fast), whose packed weights torch.export, ONNX and "
+            "ExecuTorch cannot export; call olmo_hf.fast.undo(model) before exporting it."
+        )
+
+
 class _Packed:
     """One weight matrix of the fast path, shared by the PackedLinear(s) that read it (several for a fused matrix).
 
@@ -49,16 +64,7 @@ class _Packed:
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ W.T (+ bias)`` over the last dimension of ``x`` (inference only: no autograd)."""
-        if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
-            raise FastPathError(
-                "This model was optimised for CPU inference (olmo_hf.fast); its packed linear layers cannot be "
-                "trained or differentiated. Call olmo_hf.fast.undo(model) first, or run under torch.no_grad()."
-            )
-        if torch.compiler.is_exporting():  # torch.export, so ONNX's dynamo exporter and ExecuTorch (not torch.compile)
-            raise FastPathError(
-                "This model was optimised for CPU inference (olmo_hf.fast), whose packed weights torch.export, ONNX and "
-                "ExecuTorch cannot export; call olmo_hf.fast.undo(model) before exporting it."
-            )
+        refuse_gradients_and_export(x, bias)
         plan = native._PLAN
         if (
             plan is not None

@@ -31,7 +31,7 @@ from torch import nn
 from ..compat import has_int8_weight_only_mm, int8_weight_only_mm
 from . import native
 from .native import _native_int8_matmul, _native_int8_to_bf16
-from .packing import FastPathError, PackedLinear
+from .packing import PackedLinear, refuse_gradients_and_export
 
 __all__ = ["Int8PackedLinear", "is_int8_weight_only", "unsupported_quantization"]
 
@@ -132,16 +132,7 @@ class _Int8Packed:
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ dequantized(W).T (+ bias)`` over the last dimension of ``x`` (inference only: no autograd)."""
-        if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
-            raise FastPathError(
-                "This model was optimised for CPU inference (olmo_hf.fast); its packed linear layers cannot be "
-                "trained or differentiated. Call olmo_hf.fast.undo(model) first, or run under torch.no_grad()."
-            )
-        if torch.compiler.is_exporting():  # torch.export, so ONNX's dynamo exporter and ExecuTorch
-            raise FastPathError(
-                "This model was optimised for CPU inference (olmo_hf.fast), whose packed weights torch.export, ONNX and "
-                "ExecuTorch cannot export; call olmo_hf.fast.undo(model) before exporting it."
-            )
+        refuse_gradients_and_export(x, bias)
         plan = native._PLAN
         usable = (
             plan is not None
