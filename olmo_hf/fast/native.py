@@ -283,6 +283,14 @@ def _elementwise_self_test(native: _NativeLib, gen: torch.Generator) -> bool:
     return close(_native_silu_mul(native, gu), F.silu(gu[..., :48]) * gu[..., 48:])
 
 
+def _rows_and_output(x: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` as (rows, k) with unit stride along k (a view where possible), and a bf16 (rows, n) output for it."""
+    x2d = x.reshape(-1, k)
+    if x2d.stride(-1) != 1:
+        x2d = x2d.contiguous()
+    return x2d, torch.empty((x2d.shape[0], n), dtype=torch.bfloat16)
+
+
 def _native_matmul(x: torch.Tensor, weight: torch.Tensor, native: _NativeLib | None = None,
                    amx: bool = False) -> torch.Tensor:
     """``x @ weight.T`` over the last dimension of ``x`` (at most ``_NATIVE_MAX_ROWS`` rows), ``weight`` a bf16
@@ -290,11 +298,8 @@ def _native_matmul(x: torch.Tensor, weight: torch.Tensor, native: _NativeLib | N
     the AMX tile kernel for the rows of W it takes (multiples of 16, K % 32 == 0), the AVX512 kernel for the rest."""
     native = native or _native
     n, k = weight.shape
-    x2d = x.reshape(-1, k)
-    if x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
+    x2d, out = _rows_and_output(x, n, k)
     m = x2d.shape[0]
-    out = torch.empty((m, n), dtype=torch.bfloat16)
     threads, ldw = torch.get_num_threads(), weight.stride(0)
     n_amx = n - n % 16 if amx and native.amx and k % 32 == 0 else 0
     if n_amx and native.gemv_amx(x2d.data_ptr(), x2d.stride(0), weight.data_ptr(), ldw, n_amx, k, out.data_ptr(), n,
@@ -313,11 +318,8 @@ def _native_int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Ten
     ``scale`` its float32 per-row scales, contiguous (out,)."""
     native = native or _native
     n, k = qweight.shape
-    x2d = x.reshape(-1, k)
-    if x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
+    x2d, out = _rows_and_output(x, n, k)
     m = x2d.shape[0]
-    out = torch.empty((m, n), dtype=torch.bfloat16)
     if native.gemv_int8(x2d.data_ptr(), x2d.stride(0), qweight.data_ptr(), qweight.stride(0), scale.data_ptr(), n, k,
                         out.data_ptr(), n, m, torch.get_num_threads()) != 0:
         raise RuntimeError("olmo_hf native int8 matrix-vector kernel rejected its arguments")
