@@ -5,6 +5,7 @@ plan (decided from given timings: never slower), a clean fallback where no kerne
 from __future__ import annotations
 
 import ctypes
+import platform
 
 import pytest
 import torch
@@ -46,8 +47,24 @@ def test_an_old_x86_cpu_gets_no_kernels_and_a_reason():
 
 
 @pytest.mark.parametrize("machine", ["aarch64", "arm64"])
-def test_arm_gets_no_kernels_and_a_reason(machine):
-    isa, why = native.choose_isa(set(), machine, "linux")
+def test_an_arm_cpu_with_neon_gets_the_neon_kernels(machine):
+    """Graviton 2/3/4, Ampere Altra, Apple silicon under Linux: /proc/cpuinfo "Features" lists asimd."""
+    assert native.choose_isa({"fp", "asimd", "evtstrm", "aes", "crc32"}, machine, "linux") == ("neon", "")
+
+
+def test_an_arm_cpu_without_neon_gets_no_kernels_and_a_reason():
+    isa, why = native.choose_isa({"fp"}, "aarch64", "linux")
+    assert isa is None and "NEON" in why and "PyTorch" in why
+
+
+def test_x86_flags_never_select_an_arm_variant_and_the_reverse():
+    assert native.choose_isa(AVX512_BF16 | {"asimd"}, "x86_64", "linux")[0] == "avx512_bf16"
+    assert native.choose_isa(AVX512_BF16, "aarch64", "linux")[0] is None
+
+
+@pytest.mark.parametrize("machine", ["riscv64", "ppc64le", "s390x"])
+def test_other_cpus_get_no_kernels_and_a_reason(machine):
+    isa, why = native.choose_isa({"v"}, machine, "linux")
     assert isa is None and machine in why and "PyTorch" in why
 
 
@@ -58,9 +75,12 @@ def test_macos_gets_no_kernels_and_a_reason():
 
 # ----------------------------------------------------------------------------------------------- each variant
 def _buildable_isas():
-    have = native.cpu_flags()
-    return [pytest.param(name, marks=pytest.mark.skipif(not needs <= have, reason=f"this CPU lacks {sorted(needs - have)}"))
-            for name, needs, _ in native.ISAS]
+    """Every variant, skipped where this CPU cannot run it (tests/test_kernels_emulated.py runs those emulated)."""
+    have, machine = native.cpu_flags(), platform.machine()
+    return [pytest.param(isa.name, marks=pytest.mark.skipif(
+                machine not in isa.machines or not isa.needs <= have,
+                reason=f"this {machine} CPU cannot run {isa.name} (lacks {sorted(isa.needs - have)})"))
+            for isa in native.ISAS]
 
 
 @pytest.mark.parametrize("isa", _buildable_isas())
@@ -203,8 +223,8 @@ def test_a_plan_with_every_kernel_off_runs_exactly_the_plain_models_arithmetic(f
     fast.undo(model)
 
 
-def test_arm_falls_back_cleanly_and_says_why(fresh_native, monkeypatch):
-    monkeypatch.setattr(native.platform, "machine", lambda: "aarch64")
+def test_a_cpu_without_a_variant_falls_back_cleanly_and_says_why(fresh_native, monkeypatch):
+    monkeypatch.setattr(native.platform, "machine", lambda: "riscv64")
     monkeypatch.setenv("OLMO_HF_NATIVE", "auto")
     model = _tiny_bf16_model()
     ids = torch.tensor([[3, 5, 7, 11, 13]])
@@ -213,7 +233,7 @@ def test_arm_falls_back_cleanly_and_says_why(fresh_native, monkeypatch):
     assert torch.equal(_greedy(model, ids), expected)
     report = fast.status(model)
     assert report.isa is None and report.optimized
-    assert any("no native kernels for aarch64 CPUs" in line for line in report.skipped)
+    assert any("no native kernels for riscv64 CPUs" in line for line in report.skipped)
 
 
 def test_switched_off_native_code_is_reported(fresh_native, monkeypatch):

@@ -3,11 +3,13 @@
    flags), and declares each entry point's signature in _NativeLib. What the file contains depends on those flags:
 
    - with AVX512-BF16 (-mavx512f -mavx512bw -mavx512vl -mavx512bf16): everything below;
-   - with AVX2 + FMA + F16C only (-mavx2 -mfma -mf16c): the matrix-vector product (olmo_hf_gemv_bf16);
+   - with AVX2 + FMA + F16C only (-mavx2 -mfma -mf16c): the matrix-vector products (bf16 and int8);
+   - on AArch64 with NEON (Advanced SIMD, every ARMv8-A CPU: Graviton, Ampere, Apple silicon under Linux): the
+     same matrix-vector products as AVX2, 4 fp32 lanes wide;
    - otherwise the file is not built and PyTorch does all the work.
 
    Entry points:
-   - olmo_hf_kernels_isa: which variant this library is ("avx512_bf16" or "avx2");
+   - olmo_hf_kernels_isa: which variant this library is ("avx512_bf16", "avx2" or "neon");
    - olmo_hf_gemv_bf16: y = x @ W^T for 1..8 rows of x, W the PLAIN (out_features, in_features) row-major bf16
      weight that nn.Linear holds (no packed copy, no layout of oneDNN's);
    - olmo_hf_decode_attention_bf16: one decoding step of attention (one query position, no mask);
@@ -19,14 +21,18 @@
      squares are added in another order (a bf16 ulp on ~1e-5 of the outputs).
    bf16 in and out, fp32 accumulation, on torch's own OpenMP threads (nthreads). Each entry point returns 0 on
    success and a negative status for arguments it does not handle. */
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#if !defined(__AVX512BF16__) && !(defined(__AVX2__) && defined(__FMA__))
-#error "kernels.c needs -mavx512bf16 (with avx512f/bw/vl) or -mavx2 -mfma"
+#if !defined(__AVX512BF16__) && !(defined(__AVX2__) && defined(__FMA__)) && !(defined(__aarch64__) && defined(__ARM_NEON))
+#error "kernels.c needs -mavx512bf16 (with avx512f/bw/vl), -mavx2 -mfma, or an AArch64 target (NEON)"
 #endif
 
 /* fp32 -> bf16, round to nearest even, as .to(torch.bfloat16) (NaN stays a quiet NaN). */
@@ -88,18 +94,10 @@ static inline void gemv_micro_##MM(const uint16_t* x, long ldx, const uint16_t* 
 }
 GEMV_MICRO(1) GEMV_MICRO(2) GEMV_MICRO(3) GEMV_MICRO(4)
 
-static inline void gemv_micro(long mm, const uint16_t* x, long ldx, const uint16_t* w, long ldw, long K,
-                              float out[4][NR]) {
-    switch (mm) {
-        case 1: gemv_micro_1(x, ldx, w, ldw, K, out); break;
-        case 2: gemv_micro_2(x, ldx, w, ldw, K, out); break;
-        case 3: gemv_micro_3(x, ldx, w, ldw, K, out); break;
-        default: gemv_micro_4(x, ldx, w, ldw, K, out); break;
-    }
-}
+typedef uint16_t gemv_x_t; /* the micro-kernels read x as bf16 */
 #define GEMV_X_AT(x, i) bf16_to_f32((x)[i])
 
-#else /* AVX2 + FMA: no bf16 dot product; weights widen to fp32 in registers, x is widened once up front */
+#elif defined(__AVX2__) /* AVX2 + FMA: no bf16 dot product; weights widen to fp32 in registers, x widened once */
 const char* olmo_hf_kernels_isa(void) { return "avx2"; }
 
 static inline __m256 bf16x8_to_f32(const uint16_t* p) {
@@ -137,7 +135,46 @@ static inline void gemv_micro_##MM(const float* x, long ldx, const uint16_t* w, 
 }
 GEMV_MICRO(1) GEMV_MICRO(2) GEMV_MICRO(3) GEMV_MICRO(4)
 
-static inline void gemv_micro(long mm, const float* x, long ldx, const uint16_t* w, long ldw, long K,
+#else /* AArch64 NEON: as AVX2, with 4 fp32 lanes; a bf16 weight widens to fp32 by a 16-bit shift (exact) */
+const char* olmo_hf_kernels_isa(void) { return "neon"; }
+
+/* out[m][r] = x[m, :] . w[r, :] with x already fp32 (row stride ldx); 8 weights per row and step (one 16-byte
+   load, widened as two halves); K % 8 tail done in scalar code. MM x NR accumulators + 2 NR weight halves + 2 x
+   halves fit AArch64's 32 vector registers. */
+#define GEMV_MICRO(MM)                                                                                        \
+static inline void gemv_micro_##MM(const float* x, long ldx, const uint16_t* w, long ldw, long K,          \
+                                   float out[4][NR]) {                                                     \
+    float32x4_t acc[MM][NR];                                                                               \
+    for (int m = 0; m < MM; ++m) for (int r = 0; r < NR; ++r) acc[m][r] = vdupq_n_f32(0.f);                \
+    long k = 0;                                                                                            \
+    for (; k + 8 <= K; k += 8) {                                                                           \
+        float32x4_t wlo[NR], whi[NR];                                                                      \
+        for (int r = 0; r < NR; ++r) {                                                                     \
+            const uint16x8_t h = vld1q_u16(w + r * ldw + k);                                               \
+            wlo[r] = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16));                              \
+            whi[r] = vreinterpretq_f32_u32(vshll_high_n_u16(h, 16));                                       \
+        }                                                                                                  \
+        for (int m = 0; m < MM; ++m) {                                                                     \
+            const float32x4_t xlo = vld1q_f32(x + m * ldx + k), xhi = vld1q_f32(x + m * ldx + k + 4);       \
+            for (int r = 0; r < NR; ++r) acc[m][r] = vfmaq_f32(vfmaq_f32(acc[m][r], wlo[r], xlo), whi[r], xhi); \
+        }                                                                                                  \
+    }                                                                                                      \
+    for (int m = 0; m < MM; ++m)                                                                           \
+        for (int r = 0; r < NR; ++r) {                                                                     \
+            float s = vaddvq_f32(acc[m][r]);                                                               \
+            for (long kk = k; kk < K; ++kk) s += x[m * ldx + kk] * bf16_to_f32(w[r * ldw + kk]);          \
+            out[m][r] = s;                                                                                 \
+        }                                                                                                  \
+}
+GEMV_MICRO(1) GEMV_MICRO(2) GEMV_MICRO(3) GEMV_MICRO(4)
+#endif
+
+#if !defined(__AVX512BF16__) /* AVX2 and NEON: x is widened to fp32 once per call */
+typedef float gemv_x_t;
+#define GEMV_X_AT(x, i) ((x)[i])
+#endif
+
+static inline void gemv_micro(long mm, const gemv_x_t* x, long ldx, const uint16_t* w, long ldw, long K,
                               float out[4][NR]) {
     switch (mm) {
         case 1: gemv_micro_1(x, ldx, w, ldw, K, out); break;
@@ -146,8 +183,6 @@ static inline void gemv_micro(long mm, const float* x, long ldx, const uint16_t*
         default: gemv_micro_4(x, ldx, w, ldw, K, out); break;
     }
 }
-#define GEMV_X_AT(x, i) ((x)[i])
-#endif
 
 int olmo_hf_gemv_bf16(const uint16_t* x_bf16, long ldx, const uint16_t* w, long ldw, long N, long K, uint16_t* y,
                       long ldy, long M, int nthreads) {
@@ -616,7 +651,7 @@ static inline void gemv_i8_micro_##MM(const int16_t* xq, long Kp, const float* s
     for (int m = 0; m < MM; ++m) for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]); \
 }
 GEMV_I8_MICRO(1) GEMV_I8_MICRO(2)
-#else /* AVX2: 16 weights per step, the K % 16 tail of each block in scalar code */
+#elif defined(__AVX2__) /* 16 weights per step, the K % 16 tail of each block in scalar code */
 #define I8_STEP 16
 #define I8_MAX_MM 1
 #define GEMV_I8_MICRO(MM)                                                                                     \
@@ -647,6 +682,42 @@ static inline void gemv_i8_micro_##MM(const int16_t* xq, long Kp, const float* s
         }                                                                                                  \
     }                                                                                                      \
     for (int r = 0; r < NR; ++r) out[0][r] = hsum256(acc[r]) + tail[r];                                    \
+}
+GEMV_I8_MICRO(1)
+#else /* NEON: as AVX2, 16 weights per step (widened to int16, multiplied into int32 lanes by vmlal_s16) */
+#define I8_STEP 16
+#define I8_MAX_MM 1
+#define GEMV_I8_MICRO(MM)                                                                                     \
+static inline void gemv_i8_micro_##MM(const int16_t* xq, long Kp, const float* sx, long nb, const int8_t* w,  \
+                                      long ldw, long K, float out[4][NR]) {                                \
+    float32x4_t acc[NR];                                                                                   \
+    float tail[NR] = {0.f};                                                                                \
+    for (int r = 0; r < NR; ++r) acc[r] = vdupq_n_f32(0.f);                                                \
+    for (long b = 0; b < nb; ++b) {                                                                        \
+        int32x4_t ia[NR];                                                                                  \
+        for (int r = 0; r < NR; ++r) ia[r] = vdupq_n_s32(0);                                               \
+        const long k1 = (b + 1) * I8_QB < K ? (b + 1) * I8_QB : K;                                         \
+        long k = b * I8_QB;                                                                                \
+        for (; k + 16 <= k1; k += 16) {                                                                    \
+            const int16x8_t x0 = vld1q_s16(xq + k), x1 = vld1q_s16(xq + k + 8);                            \
+            for (int r = 0; r < NR; ++r) {                                                                 \
+                if (!(k & 63)) __builtin_prefetch(w + (r + NR) * ldw + k);                                 \
+                const int8x16_t wv = vld1q_s8(w + r * ldw + k);                                            \
+                const int16x8_t w0 = vmovl_s8(vget_low_s8(wv)), w1 = vmovl_high_s8(wv);                    \
+                ia[r] = vmlal_s16(ia[r], vget_low_s16(w0), vget_low_s16(x0));                              \
+                ia[r] = vmlal_high_s16(ia[r], w0, x0);                                                     \
+                ia[r] = vmlal_s16(ia[r], vget_low_s16(w1), vget_low_s16(x1));                              \
+                ia[r] = vmlal_high_s16(ia[r], w1, x1);                                                     \
+            }                                                                                              \
+        }                                                                                                  \
+        for (int r = 0; r < NR; ++r) {                                                                     \
+            acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(ia[r]), sx[b]);                                     \
+            long t = 0;                                                                                    \
+            for (long kk = k; kk < k1; ++kk) t += (long)xq[kk] * w[r * ldw + kk];                          \
+            tail[r] += (float)t * sx[b];                                                                   \
+        }                                                                                                  \
+    }                                                                                                      \
+    for (int r = 0; r < NR; ++r) out[0][r] = vaddvq_f32(acc[r]) + tail[r];                                 \
 }
 GEMV_I8_MICRO(1)
 #endif
@@ -705,7 +776,7 @@ int olmo_hf_gemv_int8(const uint16_t* x_bf16, long ldx, const int8_t* q, long ld
 static inline __m512 i8x16_to_f32(const int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
 }
-#else
+#elif defined(__AVX2__)
 static inline __m256 i8x8_to_f32(const int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
 }
@@ -721,11 +792,18 @@ int olmo_hf_int8_to_bf16(const int8_t* q, long ldq, long N, long K, uint16_t* ou
 #if defined(__AVX512BF16__)
         for (; k + 16 <= K; k += 16)
             _mm256_storeu_si256((__m256i*)(dst + k), (__m256i)_mm512_cvtneps_pbh(i8x16_to_f32(src + k)));
-#else
+#elif defined(__AVX2__)
         for (; k + 8 <= K; k += 8) {  /* the fp32 bits' upper half is the bf16 value (exact: no rounding) */
             const __m256i bits = _mm256_srli_epi32(_mm256_castps_si256(i8x8_to_f32(src + k)), 16);
             const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1));
             _mm_storeu_si128((__m128i*)(dst + k), packed);
+        }
+#else
+        for (; k + 8 <= K; k += 8) {  /* NEON: int8 -> int32 -> fp32, whose upper 16 bits are the bf16 value */
+            const int16x8_t v = vmovl_s8(vld1_s8(src + k));
+            const uint32x4_t lo = vreinterpretq_u32_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(v))));
+            const uint32x4_t hi = vreinterpretq_u32_f32(vcvtq_f32_s32(vmovl_high_s16(v)));
+            vst1q_u16(dst + k, vcombine_u16(vshrn_n_u32(lo, 16), vshrn_n_u32(hi, 16)));
         }
 #endif
         for (; k < K; ++k) dst[k] = f32_to_bf16((float)src[k]);

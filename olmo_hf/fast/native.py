@@ -14,6 +14,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ from .build import load_native_library
 
 # kernels.c, compiled once per machine with the flags of the instruction set this CPU has (chosen from its flags,
 # see choose_isa) into ~/.cache/olmo_hf (OLMO_HF_CACHE), self-tested before use, called through ctypes:
-# - olmo_hf_gemv_bf16 (every variant): x @ W^T for 1..8 rows (decoding), reading the plain (out, in) bf16 weight
+# - olmo_hf_gemv_bf16 and olmo_hf_gemv_int8 (every variant: AVX512-BF16, AVX2, AArch64 NEON): x @ W^T for 1..8 rows (decoding), reading the plain (out, in) bf16 weight
 #   that nn.Linear holds: no packed copy, no dependence on the blocked layouts oneDNN picks per CPU (which differ
 #   between Zen 4 and AMX Xeons). Bound by memory bandwidth; it streams the weights on torch's OpenMP threads.
 # - AVX512-BF16 only: decode / prefill attention and the element-wise kernels (RMSNorm, q/k norm + RoPE, SwiGLU).
@@ -33,12 +34,26 @@ from .build import load_native_library
 _NATIVE_MAX_ROWS = 8
 _NATIVE_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.c")  # package data
 
-# Instruction sets, best first: (name, /proc/cpuinfo flags it needs, gcc flags that enable them). Flag names as
-# the Linux kernel spells them (arch/x86/include/asm/cpufeatures.h); gcc options from its x86 options manual.
-ISAS: tuple[tuple[str, frozenset[str], tuple[str, ...]], ...] = (
-    ("avx512_bf16", frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}),
-     ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16")),
-    ("avx2", frozenset({"avx2", "fma", "f16c"}), ("-mavx2", "-mfma", "-mf16c")),
+class Isa(NamedTuple):
+    """One kernels.c variant: its name, the CPUs it is for (``platform.machine()``), the flags Linux reports for
+    them that it needs, and the gcc flags that enable them."""
+
+    name: str
+    machines: tuple[str, ...]
+    needs: frozenset[str]
+    cflags: tuple[str, ...]
+
+
+_X86 = ("x86_64", "AMD64")
+_ARM64 = ("aarch64", "arm64")
+# Best first. Flag names as the Linux kernel spells them in /proc/cpuinfo (x86: arch/x86/include/asm/cpufeatures.h;
+# AArch64 "Features": arch/arm64/kernel/cpuinfo.c, "asimd" = NEON); gcc options from its x86 / AArch64 manuals
+# (NEON is part of the AArch64 base architecture: no flag needed).
+ISAS: tuple[Isa, ...] = (
+    Isa("avx512_bf16", _X86, frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}),
+        ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16")),
+    Isa("avx2", _X86, frozenset({"avx2", "fma", "f16c"}), ("-mavx2", "-mfma", "-mf16c")),
+    Isa("neon", _ARM64, frozenset({"asimd"}), ()),
 )
 # -ffp-contract=off: the element-wise kernels round each product as PyTorch does (no fused multiply-adds).
 _COMMON_FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
@@ -58,11 +73,12 @@ def _native_mode() -> str:
 
 
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux reports them (``/proc/cpuinfo``); empty elsewhere."""
+    """The CPU's feature flags as Linux reports them (``/proc/cpuinfo``: ``flags`` on x86, ``Features`` on ARM);
+    empty elsewhere."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):
                     return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
@@ -71,22 +87,25 @@ def cpu_flags() -> frozenset[str]:
 
 def choose_isa(flags: frozenset[str] | set[str], machine: str | None = None, system: str | None = None
                ) -> tuple[str | None, str]:
-    """The kernels.c variant for a CPU with these flags: ("avx512_bf16" | "avx2", "") or (None, why not)."""
+    """The kernels.c variant for a CPU with these flags: ("avx512_bf16" | "avx2" | "neon", "") or (None, why not)."""
     machine = machine or platform.machine()
     system = system or sys.platform
     if not system.startswith("linux"):
         return None, f"native kernels are built on Linux only (this is {system})"
-    if machine not in ("x86_64", "AMD64"):
-        return None, f"no native kernels for {machine} CPUs yet (x86-64 only); PyTorch's kernels run instead"
-    for name, needs, _ in ISAS:
-        if needs <= set(flags):
-            return name, ""
+    candidates = [isa for isa in ISAS if machine in isa.machines]
+    if not candidates:
+        return None, f"no native kernels for {machine} CPUs (x86-64 and AArch64 only); PyTorch's kernels run instead"
+    for isa in candidates:
+        if isa.needs <= set(flags):
+            return isa.name, ""
+    if machine in _ARM64:
+        return None, "this CPU reports no NEON (asimd); PyTorch's kernels run instead"
     return None, "this CPU has neither AVX512-BF16 nor AVX2+FMA+F16C; PyTorch's kernels run instead"
 
 
 class _NativeLib:
     """The entry points of the compiled library (ctypes functions; they release the GIL). ``isa`` says which
-    variant it is; the AVX2 variant has the matrix-vector product only (``full`` is False)."""
+    variant it is; the AVX2 and NEON variants have the matrix-vector products only (``full`` is False)."""
 
     def __init__(self, lib: ctypes.CDLL, isa: str) -> None:
         self.lib, self.isa = lib, isa
@@ -153,11 +172,8 @@ def native_unavailable_reason() -> str:
 
 
 def _isa_flags(isa: str) -> list[str]:
-    return [*_COMMON_FLAGS, *next(flags for name, _, flags in ISAS if name == isa)]
-
-
-def _isa_flags(isa: str) -> list[str]:
-    return [*_COMMON_FLAGS, *next(flags for name, _, flags in ISAS if name == isa)]
+    """The compiler flags of variant ``isa`` (common flags first)."""
+    return [*_COMMON_FLAGS, *next(v.cflags for v in ISAS if v.name == isa)]
 
 
 def _build_native() -> tuple[_NativeLib | None, str]:
