@@ -109,7 +109,7 @@ METHODS: dict[str, _Method] = {
     "int8": _Method(
         "torchao",
         "torchao int8 weight-only (per-channel, or per-group with group_size)",
-        ("group_size", "modules_to_not_convert"),
+        ("group_size", "modules_to_not_convert", "quantize_embeddings"),
         {"int8-weight-only": {}, "int8wo": {}},
     ),
     "int8-dynamic": _Method(
@@ -121,7 +121,7 @@ METHODS: dict[str, _Method] = {
     "int4": _Method(
         "torchao",
         "torchao int4 weight-only, per-group (CUDA: tinygemm layout; CPU: IntxWeightOnlyConfig)",
-        ("group_size", "packing_format", "modules_to_not_convert"),
+        ("group_size", "packing_format", "modules_to_not_convert", "quantize_embeddings"),
         {"int4-weight-only": {}, "int4wo": {}},
     ),
     "none": _Method("none", "no quantization (returns None)", (), {"no": {}}),
@@ -273,10 +273,13 @@ def quantization_config(name: str, *, device: str | torch.device | None = None, 
     from torchao.quantization.granularity import PerGroup, PerRow
     from transformers import TorchAoConfig
 
+    quantize_embeddings = options.pop("quantize_embeddings", True)
+    if not isinstance(quantize_embeddings, bool):
+        raise ValueError(f"`quantize_embeddings` must be True or False, got {quantize_embeddings!r}.")
     if method == "int8":
         group_size = options.get("group_size")
         granularity = PerRow() if group_size is None else PerGroup(int(group_size))
-        return TorchAoConfig(ao.Int8WeightOnlyConfig(granularity=granularity), modules_to_not_convert=skip)
+        return _torchao_config(ao.Int8WeightOnlyConfig(granularity=granularity), extra, quantize_embeddings)
     if method == "int8-dynamic":
         return TorchAoConfig(ao.Int8DynamicActivationInt8WeightConfig(), modules_to_not_convert=skip)
 
@@ -296,9 +299,9 @@ def quantization_config(name: str, *, device: str | torch.device | None = None, 
             )
         if layout not in _INT4_CPU_LAYOUTS:
             raise ValueError(f"int4 packing_format on CPU must be one of {_INT4_CPU_LAYOUTS}, got {layout!r}.")
-        return TorchAoConfig(
-            ao.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size)),
-            modules_to_not_convert=skip,
+        return _torchao_config(
+            ao.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size)), extra,
+            quantize_embeddings,
         )
     if layout not in _INT4_CUDA_LAYOUTS:
         raise ValueError(
@@ -313,8 +316,80 @@ def quantization_config(name: str, *, device: str | torch.device | None = None, 
         )
     packing_format = type(ao.Int4WeightOnlyConfig.int4_packing_format)(layout)  # torchao's Int4PackingFormat enum
     return TorchAoConfig(
-        ao.Int4WeightOnlyConfig(group_size=group_size, int4_packing_format=packing_format), modules_to_not_convert=skip
+        ao.Int4WeightOnlyConfig(group_size=group_size, int4_packing_format=packing_format),
+        modules_to_not_convert=skip,
     )
+
+
+# The module names (torchao FqnToConfig keys) of the decoder's projections, the LM head and the input embedding in
+# every olmo_hf model class (`model.` prefix in the task models, none in the base OlmoModel / Olmo2Model).
+_DECODER_LINEARS = r"re:(.*\.)?layers\.\d+\.(self_attn|mlp)\.\w+_proj"
+_LM_HEAD = "lm_head"
+_INPUT_EMBEDDING = r"re:(.*\.)?embed_tokens"
+_EMBEDDINGS = ("lm_head", "embed_tokens")  # the names users (and Transformers' default skip list) give them
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(p == name or p.endswith("." + name) for p in patterns)
+
+
+def _torchao_config(linear_config, extra: list[str], quantize_embeddings: bool):
+    """``TorchAoConfig`` quantizing the decoder's projections with ``linear_config`` and, unless kept (option
+    ``quantize_embeddings=False`` or ``lm_head`` / ``embed_tokens`` in ``modules_to_not_convert``), ``lm_head``
+    as int8 weight-only per output channel and the input embedding as int8 per row (per token): llama.cpp's
+    choice too (Q8_0 ``output.weight`` / ``token_embd.weight`` in a Q8_0 file, Q6_K output in a Q4_0 file).
+
+    Expressed with torchao's ``FqnToConfig`` (module name -> config), so that each part gets its own config and
+    anything else (norms, a classifier's ``score``) stays as loaded; Transformers' ``include_input_output_embeddings``
+    lets it take the ``nn.Embedding``. A model whose ``lm_head`` is tied to its embedding keeps both unquantized
+    (``from_pretrained`` of our classes, :func:`for_tied_embeddings`).
+    """
+    import torchao.quantization as ao
+    from torchao.quantization.granularity import PerRow
+    from transformers import TorchAoConfig
+
+    per_row = ao.Int8WeightOnlyConfig(granularity=PerRow())
+    parts = {_DECODER_LINEARS: linear_config}
+    if quantize_embeddings and not _matches("lm_head", extra):
+        parts[_LM_HEAD] = per_row
+    if quantize_embeddings and not _matches("embed_tokens", extra):
+        parts[_INPUT_EMBEDDING] = per_row
+    embeddings = len(parts) > 1
+    # Transformers drops the embeddings' names from this list when include_input_output_embeddings is set; what
+    # is not in `parts` stays unquantized either way
+    skip = [*DEFAULT_MODULES_TO_NOT_CONVERT, *extra]
+    skip = list(dict.fromkeys(n for n in skip if not (embeddings and n in _EMBEDDINGS)))
+    return TorchAoConfig(ao.FqnToConfig(parts), modules_to_not_convert=skip, include_input_output_embeddings=embeddings)
+
+
+def for_tied_embeddings(quantization_config, tied: bool):
+    """The quantization config to load a model with: ``quantization_config`` itself, or for a model whose
+    ``lm_head`` shares its weight with the input embedding (``tie_word_embeddings``), a copy that keeps both
+    unquantized. Quantizing the shared matrix once would serve both in memory, but Transformers 5.21-5.25 cannot
+    reload such a checkpoint (re-tying compares the two with ``torch.equal``, which torchao tensors lack), and
+    untying would add a matrix instead of saving one."""
+    if not tied or not getattr(quantization_config, "include_input_output_embeddings", False):
+        return quantization_config
+    import torchao.quantization as ao
+
+    config = copy.deepcopy(quantization_config)
+    quant_type = config.quant_type
+    if isinstance(quant_type, ao.FqnToConfig):
+        for key in (_LM_HEAD, _INPUT_EMBEDDING):
+            quant_type.fqn_to_config.pop(key, None)
+    config.include_input_output_embeddings = False
+    config.modules_to_not_convert = list(dict.fromkeys([*(config.modules_to_not_convert or []), *_EMBEDDINGS]))
+    return config
+
+
+def linear_config(quantization_config):
+    """The torchao config applied to the decoder's projections by ``quantization_config`` (a ``TorchAoConfig``):
+    its ``quant_type``, or the projections' entry of an ``FqnToConfig``; None for other configs."""
+    quant_type = getattr(quantization_config, "quant_type", None)
+    table = getattr(quant_type, "fqn_to_config", None)
+    if table is None:
+        return quant_type
+    return table.get(_DECODER_LINEARS, next((c for c in table.values() if c is not None), None))
 
 
 def _version(package: str) -> str:
