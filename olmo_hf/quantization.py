@@ -3,8 +3,10 @@
 
 Our model classes need nothing special: every method below goes through ``from_pretrained(...,
 quantization_config=...)`` and replaces (bitsandbytes) or re-types (torchao) the ``nn.Linear`` weights of the
-attention and MLP blocks. ``lm_head`` (and a classifier's ``score``) stay unquantized, the embedding is never
-quantized, and the norms are untouched modules that compute in float32 (see ``olmo_hf.modules``)::
+attention and MLP blocks. ``"int8"`` (and ``"int4"`` on CPU) also quantize ``lm_head`` (int8 per output channel)
+and the input embedding (int8 per row), as llama.cpp's Q8_0 files do, unless ``quantize_embeddings=False``; the
+other methods keep both in full precision. A classifier's ``score`` is never quantized, and the norms are
+untouched modules that compute in float32 (see ``olmo_hf.modules``)::
 
     import torch, olmo_hf
     from olmo_hf.quantization import quantization_config, save_quantized
@@ -21,15 +23,15 @@ Method names (case-insensitive; ``_`` and ``-`` are interchangeable), for :func:
 ``"bnb-4bit"``          bitsandbytes 4-bit, NF4 + double quant, bf16 compute (CPU and CUDA). Aliases
                         ``"bnb-nf4"``, ``"nf4"``, ``"4bit"``; ``"bnb-fp4"`` / ``"fp4"`` select FP4.
 ``"bnb-8bit"``          bitsandbytes LLM.int8() (CPU and CUDA). Aliases ``"bnb-int8"``, ``"8bit"``, ``"llm-int8"``.
-``"int8"``              torchao int8 weight-only, per-channel (CPU and CUDA). Aliases ``"int8_weight_only"``,
-                        ``"int8wo"``.
+``"int8"``              torchao int8 weight-only, per-channel (CPU and CUDA); ``lm_head`` and the embedding
+                        int8 per row too. Aliases ``"int8_weight_only"``, ``"int8wo"``.
 ``"int8-dynamic"``      torchao int8 dynamic-activation int8-weight (CPU and CUDA). Aliases
                         ``"int8_dynamic_activation_int8_weight"``, ``"int8dq"``.
 ``"int4"``              torchao int4 weight-only, per-group (default group_size 128). CUDA: ``Int4WeightOnlyConfig``
                         in the tinygemm ``"tile_packed_to_4d"`` layout (needs a bf16 model). CPU:
                         ``IntxWeightOnlyConfig(int4, PerGroup)``, the int4 layout that runs on CPU (values stored
-                        one per int8 byte, so no memory gain over ``"int8"``). Aliases ``"int4_weight_only"``,
-                        ``"int4wo"``.
+                        one per int8 byte, so no memory gain over ``"int8"``; ``lm_head`` and the embedding
+                        int8 per row). Aliases ``"int4_weight_only"``, ``"int4wo"``.
 ``"none"``              no quantization: returns ``None``. Alias ``"no"``.
 ======================  =====================================================================================
 
@@ -73,10 +75,13 @@ __all__ = [
     "use_cpu_int8_kernel",
     "memory_footprint",
     "DEFAULT_MODULES_TO_NOT_CONVERT",
+    "for_tied_embeddings",
+    "linear_config",
 ]
 
-# Kept in full precision by every method: the LM head (quantizing it costs the most accuracy per byte saved;
-# Transformers' own default) and the sequence-classification head. Matched as module-name suffixes.
+# Kept in full precision: the sequence-classification head by every method, the LM head by the bitsandbytes
+# methods, "int8-dynamic" and CUDA "int4" (Transformers' own default); "int8" and CPU "int4" quantize lm_head to
+# int8 as llama.cpp does (see _torchao_config). Matched as module-name suffixes.
 DEFAULT_MODULES_TO_NOT_CONVERT = ("lm_head", "score")
 
 _INT4_GROUP_SIZES = (32, 64, 128, 256)  # torchao Int4WeightOnlyConfig's supported group sizes
@@ -211,20 +216,27 @@ def quantization_config(name: str, *, device: str | torch.device | None = None, 
               default "nf4"), ``double_quant`` (default True), ``compute_dtype`` (default bfloat16).
             - ``"bnb-8bit"`` (aliases ``"bnb-int8"``, ``"8bit"``, ``"llm-int8"``): ``BitsAndBytesConfig(
               load_in_8bit=True)``. Option ``threshold`` (LLM.int8 outlier threshold, default 6.0).
-            - ``"int8"`` (aliases ``"int8_weight_only"``, ``"int8wo"``): ``TorchAoConfig(Int8WeightOnlyConfig())``.
-              Option ``group_size`` (default None = per output channel).
+            - ``"int8"`` (aliases ``"int8_weight_only"``, ``"int8wo"``): ``TorchAoConfig(FqnToConfig(...))``
+              applying ``Int8WeightOnlyConfig()`` to the projections and ``Int8WeightOnlyConfig(PerRow())`` to
+              ``lm_head`` and the input embedding. Options ``group_size`` (default None = per output channel; the
+              projections only), ``quantize_embeddings`` (default True; False keeps ``lm_head`` and the embedding
+              in the load dtype; ``modules_to_not_convert=["lm_head"]`` keeps only the head).
             - ``"int8-dynamic"`` (aliases ``"int8_dynamic_activation_int8_weight"``, ``"int8dq"``):
               ``TorchAoConfig(Int8DynamicActivationInt8WeightConfig())``.
             - ``"int4"`` (aliases ``"int4_weight_only"``, ``"int4wo"``): option ``group_size`` (32, 64, 128 or
               256; default 128). On CUDA ``Int4WeightOnlyConfig`` with ``packing_format`` "tile_packed_to_4d"
               (default; torch's tinygemm kernel), "plain" (needs the mslk package), "preshuffled" (needs
               fbgemm-gpu-genai) or "plain_int32". On CPU ``IntxWeightOnlyConfig(weight_dtype=torch.int4,
-              granularity=PerGroup(group_size))``, packing_format "unpacked_to_int8" (the only CPU layout).
+              granularity=PerGroup(group_size))``, packing_format "unpacked_to_int8" (the only CPU layout), for the
+              projections, and on CPU ``lm_head`` / the embedding as for ``"int8"`` (option ``quantize_embeddings``).
             - ``"none"`` (alias ``"no"``): returns ``None``.
         device: where the model will run: "cpu", "cuda" (or "cuda:N"), or None/"auto" for cuda when
             ``torch.cuda.is_available()`` else cpu.
         modules_to_not_convert: extra module names (suffixes or regexes) to keep unquantized, on top of
-            ``DEFAULT_MODULES_TO_NOT_CONVERT`` (``lm_head``, ``score``). Accepted by every method.
+            ``DEFAULT_MODULES_TO_NOT_CONVERT`` (``lm_head``, ``score``; ``lm_head`` is quantized by "int8" and
+            CPU "int4" unless named here). Accepted by every method.
+
+    A model whose ``lm_head`` is tied to its embedding keeps both unquantized (:func:`for_tied_embeddings`).
 
     Raises:
         ValueError: unknown name, unknown or invalid option, or a layout that has no kernel on ``device``

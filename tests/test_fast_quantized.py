@@ -137,6 +137,18 @@ def test_lm_head_and_embedding_kept_in_bf16_take_the_bf16_fast_path(checkpoint):
     assert "forward" not in model.model.embed_tokens.__dict__
 
 
+def test_tied_int8_model_keeps_its_bf16_embedding_and_head_in_the_fast_path(tmp_path):
+    config = olmo_hf.Olmo2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                                 num_attention_heads=4, pad_token_id=1, eos_token_id=2, bos_token_id=None,
+                                 tie_word_embeddings=True)
+    olmo_hf.Olmo2ForCausalLM(config).save_pretrained(tmp_path)
+    plain, fast = load_int8(tmp_path), optimize_for_cpu_inference(load_int8(tmp_path))
+    assert fast.lm_head.weight is fast.model.embed_tokens.weight  # tied, bf16, not packed
+    assert type(fast.model.layers[0].mlp.down_proj) is Int8PackedLinear
+    with torch.no_grad():
+        assert torch.equal(fast(IDS).logits, plain(IDS).logits)
+
+
 @needs_kernels
 def test_prefill_widening_the_int8_weight_in_slices_is_bit_identical(checkpoint, monkeypatch):
     plain, fast = load_int8(checkpoint), optimize_for_cpu_inference(load_int8(checkpoint))

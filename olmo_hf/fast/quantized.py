@@ -15,6 +15,11 @@ of bf16's two; larger products (prefill) widen the int8 weight to bf16 (exact) i
 CPU has it), because PyTorch's fused ``_weight_int8pack_mm`` is ~8x slower than the bf16 GEMM at 128 rows here
 (docs/quantization.md).
 
+``lm_head`` (int8 too with ``quantization_config("int8")``) becomes an Int8PackedLinear as well; its prefill product
+widens the int8 matrix in slices of at most ``_WIDEN_MAX_ELEMENTS``. The int8 input embedding keeps torchao's
+tensor but gets a lookup that dequantizes only the rows it reads (:func:`patch_int8_embedding`; torchao's
+``F.embedding`` dequantizes the whole table on every call).
+
 ``state_dict()`` / ``save_pretrained`` write exactly what the unoptimised torchao model writes (``weight`` is a
 torchao ``Int8Tensor`` again: the original one for a single layer, one rebuilt from the rows of a fused matrix),
 and :func:`olmo_hf.fast.undo` puts the original Parameter objects back with their very values.
