@@ -528,6 +528,20 @@ def _int8_weight_only_cpu_forward(self: nn.Linear, x: torch.Tensor) -> torch.Ten
     return y if self.bias is None else y + self.bias
 
 
+def int8_embedding_forward(self: nn.Embedding, input_ids: torch.Tensor) -> torch.Tensor:
+    """``F.embedding`` on an int8 per-row weight, dequantizing only the rows looked up (torchao's own embedding
+    dequantizes the whole table, ~200 M values for a 100 k vocabulary, on every call): the same values, since
+    torchao's dequantization is element-wise (``q.to(dtype) * scale``)."""
+    weight = self.weight
+    if type(input_ids) is not torch.Tensor or input_ids.device.type != "cpu" or self.max_norm is not None:
+        return F.embedding(input_ids, weight, self.padding_idx, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, self.sparse)
+    dtype = weight.dtype
+    rows = weight.qdata[input_ids].to(dtype)  # (..., hidden) int8 -> model dtype (exact)
+    scale = weight.scale.reshape(-1)[input_ids].unsqueeze(-1)  # (..., 1), in the scale's own dtype
+    return (rows * scale).to(dtype)  # torchao's dequantize_affine: (q.to(dtype) * scale).to(dtype)
+
+
 def use_cpu_int8_kernel(model: nn.Module) -> int:
     """Run torchao int8 weight-only linears (method ``"int8"``, per-channel) through PyTorch's fused CPU kernel
     ``torch._weight_int8pack_mm`` instead of torchao's eager path, which converts the whole int8 weight to the
@@ -535,7 +549,9 @@ def use_cpu_int8_kernel(model: nn.Module) -> int:
 
     Only each module's ``forward`` changes (weights stay torchao ``Int8Tensor`` s, so saving is unaffected; a
     reloaded model needs this call again). Inputs not on CPU fall back to torchao's path. Outputs match
-    torchao's to bf16 rounding (the kernel accumulates in float32). Returns the number of modules switched.
+    torchao's to bf16 rounding (the kernel accumulates in float32). An int8 per-row input embedding gets
+    :func:`int8_embedding_forward` (only the looked-up rows dequantized; the same values). Returns the number of
+    modules switched.
     """
     try:
         from torchao.quantization import Int8Tensor
@@ -546,14 +562,15 @@ def use_cpu_int8_kernel(model: nn.Module) -> int:
     switched = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if not (isinstance(module, nn.Linear) and isinstance(weight, Int8Tensor)):
+        if not (isinstance(module, (nn.Linear, nn.Embedding)) and isinstance(weight, Int8Tensor)):
             continue
-        per_channel = list(weight.block_size)[-1] == weight.qdata.shape[-1]
+        per_channel = list(weight.block_size) == [1, weight.qdata.shape[-1]]  # one scale per row
         weight_only = weight.act_quant_kwargs is None and weight.act_pre_scale is None
         zero_point = getattr(weight, "zero_point", None)
         symmetric = zero_point is None or not bool(zero_point.any())
         if per_channel and weight_only and symmetric:
-            module.forward = types.MethodType(_int8_weight_only_cpu_forward, module)
+            forward = _int8_weight_only_cpu_forward if isinstance(module, nn.Linear) else int8_embedding_forward
+            module.forward = types.MethodType(forward, module)
             switched += 1
     return switched
 

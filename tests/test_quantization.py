@@ -364,7 +364,7 @@ def test_cpu_int8_kernel(olmo2, tmp_path):
     model = _load(directory, "int8")
     with torch.no_grad():
         torchao_logits = model(ids).logits
-    assert Q.use_cpu_int8_kernel(model) == 15  # 7 projections x 2 layers, and lm_head
+    assert Q.use_cpu_int8_kernel(model) == 16  # 7 projections x 2 layers, lm_head, and the embedding
     with torch.no_grad():
         logits = model(ids).logits
     assert _rel(logits, torchao_logits) < 0.02  # both round to bf16 (the bf16 model is 0.009 from fp32)
@@ -374,6 +374,17 @@ def test_cpu_int8_kernel(olmo2, tmp_path):
     with torch.no_grad():
         assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path)(ids).logits, torchao_logits)
     assert Q.use_cpu_int8_kernel(_load(directory, "int8-dynamic")) == 0  # only weight-only int8 is switched
+
+
+def test_cpu_int8_kernel_embedding_lookup_equals_torchaos(olmo2):
+    directory, ids, _ = olmo2
+    model = _load(directory, "int8")
+    embedding = model.model.embed_tokens
+    with torch.no_grad():
+        expected = embedding(ids)  # torchao dequantizes the whole table
+        Q.use_cpu_int8_kernel(model)
+        assert "forward" in embedding.__dict__
+        assert torch.equal(embedding(ids), expected)
 
 
 def test_memory_footprint_counts_stored_bytes(olmo2):

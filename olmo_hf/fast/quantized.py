@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compat import has_int8_weight_only_mm, int8_weight_only_mm
+from ..quantization import int8_embedding_forward, linear_config
 from . import native
 from .native import _native_int8_matmul, _native_int8_to_bf16
 from .packing import PackedLinear, refuse_gradients_and_export
@@ -93,8 +94,6 @@ def is_int8_embedding(module: nn.Module) -> bool:
 def unsupported_quantization(model: nn.Module) -> str | None:
     """Why the fast path cannot take this quantized model, or None when it can: it takes models whose only
     quantized layers are torchao int8 weight-only per-channel linears (and an int8 per-row input embedding)."""
-    from ..quantization import linear_config
-
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         config = getattr(quantizer, "quantization_config", None)
@@ -288,24 +287,10 @@ def pack_int8_group(state, parent: nn.Module, names: list[str], fuse: bool, on_f
 
 
 # ----------------------------------------------------------------------------------------------- embedding
-def _int8_embedding_forward(self: nn.Embedding, input_ids: torch.Tensor) -> torch.Tensor:
-    """``F.embedding`` on an int8 per-row weight, dequantizing only the rows looked up (torchao's own embedding
-    dequantizes the whole table, ~200 M values for a 100 k vocabulary, on every call): the same values, since
-    torchao's dequantization is element-wise (``q.to(dtype) * scale``)."""
-    weight = self.weight
-    if type(input_ids) is not torch.Tensor or input_ids.device.type != "cpu" or self.max_norm is not None:
-        return F.embedding(input_ids, weight, self.padding_idx, self.max_norm, self.norm_type,
-                           self.scale_grad_by_freq, self.sparse)
-    dtype = weight.dtype
-    rows = weight.qdata[input_ids].to(dtype)  # (..., hidden) int8 -> model dtype (exact)
-    scale = weight.scale.reshape(-1)[input_ids].unsqueeze(-1)  # (..., 1), in the scale's own dtype
-    return (rows * scale).to(dtype)  # torchao's dequantize_affine: (q.to(dtype) * scale).to(dtype)
-
-
 def patch_int8_embedding(patch, module: nn.Module) -> bool:
     """Give an int8 per-row embedding (:func:`is_int8_embedding`) a lookup that dequantizes only the rows it
     reads; ``patch(module, name, value)`` records the instance attribute for undo(). Returns whether it did."""
     if not is_int8_embedding(module):
         return False
-    patch(module, "forward", functools.partial(_int8_embedding_forward, module))
+    patch(module, "forward", functools.partial(int8_embedding_forward, module))
     return True
