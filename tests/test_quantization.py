@@ -387,6 +387,40 @@ def test_cpu_int8_kernel_embedding_lookup_equals_torchaos(olmo2):
         assert torch.equal(embedding(ids), expected)
 
 
+def _mapped_resident_bytes(path) -> int:
+    """Resident bytes of this process's memory maps of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and len(parts) >= 5:  # a mapping's header line
+                inside = len(parts) >= 6 and parts[5] == str(path)
+            elif inside and parts[0] == "Rss:":
+                total += int(parts[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not Q.sys.platform.startswith("linux"), reason="reads /proc/self/smaps; madvise is Linux only")
+def test_quantized_load_gives_back_the_checkpoint_pages_it_no_longer_reads(olmo2, tmp_path, monkeypatch):
+    """The bf16 pages read to quantize stay resident while the norms (views of the map: a bf16 checkpoint loaded
+    in bf16) keep the checkpoint's map alive; our from_pretrained releases them (release_checkpoint_pages),
+    leaving only the pages under live tensors."""
+    directory, ids, ref = olmo2
+    AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16).save_pretrained(tmp_path)
+    file = Q.os.path.realpath(tmp_path / "model.safetensors")
+    with monkeypatch.context() as patched:
+        patched.setattr(Q, "release_checkpoint_pages", lambda model: 0)
+        kept = _load(tmp_path, "int8")
+        assert _mapped_resident_bytes(file) > Q.os.path.getsize(file) // 2  # without: the pages read stay
+        del kept
+    model = _load(tmp_path, "int8")
+    live = sum(p.numel() * p.element_size() for p in model.parameters() if type(p) is nn.Parameter)
+    assert _mapped_resident_bytes(file) <= live + 2 * 4096 * len(list(model.parameters()))
+    assert Q.os.path.getsize(file) > 20 * live  # the projections were most of the file
+    with torch.no_grad():
+        assert _rel(model(ids).logits, ref) < THRESHOLDS["int8"]
+
+
 def test_memory_footprint_counts_stored_bytes(olmo2):
     """Our get_memory_footprint() is the bytes really stored: Transformers' own count reports torchao int8
     weights at their logical bf16 size and leaves bitsandbytes' absmax out."""
