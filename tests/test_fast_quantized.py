@@ -129,8 +129,8 @@ def test_int8_embedding_lookup_dequantizes_the_rows_as_torchao_does(checkpoint):
 
 
 def test_lm_head_and_embedding_kept_in_bf16_take_the_bf16_fast_path(checkpoint):
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16, quantization_config=quantization_config(
-        "int8", device="cpu", quantize_embeddings=False))
+    config = quantization_config("int8", device="cpu", quantize_embeddings=False)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16, quantization_config=config)
     optimize_for_cpu_inference(model)
     assert type(model.lm_head).__name__ == "PackedLinear"
     assert type(model.model.embed_tokens.weight) is torch.nn.Parameter

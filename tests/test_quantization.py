@@ -122,7 +122,8 @@ def _canonical(name: str) -> str:
         ("bnb-4bit", {"quant_type": "fp4"}, lambda c: c.bnb_4bit_quant_type == "fp4"),
         ("bnb-8bit", {"threshold": 4.0}, lambda c: c.load_in_8bit and c.llm_int8_threshold == 4.0),
         ("llm_int8", {}, lambda c: c.load_in_8bit),
-        ("int8", {}, lambda c: isinstance(c, TorchAoConfig) and isinstance(Q.linear_config(c), ao.Int8WeightOnlyConfig)),
+        ("int8", {}, lambda c: isinstance(c, TorchAoConfig)
+         and isinstance(Q.linear_config(c), ao.Int8WeightOnlyConfig)),
         ("int8_weight_only", {"group_size": 64},
          lambda c: isinstance(Q.linear_config(c), ao.Int8WeightOnlyConfig)
          and Q.linear_config(c).granularity.group_size == 64),
@@ -157,8 +158,9 @@ def test_quantization_config_names(name, options, check):
 def test_lm_head_and_embedding_can_be_kept_in_full_precision(options):
     config = Q.quantization_config("int8", device="cpu", **options)
     table = config.quant_type.fqn_to_config
-    keep_head = options.get("quantize_embeddings") is False or "lm_head" in options.get("modules_to_not_convert", "")
-    keep_embedding = options.get("quantize_embeddings") is False or options.get("modules_to_not_convert") == "embed_tokens"
+    keep_all = options.get("quantize_embeddings") is False
+    keep_head = keep_all or "lm_head" in options.get("modules_to_not_convert", "")
+    keep_embedding = keep_all or options.get("modules_to_not_convert") == "embed_tokens"
     assert (Q._LM_HEAD in table) is not keep_head
     assert (Q._INPUT_EMBEDDING in table) is not keep_embedding
     assert isinstance(table[Q._DECODER_LINEARS], ao.Int8WeightOnlyConfig)
