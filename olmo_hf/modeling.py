@@ -218,6 +218,12 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
             _check_loaded_weights(model, info, source, ignore_mismatched, allow_missing or want_info, strict=True)
             _fix_legacy_generation_config(model, source)
             return (model, info) if want_info else model
+        if getattr(kwargs.get("quantization_config"), "include_input_output_embeddings", False):
+            # our int8 / int4 configs quantize lm_head and the embedding; a tied pair stays unquantized
+            from .quantization import for_tied_embeddings
+
+            tied = _ties_word_embeddings(cls, source, kwargs)
+            kwargs["quantization_config"] = for_tied_embeddings(kwargs["quantization_config"], tied)
         model, info = super().from_pretrained(
             source,
             *model_args,
@@ -230,10 +236,24 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
         if getattr(model, "is_quantized", False):
             # bitsandbytes 4-bit on CPU repacks weights at the first forward; undo that before any state_dict() /
             # save_pretrained() so that a checkpoint never differs from the model in memory.
-            from .quantization import protect_state_dict
+            from .quantization import protect_state_dict, release_checkpoint_pages
 
             protect_state_dict(model)
+            release_checkpoint_pages(model)  # the bf16 pages read to quantize stay resident otherwise
         return (model, info) if want_info else model
+
+
+def _ties_word_embeddings(cls, source, kwargs: dict) -> bool:
+    """Whether the model ``from_pretrained(source, **kwargs)`` builds ties ``lm_head`` to the input embedding."""
+    if "tie_word_embeddings" in kwargs:
+        return bool(kwargs["tie_word_embeddings"])
+    config = kwargs.get("config")
+    if not isinstance(config, cls.config_class):
+        hub = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+        if (config or source) is None:
+            return False
+        config = cls.config_class.from_pretrained(config or source, **{k: kwargs[k] for k in hub if k in kwargs})
+    return bool(getattr(config, "tie_word_embeddings", False))
 
 
 def _fix_legacy_generation_config(model: PreTrainedModel, source: str | os.PathLike) -> None:

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 
 import olmo_hf
 from olmo_hf.fast import is_optimized, native, optimize_for_cpu_inference, status, undo
-from olmo_hf.fast.quantized import Int8PackedLinear, is_int8_weight_only
+from olmo_hf.fast.quantized import Int8PackedLinear, is_int8_embedding, is_int8_weight_only
 from olmo_hf.quantization import quantization_config
 
 pytest.importorskip("torchao")
@@ -110,8 +110,51 @@ def test_int8_linears_become_fast_path_layers_holding_torchao_data(checkpoint):
     assert attn.o_proj._packed.qdata is o_proj_qdata  # a single layer keeps torchao's int8 tensor: no copy
     assert attn.__dict__["_fast_qkv"].qdata.shape == (64 + 2 * 32, 64)  # fused q/k/v: one int8 matrix
     assert mlp.__dict__["_fast_gate_up"].qdata.dtype == torch.int8
-    assert type(model.lm_head).__name__ == "PackedLinear"  # lm_head stays bf16 (not quantized)
+    assert type(model.lm_head) is Int8PackedLinear  # quantization_config("int8") quantizes lm_head too
+    assert "forward" in model.model.embed_tokens.__dict__  # the int8 embedding's row-wise lookup
     assert "model optimised" in str(status(model))
+
+
+def test_int8_embedding_lookup_dequantizes_the_rows_as_torchao_does(checkpoint):
+    model = load_int8(checkpoint)
+    embedding = model.model.embed_tokens
+    assert is_int8_embedding(embedding)
+    with torch.no_grad():
+        expected = embedding(IDS)  # torchao: the whole table dequantized, then F.embedding
+        optimize_for_cpu_inference(model)
+        assert torch.equal(embedding(IDS), expected)
+        assert embedding(IDS).dtype == torch.bfloat16
+    undo(model)
+    assert "forward" not in embedding.__dict__
+
+
+def test_lm_head_and_embedding_kept_in_bf16_take_the_bf16_fast_path(checkpoint):
+    config = quantization_config("int8", device="cpu", quantize_embeddings=False)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16, quantization_config=config)
+    optimize_for_cpu_inference(model)
+    assert type(model.lm_head).__name__ == "PackedLinear"
+    assert type(model.model.embed_tokens.weight) is torch.nn.Parameter
+    assert "forward" not in model.model.embed_tokens.__dict__
+
+
+def test_tied_int8_model_keeps_its_bf16_embedding_and_head_in_the_fast_path(tmp_path):
+    config = olmo_hf.Olmo2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                                 num_attention_heads=4, pad_token_id=1, eos_token_id=2, bos_token_id=None,
+                                 tie_word_embeddings=True)
+    olmo_hf.Olmo2ForCausalLM(config).save_pretrained(tmp_path)
+    plain, fast = load_int8(tmp_path), optimize_for_cpu_inference(load_int8(tmp_path))
+    assert fast.lm_head.weight is fast.model.embed_tokens.weight  # tied, bf16, not packed
+    assert type(fast.model.layers[0].mlp.down_proj) is Int8PackedLinear
+    with torch.no_grad():
+        assert torch.equal(fast(IDS).logits, plain(IDS).logits)
+
+
+@needs_kernels
+def test_prefill_widening_the_int8_weight_in_slices_is_bit_identical(checkpoint, monkeypatch):
+    plain, fast = load_int8(checkpoint), optimize_for_cpu_inference(load_int8(checkpoint))
+    monkeypatch.setattr(olmo_hf.fast.quantized, "_WIDEN_MAX_ELEMENTS", 40 * 64)  # lm_head (128 x 64) in 4 slices
+    with torch.no_grad():
+        assert torch.equal(fast(IDS).logits, plain(IDS).logits)
 
 
 @needs_kernels
@@ -148,7 +191,8 @@ def test_undo_restores_the_torchao_model_exactly(checkpoint):
     assert after.keys() == params.keys() and all(after[name] is p for name, p in params.items())
     for name, (qdata, scale) in before.items():
         assert torch.equal(after[name].qdata, qdata) and torch.equal(after[name].scale, scale), name
-        assert is_int8_weight_only(model.get_submodule(name.rsplit(".", 1)[0]))
+        module = model.get_submodule(name.rsplit(".", 1)[0])
+        assert is_int8_weight_only(module) or is_int8_embedding(module)
     with torch.no_grad():
         assert torch.equal(model(IDS).logits, ref)
 

@@ -164,7 +164,11 @@ def resolve_fast(fast: bool | None, device: torch.device, device_flag: str, quan
             raise CliError(f"--fast is a CPU fast path, but --device {device_flag} puts the model on {device}; "
                            "drop --fast, or use --device -1 for the CPU")
         return "off"
-    int8 = type(getattr(quantization_config, "quant_type", None)).__name__ == "Int8WeightOnlyConfig"
+    int8 = False
+    if quantization_config is not None:  # only built when olmo_hf.quantization is installed
+        from ..quantization import linear_config  # the projections' config (lm_head has its own)
+
+        int8 = type(linear_config(quantization_config)).__name__ == "Int8WeightOnlyConfig"
     if quantization_config is not None and not int8:  # the fast path takes torchao int8 weight-only models too
         if fast:
             raise CliError("--fast cannot be combined with --quantize: the CPU fast path packs plain bf16/fp32 "

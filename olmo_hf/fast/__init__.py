@@ -242,6 +242,11 @@ def optimize_for_cpu_inference(
                     head = getattr(model, name, None)
                     if head is not None and packable(head):
                         packer.submit(model, [name], head.weight.dtype)
+                    elif pack and head is not None and _quantized.is_int8_weight_only(head):
+                        _quantized.pack_int8(state, model, [name])  # quantization_config("int8")'s lm_head
+            embedding = model.get_input_embeddings()
+            if id(getattr(embedding, "weight", None)) not in shared:
+                _quantized.patch_int8_embedding(functools.partial(_patch, state), embedding)
             for module in list(model.modules()):
                 if isinstance(module, OlmoAttention):
                     names = ["q_proj", "k_proj", "v_proj"]

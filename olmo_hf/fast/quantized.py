@@ -15,6 +15,11 @@ of bf16's two; larger products (prefill) widen the int8 weight to bf16 (exact) i
 CPU has it), because PyTorch's fused ``_weight_int8pack_mm`` is ~8x slower than the bf16 GEMM at 128 rows here
 (docs/quantization.md).
 
+``lm_head`` (int8 too with ``quantization_config("int8")``) becomes an Int8PackedLinear as well; its prefill product
+widens the int8 matrix in slices of at most ``_WIDEN_MAX_ELEMENTS``. The int8 input embedding keeps torchao's
+tensor but gets a lookup that dequantizes only the rows it reads (:func:`patch_int8_embedding`; torchao's
+``F.embedding`` dequantizes the whole table on every call).
+
 ``state_dict()`` / ``save_pretrained`` write exactly what the unoptimised torchao model writes (``weight`` is a
 torchao ``Int8Tensor`` again: the original one for a single layer, one rebuilt from the rows of a fused matrix),
 and :func:`olmo_hf.fast.undo` puts the original Parameter objects back with their very values.
@@ -22,6 +27,7 @@ and :func:`olmo_hf.fast.undo` puts the original Parameter objects back with thei
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import torch
@@ -29,11 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compat import has_int8_weight_only_mm, int8_weight_only_mm
+from ..quantization import int8_embedding_forward, linear_config
 from . import native
 from .native import _native_int8_matmul, _native_int8_to_bf16
 from .packing import PackedLinear, refuse_gradients_and_export
 
-__all__ = ["Int8PackedLinear", "is_int8_weight_only", "unsupported_quantization"]
+__all__ = ["Int8PackedLinear", "is_int8_weight_only", "is_int8_embedding", "unsupported_quantization"]
 
 
 def _int8_tensor_class():
@@ -65,18 +72,37 @@ def is_int8_weight_only(module: nn.Module) -> bool:
     )
 
 
+def is_int8_embedding(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Embedding`` with a torchao int8 per-row (per-token), symmetric ``Int8Tensor``
+    weight on CPU (``quantization_config("int8")`` quantizes the input embedding so)."""
+    cls = _int8_tensor_class()
+    weight = getattr(module, "weight", None)
+    if cls is None or type(module) is not nn.Embedding or not isinstance(weight, cls):
+        return False
+    qdata, scale = weight.qdata, weight.scale
+    zero_point = getattr(weight, "zero_point", None)
+    return (
+        qdata.dim() == 2
+        and qdata.dtype == torch.int8
+        and qdata.device.type == "cpu"
+        and list(weight.block_size) == [1, qdata.shape[1]]
+        and scale.numel() == qdata.shape[0]
+        and (zero_point is None or not bool(zero_point.any()))
+    )
+
+
 def unsupported_quantization(model: nn.Module) -> str | None:
     """Why the fast path cannot take this quantized model, or None when it can: it takes models whose only
-    quantized layers are torchao int8 weight-only per-channel linears."""
+    quantized layers are torchao int8 weight-only per-channel linears (and an int8 per-row input embedding)."""
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         config = getattr(quantizer, "quantization_config", None)
         method = getattr(getattr(config, "quant_method", None), "value", getattr(config, "quant_method", None))
-        quant_type = type(getattr(config, "quant_type", None)).__name__
+        quant_type = type(linear_config(config)).__name__
         if method != "torchao" or quant_type != "Int8WeightOnlyConfig":
             return f"quantization method {method or type(quantizer).__name__!r} {quant_type if method else ''}".strip()
     for name, module in model.named_modules():
-        if is_int8_weight_only(module):
+        if is_int8_weight_only(module) or is_int8_embedding(module):
             continue
         kind = type(module).__name__
         if kind in ("Linear4bit", "Linear8bitLt") or type(module).__module__.startswith("bitsandbytes"):
@@ -88,6 +114,9 @@ def unsupported_quantization(model: nn.Module) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------- packed weight
+# The largest int8 block widened to bf16 at once for a larger product (a 64 MiB bf16 buffer per thread): every
+# decoder matrix of the 1B model (gate/up fused: 16384 x 2048) in one piece, lm_head (100278 x 2048) in slices.
+_WIDEN_MAX_ELEMENTS = 32 * 2**20
 _SCRATCH = threading.local()  # per thread: a bf16 buffer the int8 weights of larger products are widened into
 
 
@@ -149,9 +178,19 @@ class _Int8Packed:
             x2d = x.reshape(-1, x.shape[-1]).contiguous()
             out = int8_weight_only_mm(x2d, self.qdata, self.scale.to(x.dtype)).view(*x.shape[:-1], -1)
         elif usable and plan.int8_convert:
-            # torchao's arithmetic (x @ bf16(q)^T, rounded, then times the bf16 scale) with q widened natively
-            weight = _native_int8_to_bf16(self.qdata, None, _scratch(self.qdata.numel()))
-            out = F.linear(x, weight) * self.scale.to(x.dtype)
+            # torchao's arithmetic (x @ bf16(q)^T, rounded, then times the bf16 scale) with q widened natively, at
+            # most _WIDEN_MAX_ELEMENTS at a time (lm_head: a 100 k vocabulary would need a 400 MB buffer)
+            step = max(1, _WIDEN_MAX_ELEMENTS // self.in_features)
+            if step >= self.out_features:
+                weight = _native_int8_to_bf16(self.qdata, None, _scratch(self.qdata.numel()))
+                out = F.linear(x, weight)
+            else:
+                out = x.new_empty(*x.shape[:-1], self.out_features)
+                for lo in range(0, self.out_features, step):
+                    part = self.qdata[lo : lo + step]
+                    weight = _native_int8_to_bf16(part, None, _scratch(part.numel()))
+                    out[..., lo : lo + part.shape[0]] = F.linear(x, weight)
+            out = out * self.scale.to(x.dtype)
         else:
             out = F.linear(x, self.qdata.to(x.dtype)) * self.scale.to(x.dtype)
         return out if bias is None else out + bias
@@ -245,3 +284,13 @@ def pack_int8_group(state, parent: nn.Module, names: list[str], fuse: bool, on_f
     for name, is_int8 in zip(names, int8):
         if is_int8:
             pack_int8(state, parent, [name])
+
+
+# ----------------------------------------------------------------------------------------------- embedding
+def patch_int8_embedding(patch, module: nn.Module) -> bool:
+    """Give an int8 per-row embedding (:func:`is_int8_embedding`) a lookup that dequantizes only the rows it
+    reads; ``patch(module, name, value)`` records the instance attribute for undo(). Returns whether it did."""
+    if not is_int8_embedding(module):
+        return False
+    patch(module, "forward", functools.partial(int8_embedding_forward, module))
+    return True
