@@ -164,9 +164,9 @@ def test_amx_takes_over_from_the_row_count_where_it_measured_faster(fresh_native
         pytest.skip("needs the AVX512-BF16 kernels")
     monkeypatch.setattr(lib, "amx", True)
     # (AVX512, AMX, F.linear) at 1, 4, 8 rows; then attention and element-wise (1 and 128 tokens) pairs; int8 gemv 1, 4, 8 rows and
-    # the int8 -> bf16 widening
+    # the int8 -> bf16 widening; the AMX prefill product (bf16 vs F.linear, int8 vs widening + F.linear)
     _fake_timings(monkeypatch, [(1, 2, 3), (3, 2, 4), (5, 3, 4), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2),
-                                (1, 2), (1, 2)])
+                                (1, 2), (1, 2), (1, 2, 3, 2)])
     plan = native._measure_plan(lib)
     assert plan.gemv_max_rows == 8 and plan.gemv_amx_from_rows == 2
     assert plan.notes["gemv_1"].startswith("matrix-vector, AVX512 (1 row): on") and "AMX 2000.00 ms" in plan.notes["gemv_1"]
@@ -185,6 +185,59 @@ def test_the_amx_kernel_computes_the_product_and_leaves_odd_rows_to_avx512(fresh
             x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
             out = native._native_matmul(x, w, lib, amx=True).double()
             torch.testing.assert_close(out, x.double() @ w.double().T, rtol=2**-7, atol=1e-3 * k**0.5)
+
+
+@pytest.mark.parametrize("bf16_s,int8_s,expected", [((1, 2), (1, 2), (True, True)), ((2, 2), (3, 2), (False, False)),
+                                                    ((1, 2), (3, 2), (True, False))])
+def test_the_amx_prefill_product_runs_only_where_it_measured_faster(fresh_native, monkeypatch, bf16_s, int8_s,
+                                                                    expected):
+    lib = native._native_kernel()
+    if lib is None or lib.gemm_amx is None:
+        pytest.skip("needs the AVX512-BF16 kernels built with AMX")
+    monkeypatch.setattr(lib, "amx", True)
+    _fake_timings(monkeypatch, [(*bf16_s, *int8_s)])
+    enabled = native._measure_gemm(lib, torch.Generator().manual_seed(0), notes := {}, int8_convert=True)
+    assert (enabled["gemm_amx"], enabled["int8_gemm_amx"]) == expected
+    assert notes["gemm_amx"].startswith("prefill products on AMX tiles (128 rows, bf16): " + ("on" if expected[0] else "off"))
+
+
+def test_without_amx_the_prefill_product_stays_f_linear_and_says_why(fresh_native, monkeypatch):
+    lib = native._native_kernel()
+    if lib is None:
+        pytest.skip("no native kernels")
+    monkeypatch.setattr(lib, "amx", False)
+    monkeypatch.setattr(lib, "amx_note", "AMX tile product: off (this CPU has no AMX-BF16)")
+    assert native._measure_gemm(lib, torch.Generator(), notes := {}, int8_convert=True) == {}
+    assert notes["gemm_amx"] == "prefill products on AMX tiles: off (this CPU has no AMX-BF16)"
+
+
+def test_the_amx_prefill_product_is_x_times_w_transposed_for_any_rows(fresh_native):
+    """Rows of x from 9 (just past the matrix-vector kernels) to 130 (tails of 32), N tails of 32, strided rows of
+    W (a fused matrix's members), K up to 4096 (several K chunks when x is long); within bf16 rounding of float64."""
+    lib = native._native_kernel()
+    if lib is None or not lib.amx:
+        pytest.skip(f"no AMX here: {native.enable_amx(lib, native.cpu_flags()) if lib else 'no native kernels'}")
+    gen = torch.Generator().manual_seed(0)
+    for n, k, m in ((16, 32, 9), (37, 64, 33), (130, 2048, 128), (64, 96, 130), (40, 4096, 600)):
+        w = torch.randn(n + 9, k + 32, generator=gen).to(torch.bfloat16)[4 : 4 + n, :k]
+        x = torch.randn(m, k + 3, generator=gen).to(torch.bfloat16)[:, :k]
+        out = native._native_gemm(x, w, None, lib).double()
+        torch.testing.assert_close(out, x.double() @ w.double().T, rtol=2**-7, atol=1e-3 * k**0.5)
+
+
+def test_the_amx_int8_prefill_product_has_torchaos_roundings(fresh_native):
+    """bf16(bf16(x @ q.T) * bf16(scale)): what torchao's int8 weight-only linear computes with F.linear."""
+    lib = native._native_kernel()
+    if lib is None or not lib.amx:
+        pytest.skip(f"no AMX here: {native.enable_amx(lib, native.cpu_flags()) if lib else 'no native kernels'}")
+    gen = torch.Generator().manual_seed(1)
+    for n, k, m in ((16, 32, 9), (70, 256, 40), (96, 2048, 128)):
+        q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+        scale = torch.rand(n, generator=gen) / 64
+        x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+        out = native._native_gemm(x, q, scale, lib)
+        exact = ((x.double() @ q.double().T).to(torch.bfloat16) * scale.to(torch.bfloat16)).double()
+        torch.testing.assert_close(out.double(), exact, rtol=2**-7, atol=1e-6)
 
 
 def test_amx_is_off_without_the_cpu_flags(fresh_native):

@@ -27,6 +27,7 @@
 #include <arm_neon.h>
 #endif
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -292,6 +293,151 @@ int olmo_hf_gemv_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, long l
         _tile_release();
     }
     free(xp);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------- matrix product on AMX tiles */
+/* y = x @ W^T for any number of rows of x (prefill products), W the plain row-major weight as nn.Linear holds it
+   (OLMO_HF_W_BF16), or torchao's int8 weight-only data with per-row fp32 scales (OLMO_HF_W_INT8: y =
+   bf16(bf16(x @ q^T) * bf16(scale)), torchao's own roundings). Why not F.linear: oneDNN's GEMM behind it reorders
+   the plain weight into its blocked layout on every call (an unpacked weight is not cached), which on two cores
+   costs more than the products themselves at 128 rows (~100-250 GFLOP/s measured, against a few TFLOP/s of tiles).
+   Here the weight is read once per call, as it is:
+   - x is packed once per call into the pair-interleaved layout TDPBF16PS wants for its B operand (16 rows of x per
+     tile; rows padded with zeros to a multiple of 32);
+   - each thread takes bands of 32 weight rows; a full bf16 band is tile-loaded straight from W (strided loads),
+     anything else (an int8 band, widened exactly; the last partial band, zero-padded) goes through a per-thread
+     bf16 buffer of 32 x K that stays in L2;
+   - per band and 32 rows of x, 4 accumulator tiles C (16 n x 16 m, fp32) += A (16 n x 32 k) . B (32 k x 16 m);
+   - each C tile is transposed in registers and written as 16 rows of y (16 bf16 each).
+   Needs K % 32 == 0 (the caller falls back to F.linear otherwise). */
+#define OLMO_HF_W_BF16 0
+#define OLMO_HF_W_INT8 1
+
+/* r[i] <- column i of the 16 x 16 matrix of 32-bit elements whose row i was r[i] */
+__attribute__((target("avx512f")))
+static inline void transpose16x16_epi32(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 4; ++i) {  /* 128-bit lanes: rows i, i + 4 -> t[i] (lanes 0, 2), t[i + 4] (lanes 1, 3) */
+        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 8; ++i) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    }
+}
+
+__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ldw, int kind, const float* scale,
+                     long N, long K, uint16_t* y, long ldy, int nthreads) {
+    if (M < 1 || N < 1 || K < 32 || K % 32 || ldw < K || (kind != OLMO_HF_W_BF16 && kind != OLMO_HF_W_INT8)) return -1;
+    if (kind == OLMO_HF_W_INT8 && !scale) return -1;
+    const long Mp = (M + 31) / 32 * 32, J = K / 2;  /* J: pairs of k */
+    /* K is taken in chunks of KC so that the chunk of packed x (Mp x KC bf16) stays in L2 (512 KiB of it) while
+       every band of W passes over it; partial sums wait in a per-thread fp32 (Mp, 32) buffer between chunks. */
+    long KC = (512L * 1024 / 2 / Mp) / 32 * 32;
+    if (KC < 32) KC = 32;
+    if (KC > K) KC = K;
+    const long ldb = KC + 32;  /* band buffer row stride: not a multiple of 4 KiB (rows 4 KiB apart share L1 sets) */
+    /* xp: Mp / 16 tiles of (J, 16, 2) bf16: tile t, pair j, row m -> x[16 t + m, 2j], x[16 t + m, 2j + 1] */
+    uint32_t* xp = (uint32_t*)aligned_alloc(64, (size_t)Mp * K * 2);
+    uint16_t* bufs = (uint16_t*)aligned_alloc(64, (size_t)nthreads * 32 * ldb * 2);
+    float* accs = (float*)aligned_alloc(64, (size_t)nthreads * Mp * 32 * 4);
+    if (!xp || !bufs || !accs) { free(xp); free(bufs); free(accs); return -2; }
+    const long NB = (N + 31) / 32;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        #pragma omp for schedule(static)
+        for (long t = 0; t < Mp / 16; ++t)
+            for (long j0 = 0; j0 < J; j0 += 16) {  /* a 16 (rows of x) x 16 (pairs) block of 32-bit pairs */
+                __m512i r[16];
+                for (int m = 0; m < 16; ++m)
+                    r[m] = 16 * t + m < M ? _mm512_loadu_si512((const void*)(x + (16 * t + m) * ldx + 2 * j0))
+                                          : _mm512_setzero_si512();
+                transpose16x16_epi32(r);
+                for (int j = 0; j < 16; ++j) _mm512_store_si512((void*)(xp + (t * J + j0 + j) * 16), r[j]);
+            }
+        const int me = omp_get_thread_num();
+        uint16_t* buf = bufs + (size_t)me * 32 * ldb;
+        float* acc = accs + (size_t)me * Mp * 32;  /* (Mp / 32) blocks of 4 tiles of 16 x 16: the C tiles' homes */
+        struct amx_tile_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.palette_id = 1;
+        for (int t = 0; t < 8; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }  /* C: 0-3, A: 4-5, B: 6-7 */
+        _tile_loadconfig(&cfg);
+        #pragma omp for schedule(static)
+        for (long nb = 0; nb < NB; ++nb) {
+            const long n0 = nb * 32, rows = N - n0 < 32 ? N - n0 : 32;
+            for (long k0 = 0; k0 < K; k0 += KC) {
+                const long kc = K - k0 < KC ? K - k0 : KC;
+                /* the band's chunk as bf16 rows of stride ldb (int8 widened exactly; rows past N are zeros) */
+                for (long r = 0; r < 32; ++r) {
+                    uint16_t* dst = buf + r * ldb;
+                    if (r >= rows) { memset(dst, 0, kc * 2); continue; }
+                    if (kind == OLMO_HF_W_BF16) { memcpy(dst, (const uint16_t*)w + (n0 + r) * ldw + k0, kc * 2); continue; }
+                    const int8_t* src = (const int8_t*)w + (n0 + r) * ldw + k0;
+                    for (long k = 0; k < kc; k += 16)
+                        _mm256_storeu_si256((__m256i*)(dst + k), (__m256i)_mm512_cvtneps_pbh(_mm512_cvtepi32_ps(
+                            _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(src + k))))));
+                }
+                for (long m0 = 0; m0 < Mp; m0 += 32) {
+                    float* home = acc + m0 * 32;  /* 4 tiles of 16 x 16 fp32 */
+                    const uint32_t* b0 = xp + (m0 / 16) * J * 16 + (k0 / 2) * 16;
+                    const uint32_t* b1 = b0 + J * 16;
+                    if (k0 == 0) { _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3); }
+                    else {
+                        _tile_loadd(0, home, 64); _tile_loadd(1, home + 256, 64);
+                        _tile_loadd(2, home + 512, 64); _tile_loadd(3, home + 768, 64);
+                    }
+                    for (long k = 0; k < kc; k += 32) {
+                        _tile_loadd(4, buf + k, ldb * 2);
+                        _tile_loadd(5, buf + 16 * ldb + k, ldb * 2);
+                        _tile_loadd(6, b0 + (k / 2) * 16, 64);
+                        _tile_loadd(7, b1 + (k / 2) * 16, 64);
+                        _tile_dpbf16ps(0, 4, 6);  /* n 0-15,  m 0-15 */
+                        _tile_dpbf16ps(1, 4, 7);  /* n 0-15,  m 16-31 */
+                        _tile_dpbf16ps(2, 5, 6);  /* n 16-31, m 0-15 */
+                        _tile_dpbf16ps(3, 5, 7);  /* n 16-31, m 16-31 */
+                    }
+                    _tile_stored(0, home, 64); _tile_stored(1, home + 256, 64);
+                    _tile_stored(2, home + 512, 64); _tile_stored(3, home + 768, 64);
+                }
+            }
+            for (long m0 = 0; m0 < Mp && m0 < M; m0 += 32)
+                for (int q = 0; q < 4; ++q) {  /* tile q: n from 16 * (q / 2), m from m0 + 16 * (q % 2) */
+                    const long nq = 16 * (q / 2), mq = m0 + 16 * (q % 2);
+                    if (nq >= rows || mq >= M) continue;
+                    const float* c = acc + m0 * 32 + q * 256;  /* c[n * 16 + m] */
+                    __m512i r[16];
+                    for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512((const void*)(c + i * 16));
+                    transpose16x16_epi32(r);  /* r[m]: the 16 n of row m */
+                    const __mmask16 keep = rows - nq >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (rows - nq)) - 1);
+                    __m512 s = _mm512_setzero_ps();
+                    if (kind == OLMO_HF_W_INT8)  /* bf16(scale), as torchao multiplies by scale.to(bf16) */
+                        s = _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(keep, scale + n0 + nq)));
+                    for (int m = 0; m < 16 && mq + m < M; ++m) {
+                        __m512 v = _mm512_castsi512_ps(r[m]);
+                        if (kind == OLMO_HF_W_INT8) v = _mm512_mul_ps(_mm512_cvtpbh_ps(_mm512_cvtneps_pbh(v)), s);
+                        _mm256_mask_storeu_epi16(y + (mq + m) * ldy + n0 + nq, keep, (__m256i)_mm512_cvtneps_pbh(v));
+                    }
+                }
+        }
+        _tile_release();
+    }
+    free(xp); free(bufs); free(accs);
     return 0;
 }
 #endif /* OLMO_HF_HAVE_AMX */

@@ -109,6 +109,7 @@ class _NativeLib:
 
     def __init__(self, lib: ctypes.CDLL, isa: str) -> None:
         self.lib, self.isa = lib, isa
+        self.gemv_amx = self.gemm_amx = None
         c_long, c_ptr, c_float, c_int = ctypes.c_long, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
         self.gemv = lib.olmo_hf_gemv_bf16
         self.gemv.argtypes = [c_ptr, c_long, c_ptr, c_long, c_long, c_long, c_ptr, c_long, c_long, c_int]
@@ -128,8 +129,12 @@ class _NativeLib:
             self.gemv_amx = lib.olmo_hf_gemv_bf16_amx
             self.gemv_amx.argtypes = self.gemv.argtypes
             self.gemv_amx.restype = c_int
+            self.gemm_amx = lib.olmo_hf_gemm_amx  # the prefill product on AMX tiles (bf16 or int8 weights)
+            self.gemm_amx.argtypes = [c_ptr, c_long, c_long, c_ptr, c_long, c_int, c_ptr, c_long, c_long, c_ptr,
+                                      c_long, c_int]
+            self.gemm_amx.restype = c_int
         except AttributeError:
-            self.gemv_amx = None
+            self.gemv_amx = self.gemm_amx = None
         self.attention = lib.olmo_hf_decode_attention_bf16
         self.attention.argtypes = [c_ptr, c_long, c_long, c_ptr, c_long, c_long, c_long, c_ptr, c_long, c_long,
                                    c_long, c_ptr, c_long, c_long, c_long, c_long, c_long, c_float, c_int]
@@ -224,6 +229,12 @@ def enable_amx(native: _NativeLib, flags: frozenset[str] | set[str]) -> str:
         if not torch.allclose(out, F.linear(x.float(), w.float()), atol=1e-2 * k**0.5, rtol=1e-2):
             native.amx = False
             return "AMX: the tile kernel failed its self-test"
+    if native.gemm_amx is not None:  # the prefill product: dropped alone if it computes wrong
+        w = torch.randn(40, 64, generator=gen).to(torch.bfloat16)
+        x = torch.randn(37, 64, generator=gen).to(torch.bfloat16)
+        if not torch.allclose(_native_gemm(x, w, None, native).float(), F.linear(x.float(), w.float()), atol=8e-2,
+                              rtol=1e-2):
+            native.gemm_amx = None
     return ""
 
 
@@ -340,6 +351,32 @@ def _native_int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Ten
                         out.data_ptr(), n, m, torch.get_num_threads()) != 0:
         raise RuntimeError("olmo_hf native int8 matrix-vector kernel rejected its arguments")
     return out.view(*x.shape[:-1], n)
+
+
+# kernels.c: the kinds of weight olmo_hf_gemm_amx reads
+_W_BF16, _W_INT8 = 0, 1
+
+
+def _native_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
+                 native: _NativeLib | None = None) -> torch.Tensor:
+    """``x @ weight.T`` over the last dimension of bf16 ``x`` (any number of rows: prefill) on AMX tiles, reading the
+    weight once as it is: a bf16 (out, in) matrix, or an int8 one with its float32 per-row ``scale`` (torchao's
+    arithmetic: ``bf16(bf16(x @ q.T) * bf16(scale))``). Unit stride along ``in``, ``in % 32 == 0``."""
+    native = native or _native
+    n, k = weight.shape
+    x2d, out = _rows_and_output(x, n, k)
+    int8 = weight.dtype == torch.int8
+    if native.gemm_amx(x2d.data_ptr(), x2d.stride(0), x2d.shape[0], weight.data_ptr(), weight.stride(0),
+                       _W_INT8 if int8 else _W_BF16, scale.data_ptr() if int8 else None, n, k, out.data_ptr(), n,
+                       torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native AMX matrix product rejected its arguments")
+    return out.view(*x.shape[:-1], n)
+
+
+def _can_use_native_gemm(x: torch.Tensor, k: int) -> bool:
+    """Whether a product of ``x`` (bf16, more rows than the matrix-vector kernels take) may run on AMX tiles."""
+    return k % 32 == 0 and x.dtype == torch.bfloat16 and type(x) is torch.Tensor and x.device.type == "cpu" \
+        and not torch.compiler.is_compiling()
 
 
 def _native_int8_to_bf16(qweight: torch.Tensor, native: _NativeLib | None = None,
@@ -487,6 +524,7 @@ class KernelPlan:
     ``gemv_max_rows``: products of 1..gemv_max_rows rows take the native matrix-vector kernel (0: none do);
     ``int8_gemv_max_rows``: the same for the int8 weight-only kernel (``olmo_hf.fast.quantized``);
     ``int8_convert``: int8 weights are widened to bf16 for larger products by the native conversion kernel;
+    ``gemm_amx`` / ``int8_gemm_amx``: larger (prefill) bf16 / int8 products run on AMX tiles (``_native_gemm``);
     ``notes``: for each part, one line saying what was measured or why it is off."""
 
     isa: str | None
@@ -498,6 +536,8 @@ class KernelPlan:
     elementwise_prefill: bool = False  # larger inputs (measured at 128 tokens)
     int8_gemv_max_rows: int = 0
     int8_convert: bool = False
+    gemm_amx: bool = False  # larger (prefill) bf16 products on AMX tiles instead of F.linear
+    int8_gemm_amx: bool = False  # larger int8 products on AMX tiles instead of widening + F.linear
     notes: dict = field(default_factory=dict)
 
 
@@ -590,6 +630,7 @@ def _measure_plan(native: _NativeLib) -> KernelPlan:
         for part in ("decode_attention", "prefill_attention", "elementwise", "elementwise_prefill"):
             notes[part] = f"{part.replace('_', ' ')}: off (no {native.isa} variant; it needs AVX512-BF16)"
     enabled.update(_measure_int8(native, gen, notes))
+    enabled.update(_measure_gemm(native, gen, notes, enabled["int8_convert"]))
     notes["amx"] = native.amx_note
     return KernelPlan(isa=native.isa, gemv_max_rows=max_rows, gemv_amx_from_rows=amx_from, notes=notes, **enabled)
 
@@ -623,6 +664,28 @@ def _measure_int8(native: _NativeLib, gen: torch.Generator, notes: dict) -> dict
     return {"int8_gemv_max_rows": max_rows, "int8_convert": convert}
 
 
+def _measure_gemm(native: _NativeLib, gen: torch.Generator, notes: dict, int8_convert: bool) -> dict:
+    """The AMX matrix product against what larger products run without it, at 128 rows (a prompt) on a 16 MiB
+    weight: F.linear (oneDNN) for bf16, widening + F.linear + scale for int8 (``olmo_hf.fast.quantized``)."""
+    if not native.amx or native.gemm_amx is None:
+        why = native.amx_note.split(": ", 1)[-1]
+        notes["gemm_amx"] = f"prefill products on AMX tiles: {why}"
+        return {}
+    w = torch.randn(4096, 2048, generator=gen).to(torch.bfloat16)
+    q = torch.randint(-127, 128, (4096, 2048), generator=gen, dtype=torch.int8)
+    scale = torch.rand(4096, generator=gen) / 64
+    x = torch.randn(128, 2048, generator=gen).to(torch.bfloat16)
+    buffer = torch.empty(q.shape, dtype=torch.bfloat16)
+    widen = (lambda: _native_int8_to_bf16(q, native, buffer)) if int8_convert else (lambda: q.to(torch.bfloat16))
+    nat, ref, nat8, ref8 = _median_times([lambda: _native_gemm(x, w, None, native), lambda: F.linear(x, w),
+                                          lambda: _native_gemm(x, q, scale, native),
+                                          lambda: F.linear(x, widen()) * scale.to(torch.bfloat16)])
+    on, notes["gemm_amx"] = decide_part("prefill products on AMX tiles (128 rows, bf16)", nat, ref, "F.linear")
+    on8, notes["int8_gemm_amx"] = decide_part("prefill products on AMX tiles (128 rows, int8)", nat8, ref8,
+                                              "widening + F.linear")
+    return {"gemm_amx": on, "int8_gemm_amx": on8}
+
+
 def kernel_plan() -> KernelPlan:
     """The plan for this process: built (and measured, unless OLMO_HF_NATIVE=force) on first use."""
     global _PLAN
@@ -643,6 +706,8 @@ def _make_plan() -> KernelPlan:
                           prefill_attention=native.full, elementwise=native.full,
                           elementwise_prefill=native.full,
                           int8_gemv_max_rows=_NATIVE_MAX_ROWS, int8_convert=True,
+                          gemm_amx=native.amx and native.gemm_amx is not None,
+                          int8_gemm_amx=native.amx and native.gemm_amx is not None,
                           notes={"native": "every kernel built: on, unmeasured (OLMO_HF_NATIVE=force)",
                                  "amx": native.amx_note})
     try:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..compat import storage_use_count
 from . import native
-from .native import _native_matmul
+from .native import _can_use_native_gemm, _native_gemm, _native_matmul
 
 
 class FastPathError(RuntimeError):
@@ -47,8 +47,10 @@ class _Packed:
     The layout is the plain row-major ``(out_features, in_features)`` one that ``nn.Linear`` holds: a single
     linear layer's weight is kept as it is (the same tensor, not copied), a fused group is the concatenation of
     its members' rows. Products over a few rows (decoding) take the native matrix-vector kernel where the kernel
-    plan enables it (``native.kernel_plan()``, measured per machine); all others are ``F.linear`` on the same
-    tensor, i.e. exactly what the plain model runs (oneDNN's GEMM, with AMX where the CPU has it)."""
+    plan enables it (``native.kernel_plan()``, measured per machine); larger ones (prefill) take the AMX matrix
+    product where the plan measured it faster than ``F.linear`` (kernels.c ``olmo_hf_gemm_amx``: the same weight,
+    read once per call without oneDNN's per-call reorder); all others are ``F.linear`` on the same tensor, i.e.
+    exactly what the plain model runs (oneDNN's GEMM, with AMX where the CPU has it)."""
 
     __slots__ = ("tensor", "dtype", "out_features", "in_features", "__weakref__")
 
@@ -77,6 +79,9 @@ class _Packed:
         ):
             amx = 0 < plan.gemv_amx_from_rows <= x.numel() // x.shape[-1]
             out = _native_matmul(x, self.tensor, amx=amx)
+            return out if bias is None else out + bias
+        if plan is not None and plan.gemm_amx and self.dtype == torch.bfloat16 and _can_use_native_gemm(x, x.shape[-1]):
+            out = _native_gemm(x, self.tensor)  # prefill: AMX tiles reading the plain weight once
             return out if bias is None else out + bias
         return F.linear(x, self.tensor, bias)
 

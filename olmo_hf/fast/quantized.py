@@ -37,7 +37,7 @@ from torch import nn
 from ..compat import has_int8_weight_only_mm, int8_weight_only_mm
 from ..quantization import int8_embedding_forward, linear_config
 from . import native
-from .native import _native_int8_matmul, _native_int8_to_bf16
+from .native import _can_use_native_gemm, _native_gemm, _native_int8_matmul, _native_int8_to_bf16
 from .packing import PackedLinear, refuse_gradients_and_export
 
 __all__ = ["Int8PackedLinear", "is_int8_weight_only", "is_int8_embedding", "unsupported_quantization"]
@@ -177,6 +177,8 @@ class _Int8Packed:
             # decoding where the native kernel is off: PyTorch's fused kernel (use_cpu_int8_kernel's)
             x2d = x.reshape(-1, x.shape[-1]).contiguous()
             out = int8_weight_only_mm(x2d, self.qdata, self.scale.to(x.dtype)).view(*x.shape[:-1], -1)
+        elif usable and plan.int8_gemm_amx and _can_use_native_gemm(x, self.in_features):
+            out = _native_gemm(x, self.qdata, self.scale)  # prefill on AMX tiles, widening per band in L2
         elif usable and plan.int8_convert:
             # torchao's arithmetic (x @ bf16(q)^T, rounded, then times the bf16 scale) with q widened natively, at
             # most _WIDEN_MAX_ELEMENTS at a time (lm_head: a 100 k vocabulary would need a 400 MB buffer)
