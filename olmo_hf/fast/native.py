@@ -100,6 +100,13 @@ class _NativeLib:
         self.int8_to_bf16 = lib.olmo_hf_int8_to_bf16
         self.int8_to_bf16.argtypes = [c_ptr, c_long, c_long, c_long, c_ptr, c_int]
         self.int8_to_bf16.restype = c_int
+        self.gemv_int4 = lib.olmo_hf_gemv_int4  # torchao int4 weight-only, in our nibble layout (olmo_hf.fast.int4)
+        self.gemv_int4.argtypes = [c_ptr, c_long, c_ptr, c_long, c_ptr, c_ptr, c_long, c_long, c_long, c_ptr, c_long,
+                                   c_long, c_int]
+        self.gemv_int4.restype = c_int
+        self.int4_to_bf16 = lib.olmo_hf_int4_to_bf16
+        self.int4_to_bf16.argtypes = [c_ptr, c_long, c_ptr, c_ptr, c_long, c_long, c_long, c_ptr, c_int]
+        self.int4_to_bf16.restype = c_int
         self.full = isa == "avx512_bf16"
         self.amx = False  # the AMX-BF16 product: set by enable_amx() where the CPU and the kernel allow it
         self.amx_note = "AMX tile product: off (needs the avx512_bf16 variant)"
@@ -236,6 +243,8 @@ def _self_test(native: _NativeLib) -> str:
             return f"int8 matrix-vector product {m}x{k} @ {k}x{n}"
         if not torch.equal(_native_int8_to_bf16(q, native), q.to(torch.bfloat16)):
             return f"int8 -> bf16 conversion of {n}x{k}"
+    if why := _int4_self_test(native, gen):
+        return why
     if not native.full:
         return ""
     for b, h, g, s_len, d in ((2, 4, 2, 37, 24), (1, 3, 3, 5, 64)):
@@ -255,6 +264,27 @@ def _self_test(native: _NativeLib) -> str:
             return "prefill attention"
     if not _elementwise_self_test(native, gen):
         return "element-wise kernels"
+    return ""
+
+
+def _int4_self_test(native: _NativeLib, gen: torch.Generator) -> str:
+    """The int4 kernels (``olmo_hf.fast.int4``) against the float arithmetic they replace; "" or what failed."""
+    from .int4 import pack_nibbles, widen_reference
+
+    for n, k, g, m, asym in ((100, 128, 32, 1, False), (64, 256, 128, 5, True), (130, 2048, 64, 8, False),
+                             (3, 96, 32, 2, True)):
+        q = torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)
+        scale = (torch.rand(n, k // g, generator=gen) / 64).to(torch.bfloat16).float()
+        offset = (8 + torch.randint(-3, 4, (n, k // g), generator=gen)).float() if asym else None
+        packed = pack_nibbles(q)
+        x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+        dense = widen_reference(packed, scale, offset, k, g)
+        ref = F.linear(x.float(), dense.float())
+        if not torch.allclose(_native_int4_matmul(x, packed, scale, offset, k, g, native).float(), ref,
+                              atol=1e-2, rtol=1e-2):
+            return f"int4 matrix-vector product {m}x{k} @ {k}x{n} (group {g})"
+        if not torch.equal(_native_int4_to_bf16(packed, scale, offset, k, g, native), dense):
+            return f"int4 -> bf16 widening of {n}x{k} (group {g})"
     return ""
 
 
@@ -335,6 +365,36 @@ def _native_int8_to_bf16(qweight: torch.Tensor, native: _NativeLib | None = None
     out = torch.empty((n, k), dtype=torch.bfloat16) if out is None else out.view(-1)[: n * k].view(n, k)
     if native.int8_to_bf16(qweight.data_ptr(), qweight.stride(0), n, k, out.data_ptr(), torch.get_num_threads()) != 0:
         raise RuntimeError("olmo_hf native int8 -> bf16 conversion rejected its arguments")
+    return out
+
+
+def _native_int4_matmul(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None,
+                        k: int, group: int, native: _NativeLib | None = None) -> torch.Tensor:
+    """``x @ W.T`` over the last dimension of bf16 ``x`` (at most ``_NATIVE_MAX_ROWS`` rows, width ``k``), in bf16,
+    for an int4 weight in the fast path's nibble layout (``olmo_hf.fast.int4``): ``packed`` (out, Kp/2) uint8 with
+    unit stride along its columns, ``scale`` / ``offset`` contiguous float32 (out, k / group) (``offset`` None:
+    symmetric, 8)."""
+    native = native or _native
+    n = packed.shape[0]
+    x2d, out = _rows_and_output(x, n, k)
+    if native.gemv_int4(x2d.data_ptr(), x2d.stride(0), packed.data_ptr(), packed.stride(0), scale.data_ptr(),
+                        None if offset is None else offset.data_ptr(), n, k, group, out.data_ptr(), n, x2d.shape[0],
+                        torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native int4 matrix-vector kernel rejected its arguments")
+    return out.view(*x.shape[:-1], n)
+
+
+def _native_int4_to_bf16(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, k: int, group: int,
+                         native: _NativeLib | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The (out, k) bf16 weight of an int4 matrix in the nibble layout, dequantized as torchao does (bit for bit),
+    into ``out`` (a contiguous bf16 tensor of at least out * k elements) when given."""
+    native = native or _native
+    n = packed.shape[0]
+    out = torch.empty((n, k), dtype=torch.bfloat16) if out is None else out.view(-1)[: n * k].view(n, k)
+    if native.int4_to_bf16(packed.data_ptr(), packed.stride(0), scale.data_ptr(),
+                           None if offset is None else offset.data_ptr(), n, k, group, out.data_ptr(),
+                           torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native int4 -> bf16 widening rejected its arguments")
     return out
 
 
@@ -471,6 +531,7 @@ class KernelPlan:
     ``gemv_max_rows``: products of 1..gemv_max_rows rows take the native matrix-vector kernel (0: none do);
     ``int8_gemv_max_rows``: the same for the int8 weight-only kernel (``olmo_hf.fast.quantized``);
     ``int8_convert``: int8 weights are widened to bf16 for larger products by the native conversion kernel;
+    ``int4_gemv_max_rows`` / ``int4_convert``: the same for int4 weights (``olmo_hf.fast.int4``);
     ``notes``: for each part, one line saying what was measured or why it is off."""
 
     isa: str | None
@@ -482,6 +543,8 @@ class KernelPlan:
     elementwise_prefill: bool = False  # larger inputs (measured at 128 tokens)
     int8_gemv_max_rows: int = 0
     int8_convert: bool = False
+    int4_gemv_max_rows: int = 0
+    int4_convert: bool = False
     notes: dict = field(default_factory=dict)
 
 
@@ -574,6 +637,7 @@ def _measure_plan(native: _NativeLib) -> KernelPlan:
         for part in ("decode_attention", "prefill_attention", "elementwise", "elementwise_prefill"):
             notes[part] = f"{part.replace('_', ' ')}: off (no {native.isa} variant; it needs AVX512-BF16)"
     enabled.update(_measure_int8(native, gen, notes))
+    enabled.update(_measure_int4(native, gen, notes))
     notes["amx"] = native.amx_note
     return KernelPlan(isa=native.isa, gemv_max_rows=max_rows, gemv_amx_from_rows=amx_from, notes=notes, **enabled)
 
@@ -607,6 +671,34 @@ def _measure_int8(native: _NativeLib, gen: torch.Generator, notes: dict) -> dict
     return {"int8_gemv_max_rows": max_rows, "int8_convert": convert}
 
 
+def _measure_int4(native: _NativeLib, gen: torch.Generator, notes: dict) -> dict:
+    """The int4 kernels (``olmo_hf.fast.int4``) against what runs without them: the weight widened to bf16 by
+    PyTorch operators, then ``F.linear``, for 1..8 rows; PyTorch's widening for the conversion before a GEMM."""
+    from .int4 import pack_nibbles, widen_reference
+
+    k, group = 2048, 128
+    weights = [pack_nibbles(torch.randint(-8, 8, (8192, k), generator=gen, dtype=torch.int8)) for _ in range(2)]
+    scale = (torch.rand(8192, k // group, generator=gen) / 64).to(torch.bfloat16).float()
+    max_rows = 0
+    for rows in (1, 4, 8):
+        x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+        nat, ref = _median_times([
+            lambda: [_native_int4_matmul(x, w, scale, None, k, group, native) for w in weights],
+            lambda: [F.linear(x, widen_reference(w, scale, None, k, group)) for w in weights]], repeats=3, warmup=1)
+        on, note = decide_part(f"int4 matrix-vector ({rows} row{'s' * (rows > 1)})", nat, ref,
+                               "PyTorch widening + F.linear")
+        notes[f"int4_gemv_{rows}"] = note
+        if not on:
+            break
+        max_rows = rows
+    buffer = torch.empty((8192, k), dtype=torch.bfloat16)
+    nat, ref = _median_times([lambda: [_native_int4_to_bf16(w, scale, None, k, group, native, buffer) for w in weights],
+                              lambda: [widen_reference(w, scale, None, k, group) for w in weights]],
+                             repeats=3, warmup=1)
+    convert, notes["int4_convert"] = decide_part("int4 -> bf16 widening before a GEMM", nat, ref, "PyTorch operators")
+    return {"int4_gemv_max_rows": max_rows, "int4_convert": convert}
+
+
 def kernel_plan() -> KernelPlan:
     """The plan for this process: built (and measured, unless OLMO_HF_NATIVE=force) on first use."""
     global _PLAN
@@ -627,6 +719,7 @@ def _make_plan() -> KernelPlan:
                           prefill_attention=native.full, elementwise=native.full,
                           elementwise_prefill=native.full,
                           int8_gemv_max_rows=_NATIVE_MAX_ROWS, int8_convert=True,
+                          int4_gemv_max_rows=_NATIVE_MAX_ROWS, int4_convert=True,
                           notes={"native": "every kernel built: on, unmeasured (OLMO_HF_NATIVE=force)",
                                  "amx": native.amx_note})
     try:
