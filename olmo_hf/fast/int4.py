@@ -15,12 +15,12 @@ the default symmetric mapping), weight = scale * (qdata - zero_point). The fast 
   stored in 32 bytes: byte i of a chunk holds u = q + 8 (0..15) of value i in its low nibble and of value i + 32 in
   its high nibble (so one widening of 32 bytes gives both halves of a chunk, in order). Values past in_features
   hold u = 8 (zero).
-- ``scale``: (out, in / G) float32, torchao's scales exactly (bf16 values widened).
-- ``offset``: (out, in / G) float32, 8 + zero_point, or None when every zero point is 0 (symmetric: 8).
+- ``scale``: (out, in / G) bf16, torchao's scales (the same tensor values).
+- ``offset``: (out, in / G) int8, 8 + zero_point, or None when every zero point is 0 (symmetric: 8).
 
-The weight is ``scale[n, g] * (u[n, k] - offset[n, g])``. Cost per weight (bits): 4 + 32 / G for the scales
-(+ 32 / G for the offsets when asymmetric); 4.25 at G = 128 and 4.5 at G = 64, against llama.cpp's Q4_0: 4.5 at
-group 32 with fp16 scales. Decoding (1..8 rows) runs ``olmo_hf_gemv_int4`` (``kernels.c``): x rounded to int16 per
+The weight is ``scale[n, g] * (u[n, k] - offset[n, g])``. Cost per weight (bits): 4 + 16 / G for the scales
+(+ 8 / G for the offsets when asymmetric): 4.5 at G = 32, 4.25 at G = 64 (4.375 asymmetric), 4.125 at G = 128,
+against llama.cpp's Q4_0: 4.5 (group 32, fp16 scales). Decoding (1..8 rows) runs ``olmo_hf_gemv_int4`` (``kernels.c``): x rounded to int16 per
 group, nibbles widened to int16 in registers, int32 group sums, fp32 accumulation. Larger products (prefill)
 widen the weight to bf16 into a reused per-thread buffer with torchao's own arithmetic (``bf16((u - offset) *
 scale)``: bit for bit what torchao's ``dequantize`` gives) and run ``F.linear`` on it, so prefill logits are those
@@ -63,7 +63,8 @@ def _group_size(weight) -> int | None:
 
 def is_int4_weight_only(module: nn.Module) -> bool:
     """Whether ``module`` is an ``nn.Linear`` with a torchao int4 weight-only, per-group ``IntxUnpackedToInt8Tensor``
-    weight on CPU (group size 32 or a multiple of 64; int8 zero points): the layers the fast path takes."""
+    weight on CPU (bf16 model and scales, group size 32 or a multiple of 64, int8 zero points): the layers the
+    fast path takes."""
     cls = _intx_tensor_class()
     weight = getattr(module, "weight", None)
     if cls is None or type(module) is not nn.Linear or not isinstance(weight, cls):
@@ -80,8 +81,8 @@ def is_int4_weight_only(module: nn.Module) -> bool:
         and qdata.shape[1] % group == 0
         and weight.activation_quantization is None  # weight-only
         and zero_point.dtype == torch.int8
-        and scale.dtype in (torch.bfloat16, torch.float16, torch.float32)
-        and weight.dtype in (torch.bfloat16, torch.float32)
+        and scale.dtype == torch.bfloat16  # bf16 models: the scales are kept as they are
+        and weight.dtype == torch.bfloat16
     )
 
 
@@ -111,8 +112,8 @@ def widen_reference(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Ten
     exact in float32, so the one rounding is the same)."""
     n = packed.shape[0]
     u = (unpack_nibbles(packed, k) + 8).view(n, k // group, group).float()
-    u -= 8.0 if offset is None else offset[..., None]
-    return (u * scale[..., None]).to(dtype).view(n, k)
+    u -= 8.0 if offset is None else offset.float()[..., None]
+    return (u * scale.float()[..., None]).to(dtype).view(n, k)
 
 
 # ----------------------------------------------------------------------------------------------- packed weight
@@ -127,8 +128,8 @@ class _Int4Packed:
     def __init__(self, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, in_features: int,
                  group: int, dtype: torch.dtype, members: list) -> None:
         self.packed = packed.contiguous()  # (out_features, Kp / 2) uint8
-        self.scale = scale.float().contiguous()  # (out_features, in_features / group) float32
-        self.offset = None if offset is None else offset.float().contiguous()  # same shape, or None: 8
+        self.scale = scale.contiguous()  # (out_features, in_features / group) bf16
+        self.offset = None if offset is None else offset.contiguous()  # same shape, int8 (8 + zero point); None: 8
         self.in_features, self.group, self.dtype = in_features, group, dtype
         self.out_features = packed.shape[0]
         self.members = members
@@ -151,8 +152,8 @@ class _Int4Packed:
 
     def nbytes(self) -> int:
         """Resident bytes of the packed weight (nibbles, scales, offsets)."""
-        extra = 0 if self.offset is None else self.offset.numel() * 4
-        return self.packed.numel() + self.scale.numel() * 4 + extra
+        extra = 0 if self.offset is None else self.offset.numel()
+        return self.packed.numel() + self.scale.numel() * 2 + extra
 
     def dense(self) -> torch.Tensor:
         """The weight in the model's dtype, dequantized as torchao does."""
@@ -199,8 +200,8 @@ def pack_int4(state, parent: nn.Module, names: list[str], on_done=None) -> None:
         asymmetric = any(bool(w.zero_point.any()) for w in weights)
         packed = torch.cat([pack_nibbles(w.qdata) for w in weights]) if len(weights) > 1 else pack_nibbles(
             weights[0].qdata)
-        scale = torch.cat([w.scale.float() for w in weights])
-        offset = torch.cat([8 + w.zero_point.float() for w in weights]) if asymmetric else None
+        scale = torch.cat([w.scale for w in weights])  # bf16
+        offset = torch.cat([8 + w.zero_point for w in weights]) if asymmetric else None  # int8: 0..15
         members, row = [], 0
         for w in weights:
             _, meta = w.__tensor_flatten__()

@@ -740,9 +740,10 @@ int olmo_hf_int8_to_bf16(const int8_t* q, long ldq, long N, long K, uint16_t* ou
    - w: (N, Kp/2) uint8, Kp = K rounded up to 64. Each row is cut into chunks of 64 elements, 32 bytes each: byte i
      of a chunk holds u = q + 8 (q the torchao int4 value, -8..7) of element i in its low nibble and of element
      i + 32 in its high nibble. (Elements past K hold u = 8, i.e. 0.) Two values per byte.
-   - ws: (N, ng) fp32 group scales (torchao's bf16 scales, exactly), ng = K / G, G the group size (32 or a
-     multiple of 64), row stride ng; wo: (N, ng) fp32 offsets o = 8 + zero_point (asymmetric), or NULL when every
-     zero point is 0 (symmetric: o = 8). The weight is w[n, k] = ws[n, g] * (u[n, k] - o[n, g]), g = k / G.
+   - ws: (N, ng) bf16 group scales (torchao's own), ng = K / G, G the group size (32 or a multiple of 64), row
+     stride ng; wo: (N, ng) int8 offsets o = 8 + zero_point (asymmetric), or NULL when every zero point is 0
+     (symmetric: o = 8). The weight is w[n, k] = ws[n, g] * (u[n, k] - o[n, g]), g = k / G.
+   Bits per weight: 4 + 16 / G (+ 8 / G with offsets).
    Decoding, y[m, n] = sum_g ws[n, g] * (sum_{k in g} x[m, k] u[n, k]) - sum_g ws[n, g] o[n, g] xsum[m, g]:
    x is rounded to int16 per group (as the int8 kernel does per block: |x| max -> 32767, a rounding far below the
    bf16 rounding of the result), the nibbles are widened to int16 in registers (one vpmovzxbw gives both the low and
@@ -776,18 +777,20 @@ static void quantize_x_int16_groups(const uint16_t* x, long ldx, long M, long K,
 }
 
 /* sum_g ws[g] * o[g] * xsum[g] over one row's ng groups (o = 8 when wo is NULL). */
-static inline float int4_offset_term(const float* ws, const float* wo, const float* xsum, long ng) {
+static inline float int4_offset_term(const uint16_t* ws, const int8_t* wo, const float* xsum, long ng) {
 #if defined(__AVX512BF16__)
     __m512 c = _mm512_setzero_ps();
     for (long g = 0; g < ng; g += 16) {
         const __mmask16 mk = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
-        const __m512 o = wo ? _mm512_maskz_loadu_ps(mk, wo + g) : _mm512_set1_ps(8.f);
-        c = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, ws + g), o), _mm512_maskz_loadu_ps(mk, xsum + g), c);
+        const __m512 o = wo ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mk, wo + g)))
+                            : _mm512_set1_ps(8.f);
+        const __m512 sc = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, ws + g)), 16));
+        c = _mm512_fmadd_ps(_mm512_mul_ps(sc, o), _mm512_maskz_loadu_ps(mk, xsum + g), c);
     }
     return _mm512_reduce_add_ps(c);
 #else
     float c = 0.f;
-    for (long g = 0; g < ng; ++g) c += ws[g] * (wo ? wo[g] : 8.f) * xsum[g];
+    for (long g = 0; g < ng; ++g) c += bf16_to_f32(ws[g]) * (wo ? (float)wo[g] : 8.f) * xsum[g];
     return c;
 #endif
 }
@@ -797,7 +800,7 @@ static inline float int4_offset_term(const float* ws, const float* wo, const flo
 /* out[m][r] = sum_g sx[m, g] ws[r, g] (xq[m, group g] . u[r, group g]) for MM rows of x and NR rows of w. */
 #define GEMV_I4_MICRO(MM)                                                                                      \
 static inline void gemv_i4_micro_##MM(const int16_t* xq, long Kp, const float* sx, long ng, const uint8_t* w,  \
-                                      long ldw, const float* ws, long G, float out[4][NR]) {                 \
+                                      long ldw, const uint16_t* ws, long G, float out[4][NR]) {                 \
     __m512 acc[MM][NR];                                                                                      \
     const __m512i low = _mm512_set1_epi16(0x0f);                                                             \
     _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                     \
@@ -827,7 +830,7 @@ static inline void gemv_i4_micro_##MM(const int16_t* xq, long Kp, const float* s
                 const __m512 s = _mm512_set1_ps(sx[m * ng + g]);                                             \
                 _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                         \
                     acc[m][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ia[m][r]), s),              \
-                                                _mm512_set1_ps(ws[r * ng + g]), acc[m][r]);                  \
+                                                _mm512_set1_ps(bf16_to_f32(ws[r * ng + g])), acc[m][r]);                  \
             }                                                                                                \
         }                                                                                                    \
     } else { /* G == 32: the low nibbles of a chunk are group 2c, the high ones group 2c + 1 */                 \
@@ -848,9 +851,9 @@ static inline void gemv_i4_micro_##MM(const int16_t* xq, long Kp, const float* s
                 const __m512 s1 = _mm512_set1_ps(two ? sx[m * ng + g + 1] : 0.f);                            \
                 _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                       \
                     acc[m][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(wl[r], xl)), s0), \
-                                                _mm512_set1_ps(ws[r * ng + g]), acc[m][r]);                  \
+                                                _mm512_set1_ps(bf16_to_f32(ws[r * ng + g])), acc[m][r]);                  \
                     acc[m][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(wh[r], xh)), s1), \
-                                                _mm512_set1_ps(two ? ws[r * ng + g + 1] : 0.f), acc[m][r]);  \
+                                                _mm512_set1_ps(two ? bf16_to_f32(ws[r * ng + g + 1]) : 0.f), acc[m][r]);  \
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
@@ -862,7 +865,7 @@ GEMV_I4_MICRO(1) GEMV_I4_MICRO(2)
 #else /* AVX2: one row of x per pass, 16 bytes (32 weights) per step */
 #define I4_MAX_MM 1
 static inline void gemv_i4_micro_1(const int16_t* xq, long Kp, const float* sx, long ng, const uint8_t* w, long ldw,
-                                   const float* ws, long G, float out[4][NR]) {
+                                   const uint16_t* ws, long G, float out[4][NR]) {
     (void)Kp;
     __m256 acc[NR];
     const __m256i low = _mm256_set1_epi16(0x0f);
@@ -888,13 +891,13 @@ static inline void gemv_i4_micro_1(const int16_t* xq, long Kp, const float* sx, 
         for (int r = 0; r < NR; ++r) {
             if (G >= I4_CHUNK) {
                 acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(il[r], ih[r])),
-                                                       _mm256_set1_ps(sx[g])), _mm256_set1_ps(ws[r * ng + g]), acc[r]);
+                                                       _mm256_set1_ps(sx[g])), _mm256_set1_ps(bf16_to_f32(ws[r * ng + g])), acc[r]);
             } else {
                 acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(il[r]), _mm256_set1_ps(sx[g])),
-                                         _mm256_set1_ps(ws[r * ng + g]), acc[r]);
+                                         _mm256_set1_ps(bf16_to_f32(ws[r * ng + g])), acc[r]);
                 if (g + 1 < ng)
                     acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ih[r]), _mm256_set1_ps(sx[g + 1])),
-                                             _mm256_set1_ps(ws[r * ng + g + 1]), acc[r]);
+                                             _mm256_set1_ps(bf16_to_f32(ws[r * ng + g + 1])), acc[r]);
             }
         }
     }
@@ -903,7 +906,7 @@ static inline void gemv_i4_micro_1(const int16_t* xq, long Kp, const float* sx, 
 #endif
 
 /* One row of x against one row of w, scalar, same arithmetic (for N < NR). */
-static float gemv_i4_row_scalar(const int16_t* xq, const float* sx, long ng, const uint8_t* w, const float* ws,
+static float gemv_i4_row_scalar(const int16_t* xq, const float* sx, long ng, const uint8_t* w, const uint16_t* ws,
                                 long G) {
     float s = 0.f;
     for (long g = 0; g < ng; ++g) {
@@ -913,14 +916,14 @@ static float gemv_i4_row_scalar(const int16_t* xq, const float* sx, long ng, con
             const int u = (k % I4_CHUNK) < 32 ? (b & 0x0f) : (b >> 4);
             t += (long)xq[k] * u;
         }
-        s += (float)t * sx[g] * ws[g];
+        s += (float)t * sx[g] * bf16_to_f32(ws[g]);
     }
     return s;
 }
 
-/* x_bf16 (M, K) row stride ldx; w (N, Kp/2) uint8 row stride ldw; ws / wo (N, ng) fp32 (wo may be NULL);
+/* x_bf16 (M, K) row stride ldx; w (N, Kp/2) uint8 row stride ldw; ws (N, ng) bf16, wo (N, ng) int8 or NULL;
    G the group size (32 or a multiple of 64, dividing K); y (M, N) bf16 row stride ldy. */
-int olmo_hf_gemv_int4(const uint16_t* x_bf16, long ldx, const uint8_t* w, long ldw, const float* ws, const float* wo,
+int olmo_hf_gemv_int4(const uint16_t* x_bf16, long ldx, const uint8_t* w, long ldw, const uint16_t* ws, const int8_t* wo,
                       long N, long K, long G, uint16_t* y, long ldy, long M, int nthreads) {
     const long Kp = (K + I4_CHUNK - 1) / I4_CHUNK * I4_CHUNK;
     if (M < 1 || M > 8 || K < 1 || N < 1 || G < 32 || (G != 32 && G % I4_CHUNK) || K % G || ldw < Kp / 2)
@@ -976,7 +979,7 @@ static inline __m256i f32x16_to_bf16_rne(__m512 v) {  /* no NaN here: finite pro
 }
 #endif
 
-int olmo_hf_int4_to_bf16(const uint8_t* w, long ldw, const float* ws, const float* wo, long N, long K, long G,
+int olmo_hf_int4_to_bf16(const uint8_t* w, long ldw, const uint16_t* ws, const int8_t* wo, long N, long K, long G,
                          uint16_t* out, int nthreads) {
     const long Kp = (K + I4_CHUNK - 1) / I4_CHUNK * I4_CHUNK;
     if (N < 1 || K < 1 || G < 32 || (G != 32 && G % I4_CHUNK) || K % G || ldw < Kp / 2) return -1;
@@ -995,7 +998,7 @@ int olmo_hf_int4_to_bf16(const uint8_t* w, long ldw, const float* ws, const floa
                                                    : _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f));
             const __m512 u = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(u8));
             const __m512 v = _mm512_mul_ps(_mm512_sub_ps(u, _mm512_set1_ps(wo ? wo[n * ng + g] : 8.f)),
-                                           _mm512_set1_ps(ws[n * ng + g]));
+                                           _mm512_set1_ps(bf16_to_f32(ws[n * ng + g])));
             _mm256_storeu_si256((__m256i*)(dst + k), f32x16_to_bf16_rne(v));
         }
 #endif
@@ -1003,7 +1006,7 @@ int olmo_hf_int4_to_bf16(const uint8_t* w, long ldw, const float* ws, const floa
             const long g = k / G;
             const uint8_t b = src[(k / I4_CHUNK) * 32 + (k % 32)];
             const int u = (k % I4_CHUNK) < 32 ? (b & 0x0f) : (b >> 4);
-            dst[k] = f32_to_bf16(((float)u - (wo ? wo[n * ng + g] : 8.f)) * ws[n * ng + g]);
+            dst[k] = f32_to_bf16(((float)u - (wo ? (float)wo[n * ng + g] : 8.f)) * bf16_to_f32(ws[n * ng + g]));
         }
     }
     return 0;

@@ -274,8 +274,8 @@ def _int4_self_test(native: _NativeLib, gen: torch.Generator) -> str:
     for n, k, g, m, asym in ((100, 128, 32, 1, False), (64, 256, 128, 5, True), (130, 2048, 64, 8, False),
                              (3, 96, 32, 2, True)):
         q = torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)
-        scale = (torch.rand(n, k // g, generator=gen) / 64).to(torch.bfloat16).float()
-        offset = (8 + torch.randint(-3, 4, (n, k // g), generator=gen)).float() if asym else None
+        scale = (torch.rand(n, k // g, generator=gen) / 64).to(torch.bfloat16)
+        offset = (8 + torch.randint(-3, 4, (n, k // g), generator=gen)).to(torch.int8) if asym else None
         packed = pack_nibbles(q)
         x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
         dense = widen_reference(packed, scale, offset, k, g)
@@ -372,8 +372,8 @@ def _native_int4_matmul(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tens
                         k: int, group: int, native: _NativeLib | None = None) -> torch.Tensor:
     """``x @ W.T`` over the last dimension of bf16 ``x`` (at most ``_NATIVE_MAX_ROWS`` rows, width ``k``), in bf16,
     for an int4 weight in the fast path's nibble layout (``olmo_hf.fast.int4``): ``packed`` (out, Kp/2) uint8 with
-    unit stride along its columns, ``scale`` / ``offset`` contiguous float32 (out, k / group) (``offset`` None:
-    symmetric, 8)."""
+    unit stride along its columns, ``scale`` contiguous bf16 (out, k / group), ``offset`` contiguous int8 of the
+    same shape or None (symmetric, 8)."""
     native = native or _native
     n = packed.shape[0]
     x2d, out = _rows_and_output(x, n, k)
@@ -678,7 +678,7 @@ def _measure_int4(native: _NativeLib, gen: torch.Generator, notes: dict) -> dict
 
     k, group = 2048, 128
     weights = [pack_nibbles(torch.randint(-8, 8, (8192, k), generator=gen, dtype=torch.int8)) for _ in range(2)]
-    scale = (torch.rand(8192, k // group, generator=gen) / 64).to(torch.bfloat16).float()
+    scale = (torch.rand(8192, k // group, generator=gen) / 64).to(torch.bfloat16)
     max_rows = 0
     for rows in (1, 4, 8):
         x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
