@@ -50,7 +50,8 @@ def main() -> None:
                 out = model(ids).logits.float()[0]
             rel = ((out - ref).norm() / ref.norm()).item()
             top1 = (out.argmax(-1) == ref.argmax(-1)).float().mean().item()
-            bits = 4 + 32 / group * (2 if mapping == MappingType.ASYMMETRIC else 1)  # fp32 scale (+ offset) per group
+            # the fast path's layout: bf16 scale (+ int8 offset) per group (olmo_hf/fast/int4.py)
+            bits = 4 + 16 / group + (8 / group if mapping == MappingType.ASYMMETRIC else 0)
             print(f"group {group:3d} {mapping.name.lower():10s}: relative L2 logit error {rel:.4f}, top-1 agreement "
                   f"{top1:.3f}; fast-path bits/weight {bits:.3f}; load {load:.1f} s", flush=True)
             del model

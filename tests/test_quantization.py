@@ -125,8 +125,10 @@ def _canonical(name: str) -> str:
         ("int8_dynamic_activation_int8_weight", {},
          lambda c: isinstance(c.quant_type, ao.Int8DynamicActivationInt8WeightConfig)),
         ("int8-dynamic", {}, lambda c: isinstance(c.quant_type, ao.Int8DynamicActivationInt8WeightConfig)),
-        ("int4", {}, lambda c: isinstance(c.quant_type, ao.IntxWeightOnlyConfig)
-         and c.quant_type.weight_dtype == torch.int4 and c.quant_type.granularity.group_size == 128),
+        ("int4", {}, lambda c: isinstance(c.quant_type, ao.IntxWeightOnlyConfig)  # CPU: group 64, asymmetric
+         and c.quant_type.weight_dtype == torch.int4 and c.quant_type.granularity.group_size == 64
+         and c.quant_type.mapping_type == ao.MappingType.ASYMMETRIC),
+        ("int4", {"symmetric": True}, lambda c: c.quant_type.mapping_type == ao.MappingType.SYMMETRIC),
         ("int4_weight_only", {"group_size": 32}, lambda c: c.quant_type.granularity.group_size == 32),
         ("none", {}, lambda c: c is None),
     ],

@@ -157,8 +157,8 @@ def _check_model(model: nn.Module) -> None:
         why = _quantized.unsupported_quantization(model)
         if why is not None:
             raise ValueError(f"This model is quantized in a way the CPU fast path does not take ({why}); it takes "
-                             "plain bf16/fp32 weights and torchao int8 / int4 weight-only "
-                             "(quantization_config('int8') / quantization_config('int4', device='cpu')).")
+                             "plain bf16/fp32 weights, torchao int8 weight-only (quantization_config('int8')) and int4 "
+                             "weight-only (quantization_config('int4', device='cpu')).")
     peft = any(type(m).__module__.startswith("peft") for m in model.modules())
     if getattr(model, "_hf_peft_config_loaded", False) or peft:
         raise ValueError(_PEFT_MESSAGE)
@@ -377,6 +377,13 @@ def status(model: nn.Module | None = None) -> FastPathStatus:
             fused = {id(getattr(p, name)._packed) for p, name, _ in state.replaced if getattr(p, name)._rows}
             line = f"model: {len(state.replaced)} linear layers in the fast path's record"
             enabled.append(line + (f", {len(fused)} fused q/k/v and gate/up matrices" if fused else ""))
+            kinds: dict[str, int] = {}
+            for p, name, _ in state.replaced:
+                kind = getattr(getattr(p, name), "kind", None)  # int8 / int4 layers (QuantizedPackedLinear)
+                if kind is not None:
+                    kinds[kind] = kinds.get(kind, 0) + 1
+            for kind, count in sorted(kinds.items()):
+                enabled.append(f"model: {count} {kind} weight-only layers on the {kind} kernels")
             for option, what in (("fast_attention", "leaner attention step (joint q/k norm + RoPE)"),
                                  ("grow_kv_cache", "key/value cache grown in place (plain DynamicCache)")):
                 (enabled if opts.get(option) else skipped).append(what + ("" if opts.get(option) else ": switched off"))
