@@ -798,8 +798,8 @@ static inline float int4_offset_term(const uint16_t* ws, const int8_t* wo, const
 #if defined(__AVX512BF16__)
 #define I4_MAX_MM 2
 /* out[m][r] = sum_g sx[m, g] ws[r, g] (xq[m, group g] . u[r, group g]) for MM rows of x and NR rows of w. */
-#define GEMV_I4_MICRO(MM)                                                                                      \
-static inline void gemv_i4_micro_##MM(const int16_t* xq, long Kp, const float* sx, long ng, const uint8_t* w,  \
+#define GEMV_I4_MICRO(MM, SUFFIX, DOT, ATTR)                                                                   \
+ATTR static inline void gemv_i4_micro_##MM##SUFFIX(const int16_t* xq, long Kp, const float* sx, long ng, const uint8_t* w,  \
                                       long ldw, const uint16_t* ws, long G, float out[4][NR]) {                 \
     __m512 acc[MM][NR];                                                                                      \
     const __m512i low = _mm512_set1_epi16(0x0f);                                                             \
@@ -822,8 +822,7 @@ static inline void gemv_i4_micro_##MM(const int16_t* xq, long Kp, const float* s
                     const __m512i xl = _mm512_loadu_si512((const void*)(xq + m * Kp + k));                   \
                     const __m512i xh = _mm512_loadu_si512((const void*)(xq + m * Kp + k + 32));              \
                     _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                     \
-                        ia[m][r] = _mm512_add_epi32(ia[m][r], _mm512_add_epi32(_mm512_madd_epi16(wl[r], xl),  \
-                                                                               _mm512_madd_epi16(wh[r], xh))); \
+                        ia[m][r] = DOT(DOT(ia[m][r], wl[r], xl), wh[r], xh);                                 \
                 }                                                                                            \
             }                                                                                                \
             _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                           \
@@ -850,9 +849,9 @@ static inline void gemv_i4_micro_##MM(const int16_t* xq, long Kp, const float* s
                 const __m512 s0 = _mm512_set1_ps(sx[m * ng + g]);                                            \
                 const __m512 s1 = _mm512_set1_ps(two ? sx[m * ng + g + 1] : 0.f);                            \
                 _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                       \
-                    acc[m][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(wl[r], xl)), s0), \
+                    acc[m][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(DOT(_mm512_setzero_si512(), wl[r], xl)), s0), \
                                                 _mm512_set1_ps(bf16_to_f32(ws[r * ng + g])), acc[m][r]);                  \
-                    acc[m][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(wh[r], xh)), s1), \
+                    acc[m][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(DOT(_mm512_setzero_si512(), wh[r], xh)), s1), \
                                                 _mm512_set1_ps(two ? bf16_to_f32(ws[r * ng + g + 1]) : 0.f), acc[m][r]);  \
                 }                                                                                            \
             }                                                                                                \
@@ -861,7 +860,13 @@ static inline void gemv_i4_micro_##MM(const int16_t* xq, long Kp, const float* s
     _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                     \
         _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]);    \
 }
-GEMV_I4_MICRO(1) GEMV_I4_MICRO(2)
+/* int32 pair products: vpmaddwd + vpaddd everywhere, or one vpdpwssd (AVX512-VNNI: every CPU with AVX512-BF16 so
+   far has it; checked at run time all the same) */
+#define I4_MADD(acc, w, x) _mm512_add_epi32((acc), _mm512_madd_epi16((w), (x)))
+#define I4_DPWSSD(acc, w, x) _mm512_dpwssd_epi32((acc), (w), (x))
+GEMV_I4_MICRO(1, , I4_MADD, ) GEMV_I4_MICRO(2, , I4_MADD, )
+GEMV_I4_MICRO(1, _vnni, I4_DPWSSD, __attribute__((target("avx512vnni"))))
+GEMV_I4_MICRO(2, _vnni, I4_DPWSSD, __attribute__((target("avx512vnni"))))
 #else /* AVX2: one row of x per pass, 16 bytes (32 weights) per step */
 #define I4_MAX_MM 1
 static inline void gemv_i4_micro_1(const int16_t* xq, long Kp, const float* sx, long ng, const uint8_t* w, long ldw,
@@ -905,6 +910,21 @@ static inline void gemv_i4_micro_1(const int16_t* xq, long Kp, const float* sx, 
 }
 #endif
 
+#if defined(__AVX512BF16__)
+/* Whether the int4 product uses vpdpwssd: -1 until olmo_hf_int4_set_vnni is called (then 0 / 1). The Python side
+   sets it from the CPU's flags (avx512_vnni), and to 0 to measure the other variant. */
+static int olmo_hf_int4_vnni = -1;
+#endif
+int olmo_hf_int4_set_vnni(int on) {
+#if defined(__AVX512BF16__)
+    olmo_hf_int4_vnni = on && __builtin_cpu_supports("avx512vnni");
+    return olmo_hf_int4_vnni;
+#else
+    (void)on;
+    return 0;
+#endif
+}
+
 /* One row of x against one row of w, scalar, same arithmetic (for N < NR). */
 static float gemv_i4_row_scalar(const int16_t* xq, const float* sx, long ng, const uint8_t* w, const uint16_t* ws,
                                 long G) {
@@ -929,6 +949,9 @@ int olmo_hf_gemv_int4(const uint16_t* x_bf16, long ldx, const uint8_t* w, long l
     if (M < 1 || M > 8 || K < 1 || N < 1 || G < 32 || (G != 32 && G % I4_CHUNK) || K % G || ldw < Kp / 2)
         return -1;
     const long ng = K / G;
+#if defined(__AVX512BF16__)
+    const int vnni = olmo_hf_int4_vnni < 0 ? 0 : olmo_hf_int4_vnni;
+#endif
     int16_t* xq = (int16_t*)aligned_alloc(64, sizeof(int16_t) * M * Kp);
     float* sx = (float*)malloc(sizeof(float) * M * ng * 2);
     if (!xq || !sx) { free(xq); free(sx); return -2; }
@@ -945,8 +968,11 @@ int olmo_hf_gemv_int4(const uint16_t* x_bf16, long ldx, const uint8_t* w, long l
         for (long m0 = 0; m0 < M; m0 += I4_MAX_MM) {
             const long mm = M - m0 < I4_MAX_MM ? M - m0 : I4_MAX_MM;
             if (rows == NR) {
-#if I4_MAX_MM > 1
-                if (mm == 2) gemv_i4_micro_2(xq + m0 * Kp, Kp, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, out); else
+#if defined(__AVX512BF16__)
+                if (vnni) {
+                    if (mm == 2) gemv_i4_micro_2_vnni(xq + m0 * Kp, Kp, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, out);
+                    else gemv_i4_micro_1_vnni(xq + m0 * Kp, Kp, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, out);
+                } else if (mm == 2) gemv_i4_micro_2(xq + m0 * Kp, Kp, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, out); else
 #endif
                 gemv_i4_micro_1(xq + m0 * Kp, Kp, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, out);
             } else {

@@ -107,6 +107,10 @@ class _NativeLib:
         self.int4_to_bf16 = lib.olmo_hf_int4_to_bf16
         self.int4_to_bf16.argtypes = [c_ptr, c_long, c_ptr, c_ptr, c_long, c_long, c_long, c_ptr, c_int]
         self.int4_to_bf16.restype = c_int
+        self.int4_set_vnni = lib.olmo_hf_int4_set_vnni  # vpdpwssd in the int4 product where the CPU has AVX512-VNNI
+        self.int4_set_vnni.argtypes = [c_int]
+        self.int4_set_vnni.restype = c_int
+        self.int4_vnni = bool(self.int4_set_vnni(1))
         self.full = isa == "avx512_bf16"
         self.amx = False  # the AMX-BF16 product: set by enable_amx() where the CPU and the kernel allow it
         self.amx_note = "AMX tile product: off (needs the avx512_bf16 variant)"
