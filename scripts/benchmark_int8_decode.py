@@ -74,8 +74,8 @@ def main() -> None:
         optimize_for_cpu_inference(model.eval())
     print(status(models[list(models)[-1]]))
     gen = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, min(50000, models["bf16" if "bf16" in models else list(models)[0]].config.vocab_size), (1, 128),
-                           generator=gen)
+    vocab = next(iter(models.values())).config.vocab_size
+    prompt = torch.randint(0, min(50000, vocab), (1, 128), generator=gen)
     big = torch.ones(2**28)  # 1 GiB of fp32
     steps = {name: [] for name in models}
     prefill = {name: [] for name in models}

@@ -275,7 +275,8 @@ def optimize_for_cpu_inference(
                 elif isinstance(module, OlmoMLP):
                     if pack:
                         for pack_group in (_quantized.pack_int8_group, _int4.pack_int4_group):
-                            pack_group(state, module, ["gate_proj", "up_proj"], fuse and module.config.hidden_act == "silu",
+                            pack_group(state, module, ["gate_proj", "up_proj"],
+                                       fuse and module.config.hidden_act == "silu",
                                        functools.partial(_install_fused_mlp, state, module))
                             pack_group(state, module, ["down_proj"], False)
                     lins = [module.gate_proj, module.up_proj]

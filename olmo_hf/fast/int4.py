@@ -19,12 +19,14 @@ the default symmetric mapping), weight = scale * (qdata - zero_point). The fast 
 - ``offset``: (out, in / G) int8, 8 + zero_point, or None when every zero point is 0 (symmetric: 8).
 
 The weight is ``scale[n, g] * (u[n, k] - offset[n, g])``. Cost per weight (bits): 4 + 16 / G for the scales
-(+ 8 / G for the offsets when asymmetric): 4.5 at G = 32, 4.25 at G = 64 (4.375 asymmetric), 4.125 at G = 128,
-against llama.cpp's Q4_0: 4.5 (group 32, fp16 scales). Decoding (1..8 rows) runs ``olmo_hf_gemv_int4`` (``kernels.c``): x rounded to int16 per
-group, nibbles widened to int16 in registers, int32 group sums, fp32 accumulation. Larger products (prefill)
-widen the weight to bf16 into a reused per-thread buffer with torchao's own arithmetic (``bf16((u - offset) *
-scale)``: bit for bit what torchao's ``dequantize`` gives) and run ``F.linear`` on it, so prefill logits are those
-of the unoptimised torchao model. q/k/v and gate/up are fused into one matrix each, like the bf16 and int8 paths.
+(+ 8 / G for the offsets when asymmetric): 4.5 at G = 32, 4.25 at G = 64 (4.375 asymmetric, the default of
+``quantization_config("int4", device="cpu")``), 4.125 at G = 128, against llama.cpp's Q4_0: 4.5 (group 32, fp16
+scales). Decoding (1..8 rows) runs ``olmo_hf_gemv_int4`` (``kernels.c``): x rounded to int16 per group, nibbles
+widened to int16 in registers, int32 group sums (vpdpwssd where the CPU has AVX512-VNNI), fp32 accumulation.
+Larger products (prefill) widen the weight to bf16 into a reused per-thread buffer with torchao's own arithmetic
+(``bf16((u - offset) * scale)``: bit for bit what torchao's ``dequantize`` gives) and run ``F.linear`` on it, so
+prefill logits are those of the unoptimised torchao model. q/k/v and gate/up are fused into one matrix each, like
+the bf16 and int8 paths.
 
 ``state_dict()`` / ``save_pretrained`` write what the unoptimised torchao model writes (``weight`` is an
 ``IntxUnpackedToInt8Tensor`` rebuilt from the nibbles: the same values, dtypes and metadata), and
