@@ -1016,16 +1016,26 @@ int olmo_hf_int4_to_bf16(const uint8_t* w, long ldw, const uint16_t* ws, const i
         uint16_t* dst = out + n * K;
         long k = 0;
 #if defined(__AVX512BF16__)
-        /* 16 elements at a time: elements k..k+15 of a chunk sit in the low (first half) or high (second) nibbles */
-        for (; k + 16 <= K; k += 16) {
-            const long g = k / G, c = k / I4_CHUNK * 32, i = k % 32;
-            const __m128i b = _mm_loadu_si128((const __m128i*)(src + c + i));
-            const __m128i u8 = (k % I4_CHUNK) < 32 ? _mm_and_si128(b, _mm_set1_epi8(0x0f))
-                                                   : _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f));
-            const __m512 u = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(u8));
-            const __m512 v = _mm512_mul_ps(_mm512_sub_ps(u, _mm512_set1_ps(wo ? wo[n * ng + g] : 8.f)),
-                                           _mm512_set1_ps(bf16_to_f32(ws[n * ng + g])));
-            _mm256_storeu_si256((__m256i*)(dst + k), f32x16_to_bf16_rne(v));
+        /* a chunk at a time: 32 bytes -> the 32 low nibbles (values k..k+31) and the 32 high ones (k+32..k+63);
+           each group's 16 possible bf16 values are computed once (the same arithmetic, so the same bits) and
+           looked up with one vpermw per 32 values */
+        long lut_g = -1;
+        __m512i lut = _mm512_setzero_si512();
+        for (; k + I4_CHUNK <= K; k += I4_CHUNK) {
+            const __m256i bytes = _mm256_loadu_si256((const __m256i*)(src + k / 2));
+            const __m512i idx = _mm512_cvtepu8_epi16(bytes);  /* lane i: byte i (value i low, value i + 32 high) */
+            const __m512i nib[2] = {_mm512_and_si512(idx, _mm512_set1_epi16(0x0f)), _mm512_srli_epi16(idx, 4)};
+            for (int h = 0; h < 2; ++h) {
+                const long g = (k + 32 * h) / G;
+                if (g != lut_g) {
+                    const __m512 u = _mm512_cvtepi32_ps(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+                    const __m512 o = _mm512_set1_ps(wo ? (float)wo[n * ng + g] : 8.f);
+                    const __m256i v = f32x16_to_bf16_rne(_mm512_mul_ps(_mm512_sub_ps(u, o), _mm512_set1_ps(bf16_to_f32(ws[n * ng + g]))));
+                    lut = _mm512_inserti64x4(_mm512_castsi256_si512(v), v, 1);
+                    lut_g = g;
+                }
+                _mm512_storeu_si512((void*)(dst + k + 32 * h), _mm512_permutexvar_epi16(nib[h], lut));
+            }
         }
 #endif
         for (; k < K; ++k) {
