@@ -114,6 +114,40 @@ def test_widening_is_torchaos_dequantization_bit_for_bit(group, asymmetric):
     assert torch.equal(widen_reference(packed, t.scale, offset, 192, group), expected)
 
 
+def _variants():
+    have = native.cpu_flags()
+    return [pytest.param(name, marks=pytest.mark.skipif(not needs <= have, reason=f"this CPU lacks {needs - have}"))
+            for name, needs, _ in native.ISAS]
+
+
+@pytest.mark.parametrize("isa", _variants())
+def test_each_kernel_variant_has_the_same_int4_product_and_widening(isa, tmp_path_factory, monkeypatch):
+    """The AVX2 variant (built here too where the CPU has AVX2) against the loaded one: bit-identical widening,
+    products within bf16 rounding of each other."""
+    import ctypes
+
+    from olmo_hf.fast.build import load_native_library
+
+    monkeypatch.setenv("OLMO_HF_CACHE", str(tmp_path_factory.mktemp("int4_variants")))
+    built = load_native_library(f"olmo_hf_kernels_{isa}", native._NATIVE_SOURCE_FILE, flags=native._isa_flags(isa),
+                                libs=native._NATIVE_LIBS, self_test="olmo_hf.fast.native:_self_test_library")
+    if built.library is None:
+        pytest.skip(built.reason)
+    lib = native._NativeLib(built.library, isa)
+    lib.lib.olmo_hf_kernels_isa.restype = ctypes.c_char_p
+    assert lib.lib.olmo_hf_kernels_isa().decode() == isa
+    for n, k, group, asymmetric in ((37, 96, 32, True), (130, 512, 64, False), (9, 256, 128, True)):
+        q, scale, zero, gen = _random_int4(n, k, group, asymmetric, n + k)
+        offset, packed = None if zero is None else zero + 8, pack_nibbles(q)
+        assert torch.equal(native._native_int4_to_bf16(packed, scale, offset, k, group, lib),
+                           widen_reference(packed, scale, offset, k, group))
+        for rows in (1, 2, 5, 8):
+            x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+            ref = x.double() @ widen_reference(packed, scale, offset, k, group).double().T
+            out = native._native_int4_matmul(x, packed, scale, offset, k, group, lib).double()
+            torch.testing.assert_close(out, ref, rtol=2**-6, atol=1e-2 * ref.abs().max().item())
+
+
 # ----------------------------------------------------------------------------------------------- the model
 @pytest.mark.parametrize("group, asymmetric", LAYOUTS)
 def test_fast_path_takes_int4_models_with_fused_projections(checkpoint, group, asymmetric):
