@@ -27,6 +27,8 @@ from .build import load_native_library
 # - olmo_hf_gemv_bf16 (every variant): x @ W^T for 1..8 rows (decoding), reading the plain (out, in) bf16 weight
 #   that nn.Linear holds: no packed copy, no dependence on the blocked layouts oneDNN picks per CPU (which differ
 #   between Zen 4 and AMX Xeons). Bound by memory bandwidth; it streams the weights on torch's OpenMP threads.
+# - olmo_hf_gemv_int8 / olmo_hf_gemv_int4 and their widenings to bf16 (every variant): torchao int8 / int4
+#   weight-only layers (fast/quantized.py, fast/int4.py; int4 in a nibble layout of ours).
 # - AVX512-BF16 only: decode / prefill attention and the element-wise kernels (RMSNorm, q/k norm + RoPE, SwiGLU).
 # Everything with more than 8 rows (prefill products) is F.linear on the same dense weight: oneDNN's GEMM, with
 # AMX where the CPU has it, exactly what the plain model runs.
