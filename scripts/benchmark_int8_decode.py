@@ -1,9 +1,10 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""Batch-1 decode and 128-token prefill of one checkpoint in bf16 and in torchao int8 weight-only, both through the
-CPU fast path (olmo_hf.fast), measured interleaved (one step of each in turn, medians), next to the machine's
+"""Batch-1 decode and 128-token prefill of one checkpoint in bf16 and in torchao int8 / int4 weight-only, all through
+the CPU fast path (olmo_hf.fast), measured interleaved (one step of each in turn, medians), next to the machine's
 memory bandwidth (torch.sum over 1 GiB), for docs/quantization.md::
 
-    OLMO_HF_NATIVE=force python scripts/benchmark_int8_decode.py --model-dir CHECKPOINT --threads 2 --rounds 5
+    OLMO_HF_NATIVE=force python scripts/benchmark_int8_decode.py --model-dir CHECKPOINT --threads 2 --rounds 5 \
+        --formats bf16,int8,int4
 
 With ``--llama-bench BIN --gguf FILE [--gguf FILE ...]`` each round also runs llama.cpp's ``llama-bench -p 128 -n 16
 -r 1`` on each GGUF (same threads), so that its numbers see the same load as ours.
@@ -32,17 +33,20 @@ from olmo_hf.quantization import memory_footprint, quantization_config
 
 
 def weight_bytes(model) -> dict:
-    """Bytes of the matrices one decoding step reads: int8 data + scales, bf16 matrices (lm_head included)."""
-    int8 = bf16 = 0
+    """Bytes of the matrices one decoding step reads: int8 data + scales, int4 nibbles + scales (+ offsets), bf16
+    matrices (lm_head included)."""
+    int8 = int4 = bf16 = 0
     for module in model.modules():
         packed = getattr(module, "_packed", None)
         if packed is None or getattr(module, "_rows", None) not in (None, (0, module.out_features)):
             continue  # count each fused matrix once, from its first member
         if hasattr(packed, "qdata"):
             int8 += packed.qdata.numel() + packed.scale.numel() * 4
+        elif hasattr(packed, "nbytes"):
+            int4 += packed.nbytes()
         else:
             bf16 += packed.tensor.numel() * packed.tensor.element_size()
-    return {"int8": int8, "bf16": bf16}
+    return {"int8": int8, "int4": int4, "bf16": bf16}
 
 
 def main() -> None:
@@ -53,20 +57,25 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="decoding steps per model per round")
     p.add_argument("--llama-bench", help="llama.cpp's llama-bench binary")
     p.add_argument("--gguf", action="append", default=[], help="a GGUF of the same weights (repeatable)")
+    p.add_argument("--formats", default="bf16,int8", help="comma-separated: bf16, int8, int4 (default: %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    models = {
-        "bf16": olmo_hf.Olmo2ForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16),
-        "int8": olmo_hf.Olmo2ForCausalLM.from_pretrained(
-            args.model_dir, dtype=torch.bfloat16, quantization_config=quantization_config("int8", device="cpu")),
-    }
+    models, load_s = {}, {}
+    for name in args.formats.split(","):
+        t0 = time.perf_counter()
+        models[name] = olmo_hf.Olmo2ForCausalLM.from_pretrained(
+            args.model_dir, dtype=torch.bfloat16,
+            quantization_config=None if name == "bf16" else quantization_config(name, device="cpu"))
+        load_s[name] = time.perf_counter() - t0
+    print("from_pretrained: " + ", ".join(f"{name} {s:.1f} s" for name, s in load_s.items()), flush=True)
     footprint = {name: memory_footprint(model) for name, model in models.items()}  # before: packed weights are
     for model in models.values():                                                     # no longer parameters
         optimize_for_cpu_inference(model.eval())
-    print(status(models["int8"]))
+    print(status(models[list(models)[-1]]))
     gen = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, 50000, (1, 128), generator=gen)
+    vocab = next(iter(models.values())).config.vocab_size
+    prompt = torch.randint(0, min(50000, vocab), (1, 128), generator=gen)
     big = torch.ones(2**28)  # 1 GiB of fp32
     steps = {name: [] for name in models}
     prefill = {name: [] for name in models}
@@ -100,10 +109,11 @@ def main() -> None:
     for name, model in models.items():
         step = statistics.median(steps[name])
         nbytes = weight_bytes(model)
-        total = nbytes["int8"] + nbytes["bf16"]
+        total = nbytes["int8"] + nbytes["int4"] + nbytes["bf16"]
         print(f"{name}: decode {1 / step:.2f} tok/s ({step * 1e3:.0f} ms/step, median of {len(steps[name])}), "
               f"prefill 128: {128 / statistics.median(prefill[name]):.0f} tok/s; weights read per step "
-              f"{total / 1e9:.2f} GB (int8 {nbytes['int8'] / 1e9:.2f}, bf16 {nbytes['bf16'] / 1e9:.2f}) = "
+              f"{total / 1e9:.2f} GB (int8 {nbytes['int8'] / 1e9:.2f}, int4 {nbytes['int4'] / 1e9:.2f}, "
+              f"bf16 {nbytes['bf16'] / 1e9:.2f}) = "
               f"{total / step / 1e9:.1f} GB/s ({total / step / 1e9 / bw:.0%} of torch.sum); "
               f"footprint {footprint[name] / 1e9:.2f} GB")
     for path, speeds in llama.items():

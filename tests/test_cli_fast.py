@@ -131,6 +131,12 @@ def test_quantize_int8_gets_the_fast_path_by_default(cli, tiny):
     assert is_optimized(model) and type(model.model.layers[0].mlp.down_proj).__name__ == "Int8PackedLinear"
 
 
+def test_quantize_int4_gets_the_fast_path_by_default(cli):
+    code, out, err, (model,) = cli("--quantize", "int4", "--max-new-tokens", "4")  # the demo model
+    assert code == 0, err
+    assert is_optimized(model) and type(model.model.layers[0].mlp.down_proj).__name__ == "Int4PackedLinear"
+
+
 def test_fast_on_a_gpu_is_a_one_line_error(cli, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA GPU 0, as far as --device can tell
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -167,6 +173,7 @@ def test_resolve_fast_defaults():
     from olmo_hf.quantization import quantization_config
 
     assert resolve_fast(None, cpu, "-1", quantization_config("int8", device="cpu")) == "auto"  # ... but int8
+    assert resolve_fast(None, cpu, "-1", quantization_config("int4", device="cpu")) == "auto"  # ... and int4
     assert resolve_fast(None, torch.device("cuda", 0), "0", None) == "off"
     assert resolve_fast(False, torch.device("cuda", 0), "0", object()) == "off"  # --no-fast never errs
 

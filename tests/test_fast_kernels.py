@@ -75,11 +75,10 @@ def test_macos_gets_no_kernels_and_a_reason():
 
 # ----------------------------------------------------------------------------------------------- each variant
 def _buildable_isas():
-    """Every variant, skipped where this CPU cannot run it (tests/test_kernels_emulated.py runs those emulated)."""
-    have, machine = native.cpu_flags(), platform.machine()
-    return [pytest.param(isa.name, marks=pytest.mark.skipif(
-                machine not in isa.machines or not isa.needs <= have,
-                reason=f"this {machine} CPU cannot run {isa.name} (lacks {sorted(isa.needs - have)})"))
+    """Every kernel variant, skipped where this CPU cannot run it (tests/test_kernels_emulated.py emulates some)."""
+    flags, machine = native.cpu_flags(), platform.machine()
+    return [pytest.param(isa.name, marks=pytest.mark.skipif(bool(isa.cannot_run(flags, machine)),
+                                                            reason=isa.cannot_run(flags, machine) or "runs here"))
             for isa in native.ISAS]
 
 
@@ -136,11 +135,13 @@ def test_the_plan_enables_the_product_up_to_the_largest_batch_where_it_is_faster
         pytest.skip("needs the AVX512-BF16 kernels")
     monkeypatch.setattr(lib, "amx", False)
     # gemv 1 row, 4 rows, 8 rows; decode attention; prefill attention; element-wise at 1 and at 128 tokens; int8
-    # gemv 1 row, 4 rows; int8 -> bf16 widening
-    _fake_timings(monkeypatch, [(1, 3), (2, 3), (5, 3), (1, 2), (4, 2), (1, 2), (3, 2), (1, 2), (3, 2), (1, 2)])
+    # gemv 1 row, 4 rows; int8 -> bf16 widening; int4 gemv 1 row, 8 rows; int4 -> bf16 widening
+    _fake_timings(monkeypatch, [(1, 3), (2, 3), (5, 3), (1, 2), (4, 2), (1, 2), (3, 2), (1, 2), (3, 2), (1, 2),
+                                (1, 2), (3, 2), (1, 2)])
     plan = native._measure_plan(lib)
     assert plan.gemv_max_rows == 4
     assert plan.int8_gemv_max_rows == 1 and plan.int8_convert and "off" in plan.notes["int8_gemv_4"]
+    assert plan.int4_gemv_max_rows == 1 and plan.int4_convert and "off" in plan.notes["int4_gemv_8"]
     assert plan.decode_attention and not plan.prefill_attention and plan.elementwise
     assert not plan.elementwise_prefill and "128 tokens): off" in plan.notes["elementwise_prefill"]
     assert "off (not faster here)" in plan.notes["gemv_8"] and "off" in plan.notes["prefill_attention"]
@@ -151,10 +152,11 @@ def test_a_product_slower_at_one_row_is_never_used(fresh_native, monkeypatch):
     if lib is None or not lib.full:
         pytest.skip("needs the AVX512-BF16 kernels")
     monkeypatch.setattr(lib, "amx", False)
-    _fake_timings(monkeypatch, [(3, 2), (5, 5), (5, 5), (5, 5), (5, 5), (3, 2), (3, 2)])
+    _fake_timings(monkeypatch, [(3, 2), (5, 5), (5, 5), (5, 5), (5, 5), (3, 2), (3, 2), (3, 2), (3, 2)])
     plan = native._measure_plan(lib)
     assert plan.gemv_max_rows == 0 and "gemv_4" not in plan.notes
     assert plan.int8_gemv_max_rows == 0 and not plan.int8_convert and "int8_gemv_4" not in plan.notes
+    assert plan.int4_gemv_max_rows == 0 and not plan.int4_convert and "int4_gemv_8" not in plan.notes
     assert not (plan.decode_attention or plan.prefill_attention or plan.elementwise or plan.elementwise_prefill)
 
 
@@ -164,9 +166,10 @@ def test_amx_takes_over_from_the_row_count_where_it_measured_faster(fresh_native
         pytest.skip("needs the AVX512-BF16 kernels")
     monkeypatch.setattr(lib, "amx", True)
     # (AVX512, AMX, F.linear) at 1, 4, 8 rows; then attention and element-wise (1 and 128 tokens) pairs; int8 gemv 1, 4, 8 rows and
-    # the int8 -> bf16 widening; the AMX prefill product (bf16 vs F.linear, int8 vs widening + F.linear)
+    # the int8 -> bf16 widening; int4 gemv 1, 8 rows and the int4 -> bf16 widening; the AMX prefill product (bf16 vs
+    # F.linear, int8 vs widening + F.linear)
     _fake_timings(monkeypatch, [(1, 2, 3), (3, 2, 4), (5, 3, 4), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2),
-                                (1, 2), (1, 2), (1, 2, 3, 2)])
+                                (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2, 3, 2)])
     plan = native._measure_plan(lib)
     assert plan.gemv_max_rows == 8 and plan.gemv_amx_from_rows == 2
     assert plan.notes["gemv_1"].startswith("matrix-vector, AVX512 (1 row): on") and "AMX 2000.00 ms" in plan.notes["gemv_1"]

@@ -104,6 +104,32 @@ def test_the_emulated_int8_widening_is_exact(harness, tmp_path):
     assert torch.equal(_from_bf16_bits(tmp_path / "out", (3, 251)), q.to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("n,k,group,asymmetric", [(5, 64, 32, False), (37, 192, 64, True), (64, 2048, 64, True),
+                                                  (8, 256, 128, False)])
+def test_the_emulated_int4_product_and_widening_are_the_nibble_layouts(harness, tmp_path, n, k, group, asymmetric):
+    """olmo_hf.fast.int4's layout: the widening bit for bit what torchao's dequantization gives (widen_reference),
+    the product within bf16 rounding of x @ that weight in float64."""
+    from olmo_hf.fast.int4 import pack_nibbles, widen_reference
+
+    _, cmd = harness
+    gen = torch.Generator().manual_seed(n * 1000 + k)
+    packed = pack_nibbles(torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8))
+    scale = (torch.rand(n, k // group, generator=gen) / 16).to(torch.bfloat16)
+    offset = torch.randint(4, 12, (n, k // group), generator=gen, dtype=torch.int8) if asymmetric else None
+    weight = widen_reference(packed, scale, offset, k, group)
+    for m in (1, 3, 8):
+        x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+        extra = offset.numpy().tobytes() if asymmetric else b""
+        (tmp_path / "in").write_bytes(_bf16_bits(x).tobytes() + packed.numpy().tobytes() + _bf16_bits(scale).tobytes()
+                                      + extra)
+        done = _run(cmd, "int4", m, n, k, group, int(asymmetric), tmp_path / "in", tmp_path / "out")
+        assert done.returncode == 0, done.stderr
+        both = _from_bf16_bits(tmp_path / "out", (m * n + n * k,))
+        assert torch.equal(both[m * n :].view(n, k), weight)
+        ref = x.double() @ weight.double().T
+        torch.testing.assert_close(both[: m * n].view(m, n).double(), ref, rtol=2**-7, atol=1e-3 * k**0.5)
+
+
 def test_the_emulated_avx2_only_cpu_rejects_avx512_code(tmp_path_factory, tmp_path):
     """The check above means something: the emulated Haswell stops the AVX512-BF16 build on its first product."""
     cmd = _build("avx2", tmp_path_factory, as_isa="avx512_bf16")

@@ -130,8 +130,10 @@ def _canonical(name: str) -> str:
         ("int8_dynamic_activation_int8_weight", {},
          lambda c: isinstance(c.quant_type, ao.Int8DynamicActivationInt8WeightConfig)),
         ("int8-dynamic", {}, lambda c: isinstance(c.quant_type, ao.Int8DynamicActivationInt8WeightConfig)),
-        ("int4", {}, lambda c: isinstance(Q.linear_config(c), ao.IntxWeightOnlyConfig)
-         and Q.linear_config(c).weight_dtype == torch.int4 and Q.linear_config(c).granularity.group_size == 128),
+        ("int4", {}, lambda c: isinstance(Q.linear_config(c), ao.IntxWeightOnlyConfig)  # CPU: group 64, asymmetric
+         and Q.linear_config(c).weight_dtype == torch.int4 and Q.linear_config(c).granularity.group_size == 64
+         and Q.linear_config(c).mapping_type == ao.MappingType.ASYMMETRIC),
+        ("int4", {"symmetric": True}, lambda c: Q.linear_config(c).mapping_type == ao.MappingType.SYMMETRIC),
         ("int4_weight_only", {"group_size": 32}, lambda c: Q.linear_config(c).granularity.group_size == 32),
         ("none", {}, lambda c: c is None),
     ],

@@ -164,15 +164,17 @@ def resolve_fast(fast: bool | None, device: torch.device, device_flag: str, quan
             raise CliError(f"--fast is a CPU fast path, but --device {device_flag} puts the model on {device}; "
                            "drop --fast, or use --device -1 for the CPU")
         return "off"
-    int8 = False
+    taken = False  # the fast path takes torchao int8 and int4 weight-only models too (fast/quantized.py, fast/int4.py)
     if quantization_config is not None:  # only built when olmo_hf.quantization is installed
         from ..quantization import linear_config  # the projections' config (lm_head has its own)
 
-        int8 = type(linear_config(quantization_config)).__name__ == "Int8WeightOnlyConfig"
-    if quantization_config is not None and not int8:  # the fast path takes torchao int8 weight-only models too
+        quant_type = linear_config(quantization_config)
+        taken = type(quant_type).__name__ == "Int8WeightOnlyConfig" or (
+            type(quant_type).__name__ == "IntxWeightOnlyConfig" and getattr(quant_type, "weight_dtype", None) == torch.int4)
+    if quantization_config is not None and not taken:
         if fast:
             raise CliError("--fast cannot be combined with --quantize: the CPU fast path packs plain bf16/fp32 "
-                           "weights and --quantize int8 only; drop one of the two flags")
+                           "weights and --quantize int8 / int4 only; drop one of the two flags")
         return "off"
     return "on" if fast else "auto"
 

@@ -111,11 +111,11 @@ def add_run_parser(subparsers: Any, handler: Callable[[argparse.Namespace], int]
     model.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                        help="olmo_hf's CPU fast path (olmo_hf.fast.optimize_for_cpu_inference): fused projections "
                        "and native kernels, each enabled only where it measures faster on this CPU (--verbose "
-                       "says which). Default: on when the model runs on the CPU, unquantized or --quantize int8, and is "
-                       "an olmo_hf OLMo / OLMo 2 / OLMo 3 model (text generation or classification); --fast makes it "
-                       "an error where it cannot apply, --no-fast turns it off. Cost: a one-off measurement of the "
-                       "kernels (~0.3 s) and the copies of the fused matrices. Outputs: identical in float32, within "
-                       "bf16 rounding in bf16")
+                       "says which). Default: on when the model runs on the CPU, unquantized or --quantize int8 / "
+                       "int4, and is an olmo_hf OLMo / OLMo 2 / OLMo 3 model (text generation or classification); "
+                       "--fast makes it an error where it cannot apply, --no-fast turns it off. Cost: a one-off "
+                       "measurement of the kernels (~0.3 s) and the copies of the fused matrices. Outputs: identical "
+                       "in float32, within bf16 rounding in bf16")
     model.add_argument("--verbose", action="store_true",
                        help="print what the CPU fast path does on this machine: which native kernels run, which do "
                        "not and why, with the speeds measured against PyTorch (olmo_hf.fast.status)")

@@ -70,7 +70,8 @@ key, a mis-shaped tensor or (strict) a missing or unexpected key (the whole dict
 copied), ``requires_grad_(True)`` on a module holding packed layers, and gradients through a packed layer
 (``model.train()`` itself passes), and ``torch.export`` (so ``torch.onnx.export(dynamo=True)`` and
 ExecuTorch: the fast path's forwards and kernels are not graph operators). Models that are quantized (other than
-torchao int8 weight-only, which :mod:`olmo_hf.fast.quantized` takes), carry PEFT adapters, or are not on CPU are
+torchao int8 weight-only, which :mod:`olmo_hf.fast.quantized` takes, and int4 weight-only, which
+:mod:`olmo_hf.fast.int4` takes), carry PEFT adapters, or are not on CPU are
 refused by :func:`optimize_for_cpu_inference`.
 
 Why ``from_pretrained`` does not apply it: it is only right for CPU inference, and it costs a one-time
@@ -95,6 +96,7 @@ from .forwards import _fast_attention_forward, _fast_mlp_forward, _fast_rms_norm
 from .build import cpu_model_name
 from .guards import install_guards
 from .native import KernelPlan, _native_kernel, kernel_plan
+from . import int4 as _int4
 from . import quantized as _quantized
 from .packing import FastPathError, PackedLinear, _FileMappings, _Packed, _Packer
 
@@ -155,7 +157,8 @@ def _check_model(model: nn.Module) -> None:
         why = _quantized.unsupported_quantization(model)
         if why is not None:
             raise ValueError(f"This model is quantized in a way the CPU fast path does not take ({why}); it takes "
-                             "plain bf16/fp32 weights and torchao int8 weight-only (quantization_config('int8')).")
+                             "plain bf16/fp32 weights, torchao int8 weight-only (quantization_config('int8')) and int4 "
+                             "weight-only (quantization_config('int4', device='cpu')).")
     peft = any(type(m).__module__.startswith("peft") for m in model.modules())
     if getattr(model, "_hf_peft_config_loaded", False) or peft:
         raise ValueError(_PEFT_MESSAGE)
@@ -243,17 +246,19 @@ def optimize_for_cpu_inference(
                     if head is not None and packable(head):
                         packer.submit(model, [name], head.weight.dtype)
                     elif pack and head is not None and _quantized.is_int8_weight_only(head):
-                        _quantized.pack_int8(state, model, [name])  # quantization_config("int8")'s lm_head
+                        _quantized.pack_int8(state, model, [name])  # quantization_config("int8" / "int4")'s lm_head
+                    elif pack and head is not None:
+                        _int4.pack_int4_group(state, model, [name], False)  # an int4-quantized head
             embedding = model.get_input_embeddings()
             if id(getattr(embedding, "weight", None)) not in shared:
                 _quantized.patch_int8_embedding(functools.partial(_patch, state), embedding)
             for module in list(model.modules()):
                 if isinstance(module, OlmoAttention):
                     names = ["q_proj", "k_proj", "v_proj"]
-                    if pack:  # torchao int8 weight-only layers (olmo_hf.fast.quantized); plain ones are left
-                        _quantized.pack_int8_group(state, module, names, fuse,
-                                                   functools.partial(_install_fused_qkv, state, module))
-                        _quantized.pack_int8_group(state, module, ["o_proj"], False)
+                    if pack:  # torchao int8 / int4 weight-only layers (fast/quantized.py, fast/int4.py)
+                        for pack_group in (_quantized.pack_int8_group, _int4.pack_int4_group):
+                            pack_group(state, module, names, fuse, functools.partial(_install_fused_qkv, state, module))
+                            pack_group(state, module, ["o_proj"], False)
                     lins = [getattr(module, n) for n in names]
                     fusable = fuse and all(packable(m) for m in lins) and len({m.weight.dtype for m in lins}) == 1
                     fusable = fusable and all(m.bias is None for m in lins)
@@ -274,10 +279,11 @@ def optimize_for_cpu_inference(
                     _patch(state, module, "_fast_weight_f32", None)  # a float32 copy of the weight, made on first use
                 elif isinstance(module, OlmoMLP):
                     if pack:
-                        _quantized.pack_int8_group(state, module, ["gate_proj", "up_proj"],
-                                                   fuse and module.config.hidden_act == "silu",
-                                                   functools.partial(_install_fused_mlp, state, module))
-                        _quantized.pack_int8_group(state, module, ["down_proj"], False)
+                        for pack_group in (_quantized.pack_int8_group, _int4.pack_int4_group):
+                            pack_group(state, module, ["gate_proj", "up_proj"],
+                                       fuse and module.config.hidden_act == "silu",
+                                       functools.partial(_install_fused_mlp, state, module))
+                            pack_group(state, module, ["down_proj"], False)
                     lins = [module.gate_proj, module.up_proj]
                     fusable = fuse and all(packable(m) for m in lins) and len({m.weight.dtype for m in lins}) == 1
                     fusable = fusable and all(m.bias is None for m in lins) and module.config.hidden_act == "silu"
@@ -377,6 +383,13 @@ def status(model: nn.Module | None = None) -> FastPathStatus:
             fused = {id(getattr(p, name)._packed) for p, name, _ in state.replaced if getattr(p, name)._rows}
             line = f"model: {len(state.replaced)} linear layers in the fast path's record"
             enabled.append(line + (f", {len(fused)} fused q/k/v and gate/up matrices" if fused else ""))
+            kinds: dict[str, int] = {}
+            for p, name, _ in state.replaced:
+                kind = getattr(getattr(p, name), "kind", None)  # int8 / int4 layers (QuantizedPackedLinear)
+                if kind is not None:
+                    kinds[kind] = kinds.get(kind, 0) + 1
+            for kind, count in sorted(kinds.items()):
+                enabled.append(f"model: {count} {kind} weight-only layers on the {kind} kernels")
             for option, what in (("fast_attention", "leaner attention step (joint q/k norm + RoPE)"),
                                  ("grow_kv_cache", "key/value cache grown in place (plain DynamicCache)")):
                 (enabled if opts.get(option) else skipped).append(what + ("" if opts.get(option) else ": switched off"))

@@ -3,7 +3,8 @@
    flags), and declares each entry point's signature in _NativeLib. What the file contains depends on those flags:
 
    - with AVX512-BF16 (-mavx512f -mavx512bw -mavx512vl -mavx512bf16): everything below;
-   - with AVX2 + FMA + F16C only (-mavx2 -mfma -mf16c): the matrix-vector products (bf16 and int8);
+   - with AVX2 + FMA + F16C only (-mavx2 -mfma -mf16c): the matrix-vector products (bf16, int8, int4) and the
+     int8 / int4 widening;
    - on AArch64 with NEON (Advanced SIMD, every ARMv8-A CPU: Graviton, Ampere, Apple silicon under Linux): the
      same matrix-vector products as AVX2, 4 fp32 lanes wide;
    - otherwise the file is not built and PyTorch does all the work.
@@ -953,6 +954,363 @@ int olmo_hf_int8_to_bf16(const int8_t* q, long ldq, long N, long K, uint16_t* ou
         }
 #endif
         for (; k < K; ++k) dst[k] = f32_to_bf16((float)src[k]);
+    }
+    return 0;
+}
+
+/* ===================================================================================================================
+   int4 weight-only matrix-vector product and widening (olmo_hf.fast.int4: torchao IntxWeightOnlyConfig(int4) models)
+   ===================================================================================================================
+   The weight is OUR layout (olmo_hf/fast/int4.py packs it from torchao's one-value-per-int8-byte tensor):
+   - w: (N, Kp/2) uint8, Kp = K rounded up to 64. Each row is cut into chunks of 64 elements, 32 bytes each: byte i
+     of a chunk holds u = q + 8 (q the torchao int4 value, -8..7) of element i in its low nibble and of element
+     i + 32 in its high nibble. (Elements past K hold u = 8, i.e. 0.) Two values per byte.
+   - ws: (N, ng) bf16 group scales (torchao's own), ng = K / G, G the group size (32 or a multiple of 64), row
+     stride ng; wo: (N, ng) int8 offsets o = 8 + zero_point (asymmetric), or NULL when every zero point is 0
+     (symmetric: o = 8). The weight is w[n, k] = ws[n, g] * (u[n, k] - o[n, g]), g = k / G.
+   Bits per weight: 4 + 16 / G (+ 8 / G with offsets).
+   Decoding, y[m, n] = sum_g ws[n, g] * (sum_{k in g} x[m, k] u[n, k]) - sum_g ws[n, g] o[n, g] xsum[m, g]:
+   x is rounded to int16 per group (as the int8 kernel does per block: |x| max -> 32767, a rounding far below the
+   bf16 rounding of the result), the nibbles are widened to int16 in registers (one vpmovzxbw gives both the low and
+   the high nibble of 32 bytes) and multiplied in pairs into int32 (vpmaddwd); each group's int32 sums are scaled
+   into fp32 accumulators, and the offsets are applied once per group through the group sums of x (xsum, the
+   dequantized x summed over the group). Rows of x per pass over a band: up to 2 (AVX512) or 1 (AVX2). */
+#define I4_CHUNK 64
+
+/* x (M rows, stride ldx, bf16) -> xq (M rows of Kp int16, zero padded), per group of G: sx (M, ng) scales and
+   xsum (M, ng) = sx * sum(xq) over the group. */
+static void quantize_x_int16_groups(const uint16_t* x, long ldx, long M, long K, long Kp, long G, long ng,
+                                    int16_t* xq, float* sx, float* xsum) {
+    for (long m = 0; m < M; ++m) {
+        for (long g = 0; g < ng; ++g) {
+            const long k0 = g * G, k1 = k0 + G;
+            float mx = 0.f;
+            for (long k = k0; k < k1; ++k) { const float v = fabsf(bf16_to_f32(x[m * ldx + k])); if (v > mx) mx = v; }
+            const float inv = mx > 0.f ? 32767.f / mx : 0.f;
+            const float s = mx / 32767.f;
+            long sum = 0;
+            for (long k = k0; k < k1; ++k) {
+                const int16_t v = (int16_t)lrintf(bf16_to_f32(x[m * ldx + k]) * inv);
+                xq[m * Kp + k] = v;
+                sum += v;
+            }
+            sx[m * ng + g] = s;
+            xsum[m * ng + g] = s * (float)sum;
+        }
+        for (long k = K; k < Kp; ++k) xq[m * Kp + k] = 0;
+    }
+}
+
+/* sum_g ws[g] * o[g] * xsum[g] over one row's ng groups (o = 8 when wo is NULL). */
+static inline float int4_offset_term(const uint16_t* ws, const int8_t* wo, const float* xsum, long ng) {
+#if defined(__AVX512BF16__)
+    __m512 c = _mm512_setzero_ps();
+    for (long g = 0; g < ng; g += 16) {
+        const __mmask16 mk = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
+        const __m512 o = wo ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mk, wo + g)))
+                            : _mm512_set1_ps(8.f);
+        const __m512 sc = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, ws + g)), 16));
+        c = _mm512_fmadd_ps(_mm512_mul_ps(sc, o), _mm512_maskz_loadu_ps(mk, xsum + g), c);
+    }
+    return _mm512_reduce_add_ps(c);
+#else
+    float c = 0.f;
+    for (long g = 0; g < ng; ++g) c += bf16_to_f32(ws[g]) * (wo ? (float)wo[g] : 8.f) * xsum[g];
+    return c;
+#endif
+}
+
+#if defined(__AVX512BF16__)
+#define I4_MAX_MM 2
+/* out[m][r] = sum_g sx[m, g] ws[r, g] (xq[m, group g] . u[r, group g]) for MM rows of x and NR rows of w. */
+#define GEMV_I4_MICRO(MM, SUFFIX, DOT, ATTR)                                                                   \
+ATTR static inline void gemv_i4_micro_##MM##SUFFIX(const int16_t* xq, long Kp, const float* sx, long ng, const uint8_t* w,  \
+                                      long ldw, const uint16_t* ws, long G, float out[4][NR]) {                 \
+    __m512 acc[MM][NR];                                                                                      \
+    const __m512i low = _mm512_set1_epi16(0x0f);                                                             \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                     \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();                \
+    if (G >= I4_CHUNK) {                                                                                     \
+        for (long g = 0; g < ng; ++g) {                                                                      \
+            __m512i ia[MM][NR];                                                                              \
+            _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                             \
+                _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) ia[m][r] = _mm512_setzero_si512();      \
+            for (long k = g * G; k < (g + 1) * G; k += I4_CHUNK) {                                           \
+                __m512i wl[NR], wh[NR];                                                                      \
+                _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                       \
+                    if (!(k & 127)) _mm_prefetch((const char*)(w + (r + NR) * ldw + k / 2), _MM_HINT_T0);    \
+                    const __m512i z = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(w + r * ldw + k / 2))); \
+                    wl[r] = _mm512_and_si512(z, low);                                                        \
+                    wh[r] = _mm512_srli_epi16(z, 4);                                                         \
+                }                                                                                            \
+                _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                       \
+                    const __m512i xl = _mm512_loadu_si512((const void*)(xq + m * Kp + k));                   \
+                    const __m512i xh = _mm512_loadu_si512((const void*)(xq + m * Kp + k + 32));              \
+                    _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                     \
+                        ia[m][r] = DOT(DOT(ia[m][r], wl[r], xl), wh[r], xh);                                 \
+                }                                                                                            \
+            }                                                                                                \
+            _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                           \
+                const __m512 s = _mm512_set1_ps(sx[m * ng + g]);                                             \
+                _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                         \
+                    acc[m][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ia[m][r]), s),              \
+                                                _mm512_set1_ps(bf16_to_f32(ws[r * ng + g])), acc[m][r]);                  \
+            }                                                                                                \
+        }                                                                                                    \
+    } else { /* G == 32: the low nibbles of a chunk are group 2c, the high ones group 2c + 1 */                 \
+        for (long k = 0; k < ng * G; k += I4_CHUNK) {                                                        \
+            const long g = k / G;                                                                            \
+            const int two = g + 1 < ng;                                                                      \
+            __m512i wl[NR], wh[NR];                                                                          \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                           \
+                if (!(k & 127)) _mm_prefetch((const char*)(w + (r + NR) * ldw + k / 2), _MM_HINT_T0);        \
+                const __m512i z = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(w + r * ldw + k / 2))); \
+                wl[r] = _mm512_and_si512(z, low);                                                            \
+                wh[r] = _mm512_srli_epi16(z, 4);                                                             \
+            }                                                                                                \
+            _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                           \
+                const __m512i xl = _mm512_loadu_si512((const void*)(xq + m * Kp + k));                       \
+                const __m512i xh = _mm512_loadu_si512((const void*)(xq + m * Kp + k + 32));                  \
+                const __m512 s0 = _mm512_set1_ps(sx[m * ng + g]);                                            \
+                const __m512 s1 = _mm512_set1_ps(two ? sx[m * ng + g + 1] : 0.f);                            \
+                _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                       \
+                    acc[m][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(DOT(_mm512_setzero_si512(), wl[r], xl)), s0), \
+                                                _mm512_set1_ps(bf16_to_f32(ws[r * ng + g])), acc[m][r]);                  \
+                    acc[m][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(DOT(_mm512_setzero_si512(), wh[r], xh)), s1), \
+                                                _mm512_set1_ps(two ? bf16_to_f32(ws[r * ng + g + 1]) : 0.f), acc[m][r]);  \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+    }                                                                                                        \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                     \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]);    \
+}
+/* int32 pair products: vpmaddwd + vpaddd everywhere, or one vpdpwssd (AVX512-VNNI: every CPU with AVX512-BF16 so
+   far has it; checked at run time all the same) */
+#define I4_MADD(acc, w, x) _mm512_add_epi32((acc), _mm512_madd_epi16((w), (x)))
+#define I4_DPWSSD(acc, w, x) _mm512_dpwssd_epi32((acc), (w), (x))
+GEMV_I4_MICRO(1, , I4_MADD, ) GEMV_I4_MICRO(2, , I4_MADD, )
+GEMV_I4_MICRO(1, _vnni, I4_DPWSSD, __attribute__((target("avx512vnni"))))
+GEMV_I4_MICRO(2, _vnni, I4_DPWSSD, __attribute__((target("avx512vnni"))))
+#elif defined(__AVX2__) /* one row of x per pass, 16 bytes (32 weights) per step */
+#define I4_MAX_MM 1
+static inline void gemv_i4_micro_1(const int16_t* xq, long Kp, const float* sx, long ng, const uint8_t* w, long ldw,
+                                   const uint16_t* ws, long G, float out[4][NR]) {
+    (void)Kp;
+    __m256 acc[NR];
+    const __m256i low = _mm256_set1_epi16(0x0f);
+    for (int r = 0; r < NR; ++r) acc[r] = _mm256_setzero_ps();
+    /* per 64-element chunk: int32 sums of the low half (elements 0..31) and of the high half (32..63) */
+    const long step_g = G >= I4_CHUNK ? G : I4_CHUNK;  /* elements per pass: a group, or a chunk of two groups */
+    for (long k0 = 0; k0 < ng * G; k0 += step_g) {
+        __m256i il[NR], ih[NR];
+        for (int r = 0; r < NR; ++r) il[r] = ih[r] = _mm256_setzero_si256();
+        for (long k = k0; k < k0 + step_g; k += I4_CHUNK) {
+            for (int h = 0; h < 2; ++h) {
+                const __m256i xl = _mm256_loadu_si256((const __m256i*)(xq + k + 16 * h));
+                const __m256i xh = _mm256_loadu_si256((const __m256i*)(xq + k + 32 + 16 * h));
+                for (int r = 0; r < NR; ++r) {
+                    if (!(k & 127) && !h) _mm_prefetch((const char*)(w + (r + NR) * ldw + k / 2), _MM_HINT_T0);
+                    const __m256i z = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(w + r * ldw + k / 2 + 16 * h)));
+                    il[r] = _mm256_add_epi32(il[r], _mm256_madd_epi16(_mm256_and_si256(z, low), xl));
+                    ih[r] = _mm256_add_epi32(ih[r], _mm256_madd_epi16(_mm256_srli_epi16(z, 4), xh));
+                }
+            }
+        }
+        const long g = k0 / G;
+        for (int r = 0; r < NR; ++r) {
+            if (G >= I4_CHUNK) {
+                acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(il[r], ih[r])),
+                                                       _mm256_set1_ps(sx[g])), _mm256_set1_ps(bf16_to_f32(ws[r * ng + g])), acc[r]);
+            } else {
+                acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(il[r]), _mm256_set1_ps(sx[g])),
+                                         _mm256_set1_ps(bf16_to_f32(ws[r * ng + g])), acc[r]);
+                if (g + 1 < ng)
+                    acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ih[r]), _mm256_set1_ps(sx[g + 1])),
+                                             _mm256_set1_ps(bf16_to_f32(ws[r * ng + g + 1])), acc[r]);
+            }
+        }
+    }
+    for (int r = 0; r < NR; ++r) out[0][r] = hsum256(acc[r]);
+}
+#else /* NEON: as AVX2, 16 bytes (32 weights) per step, nibbles widened to int16 and multiplied by vmlal_s16 */
+#define I4_MAX_MM 1
+#define I4_NEON_DOT(acc, wv, xv) vmlal_high_s16(vmlal_s16((acc), vget_low_s16(wv), vget_low_s16(xv)), (wv), (xv))
+static inline void gemv_i4_micro_1(const int16_t* xq, long Kp, const float* sx, long ng, const uint8_t* w, long ldw,
+                                   const uint16_t* ws, long G, float out[4][NR]) {
+    (void)Kp;
+    float32x4_t acc[NR];
+    for (int r = 0; r < NR; ++r) acc[r] = vdupq_n_f32(0.f);
+    const long step_g = G >= I4_CHUNK ? G : I4_CHUNK;  /* elements per pass: a group, or a chunk of two groups */
+    for (long k0 = 0; k0 < ng * G; k0 += step_g) {
+        int32x4_t il[NR], ih[NR];  /* int32 sums of the low halves (elements 0..31 of a chunk), high halves (32..63) */
+        for (int r = 0; r < NR; ++r) il[r] = ih[r] = vdupq_n_s32(0);
+        for (long k = k0; k < k0 + step_g; k += I4_CHUNK) {
+            for (int h = 0; h < 2; ++h) {
+                const int16x8_t xl0 = vld1q_s16(xq + k + 16 * h), xl1 = vld1q_s16(xq + k + 16 * h + 8);
+                const int16x8_t xh0 = vld1q_s16(xq + k + 32 + 16 * h), xh1 = vld1q_s16(xq + k + 32 + 16 * h + 8);
+                for (int r = 0; r < NR; ++r) {
+                    if (!(k & 127) && !h) __builtin_prefetch(w + (r + NR) * ldw + k / 2);
+                    const uint8x16_t b = vld1q_u8(w + r * ldw + k / 2 + 16 * h);
+                    const uint8x16_t lo = vandq_u8(b, vdupq_n_u8(0x0f)), hi = vshrq_n_u8(b, 4);
+                    il[r] = I4_NEON_DOT(il[r], vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(lo))), xl0);
+                    il[r] = I4_NEON_DOT(il[r], vreinterpretq_s16_u16(vmovl_high_u8(lo)), xl1);
+                    ih[r] = I4_NEON_DOT(ih[r], vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(hi))), xh0);
+                    ih[r] = I4_NEON_DOT(ih[r], vreinterpretq_s16_u16(vmovl_high_u8(hi)), xh1);
+                }
+            }
+        }
+        const long g = k0 / G;
+        for (int r = 0; r < NR; ++r) {
+            if (G >= I4_CHUNK) {
+                acc[r] = vfmaq_n_f32(acc[r], vmulq_n_f32(vcvtq_f32_s32(vaddq_s32(il[r], ih[r])), sx[g]),
+                                     bf16_to_f32(ws[r * ng + g]));
+            } else {
+                acc[r] = vfmaq_n_f32(acc[r], vmulq_n_f32(vcvtq_f32_s32(il[r]), sx[g]), bf16_to_f32(ws[r * ng + g]));
+                if (g + 1 < ng)
+                    acc[r] = vfmaq_n_f32(acc[r], vmulq_n_f32(vcvtq_f32_s32(ih[r]), sx[g + 1]),
+                                         bf16_to_f32(ws[r * ng + g + 1]));
+            }
+        }
+    }
+    for (int r = 0; r < NR; ++r) out[0][r] = vaddvq_f32(acc[r]);
+}
+#endif
+
+#if defined(__AVX512BF16__)
+/* Whether the int4 product uses vpdpwssd: -1 until olmo_hf_int4_set_vnni is called (then 0 / 1). The Python side
+   sets it from the CPU's flags (avx512_vnni), and to 0 to measure the other variant. */
+static int olmo_hf_int4_vnni = -1;
+#endif
+int olmo_hf_int4_set_vnni(int on) {
+#if defined(__AVX512BF16__)
+    olmo_hf_int4_vnni = on && __builtin_cpu_supports("avx512vnni");
+    return olmo_hf_int4_vnni;
+#else
+    (void)on;
+    return 0;
+#endif
+}
+
+/* One row of x against one row of w, scalar, same arithmetic (for N < NR). */
+static float gemv_i4_row_scalar(const int16_t* xq, const float* sx, long ng, const uint8_t* w, const uint16_t* ws,
+                                long G) {
+    float s = 0.f;
+    for (long g = 0; g < ng; ++g) {
+        long t = 0;
+        for (long k = g * G; k < (g + 1) * G; ++k) {
+            const uint8_t b = w[(k / I4_CHUNK) * 32 + (k % 32)];
+            const int u = (k % I4_CHUNK) < 32 ? (b & 0x0f) : (b >> 4);
+            t += (long)xq[k] * u;
+        }
+        s += (float)t * sx[g] * bf16_to_f32(ws[g]);
+    }
+    return s;
+}
+
+/* x_bf16 (M, K) row stride ldx; w (N, Kp/2) uint8 row stride ldw; ws (N, ng) bf16, wo (N, ng) int8 or NULL;
+   G the group size (32 or a multiple of 64, dividing K); y (M, N) bf16 row stride ldy. */
+int olmo_hf_gemv_int4(const uint16_t* x_bf16, long ldx, const uint8_t* w, long ldw, const uint16_t* ws, const int8_t* wo,
+                      long N, long K, long G, uint16_t* y, long ldy, long M, int nthreads) {
+    const long Kp = (K + I4_CHUNK - 1) / I4_CHUNK * I4_CHUNK;
+    if (M < 1 || M > 8 || K < 1 || N < 1 || G < 32 || (G != 32 && G % I4_CHUNK) || K % G || ldw < Kp / 2)
+        return -1;
+    const long ng = K / G;
+#if defined(__AVX512BF16__)
+    const int vnni = olmo_hf_int4_vnni < 0 ? 0 : olmo_hf_int4_vnni;
+#endif
+    int16_t* xq = (int16_t*)aligned_alloc(64, sizeof(int16_t) * M * Kp);
+    float* sx = (float*)malloc(sizeof(float) * M * ng * 2);
+    if (!xq || !sx) { free(xq); free(sx); return -2; }
+    float* xsum = sx + M * ng;
+    quantize_x_int16_groups(x_bf16, ldx, M, K, Kp, G, ng, xq, sx, xsum);
+    const long NB = (N + NR - 1) / NR;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (N * K >= (1L << 18))
+    for (long nband = 0; nband < NB; ++nband) {
+        const long n0 = nband * NR;
+        /* the last band may hold fewer than NR rows: it re-reads (and discards) rows of the band before it */
+        const long base = n0 + NR <= N ? n0 : (N >= NR ? N - NR : 0);
+        const long rows = N >= NR ? NR : N;
+        float out[4][NR];
+        for (long m0 = 0; m0 < M; m0 += I4_MAX_MM) {
+            const long mm = M - m0 < I4_MAX_MM ? M - m0 : I4_MAX_MM;
+            if (rows == NR) {
+#if defined(__AVX512BF16__)
+                if (vnni) {
+                    if (mm == 2) gemv_i4_micro_2_vnni(xq + m0 * Kp, Kp, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, out);
+                    else gemv_i4_micro_1_vnni(xq + m0 * Kp, Kp, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, out);
+                } else if (mm == 2) gemv_i4_micro_2(xq + m0 * Kp, Kp, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, out); else
+#endif
+                gemv_i4_micro_1(xq + m0 * Kp, Kp, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, out);
+            } else {
+                for (long m = 0; m < mm; ++m)
+                    for (long r = 0; r < rows; ++r)
+                        out[m][r] = gemv_i4_row_scalar(xq + (m0 + m) * Kp, sx + (m0 + m) * ng, ng, w + (base + r) * ldw,
+                                                       ws + (base + r) * ng, G);
+            }
+            for (long m = 0; m < mm; ++m)
+                for (long r = n0 - base; r < rows; ++r) {
+                    const long n = base + r;
+                    const float c = int4_offset_term(ws + n * ng, wo ? wo + n * ng : NULL, xsum + (m0 + m) * ng, ng);
+                    y[(m0 + m) * ldy + n] = f32_to_bf16(out[m][r] - c);
+                }
+        }
+    }
+    free(xq); free(sx);
+    return 0;
+}
+
+/* Widening for prefill: out (N, K) bf16 contiguous, out[n, k] = bf16((u[n, k] - o[n, g]) * ws[n, g]), rounded to
+   nearest even: torchao's own dequantization (bf16(q) - bf16(zero_point), exact; times the bf16 scale, one
+   rounding), so F.linear on it is bit for bit what torchao's linear computes. */
+#if defined(__AVX512BF16__)
+static inline __m256i f32x16_to_bf16_rne(__m512 v) {  /* no NaN here: finite products of finite values */
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                                          _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+}
+#endif
+
+int olmo_hf_int4_to_bf16(const uint8_t* w, long ldw, const uint16_t* ws, const int8_t* wo, long N, long K, long G,
+                         uint16_t* out, int nthreads) {
+    const long Kp = (K + I4_CHUNK - 1) / I4_CHUNK * I4_CHUNK;
+    if (N < 1 || K < 1 || G < 32 || (G != 32 && G % I4_CHUNK) || K % G || ldw < Kp / 2) return -1;
+    const long ng = K / G;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (N * K >= (1L << 18))
+    for (long n = 0; n < N; ++n) {
+        const uint8_t* src = w + n * ldw;
+        uint16_t* dst = out + n * K;
+        long k = 0;
+#if defined(__AVX512BF16__)
+        /* a chunk at a time: 32 bytes -> the 32 low nibbles (values k..k+31) and the 32 high ones (k+32..k+63);
+           each group's 16 possible bf16 values are computed once (the same arithmetic, so the same bits) and
+           looked up with one vpermw per 32 values */
+        long lut_g = -1;
+        __m512i lut = _mm512_setzero_si512();
+        for (; k + I4_CHUNK <= K; k += I4_CHUNK) {
+            const __m256i bytes = _mm256_loadu_si256((const __m256i*)(src + k / 2));
+            const __m512i idx = _mm512_cvtepu8_epi16(bytes);  /* lane i: byte i (value i low, value i + 32 high) */
+            const __m512i nib[2] = {_mm512_and_si512(idx, _mm512_set1_epi16(0x0f)), _mm512_srli_epi16(idx, 4)};
+            for (int h = 0; h < 2; ++h) {
+                const long g = (k + 32 * h) / G;
+                if (g != lut_g) {
+                    const __m512 u = _mm512_cvtepi32_ps(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+                    const __m512 o = _mm512_set1_ps(wo ? (float)wo[n * ng + g] : 8.f);
+                    const __m256i v = f32x16_to_bf16_rne(_mm512_mul_ps(_mm512_sub_ps(u, o), _mm512_set1_ps(bf16_to_f32(ws[n * ng + g]))));
+                    lut = _mm512_inserti64x4(_mm512_castsi256_si512(v), v, 1);
+                    lut_g = g;
+                }
+                _mm512_storeu_si512((void*)(dst + k + 32 * h), _mm512_permutexvar_epi16(nib[h], lut));
+            }
+        }
+#endif
+        for (; k < K; ++k) {
+            const long g = k / G;
+            const uint8_t b = src[(k / I4_CHUNK) * 32 + (k % 32)];
+            const int u = (k % I4_CHUNK) < 32 ? (b & 0x0f) : (b >> 4);
+            dst[k] = f32_to_bf16(((float)u - (wo ? (float)wo[n * ng + g] : 8.f)) * bf16_to_f32(ws[n * ng + g]));
+        }
     }
     return 0;
 }

@@ -28,6 +28,8 @@ from .build import load_native_library
 # - olmo_hf_gemv_bf16 and olmo_hf_gemv_int8 (every variant: AVX512-BF16, AVX2, AArch64 NEON): x @ W^T for 1..8 rows (decoding), reading the plain (out, in) bf16 weight
 #   that nn.Linear holds: no packed copy, no dependence on the blocked layouts oneDNN picks per CPU (which differ
 #   between Zen 4 and AMX Xeons). Bound by memory bandwidth; it streams the weights on torch's OpenMP threads.
+# - olmo_hf_gemv_int8 / olmo_hf_gemv_int4 and their widenings to bf16 (every variant): torchao int8 / int4
+#   weight-only layers (fast/quantized.py, fast/int4.py; int4 in a nibble layout of ours).
 # - AVX512-BF16 only: decode / prefill attention and the element-wise kernels (RMSNorm, q/k norm + RoPE, SwiGLU).
 # Everything with more than 8 rows (prefill products) is F.linear on the same dense weight: oneDNN's GEMM, with
 # AMX where the CPU has it, exactly what the plain model runs.
@@ -42,6 +44,13 @@ class Isa(NamedTuple):
     machines: tuple[str, ...]
     needs: frozenset[str]
     cflags: tuple[str, ...]
+
+    def cannot_run(self, flags: frozenset[str] | set[str], machine: str) -> str:
+        """Why a ``machine`` CPU with these flags cannot run this variant ("" when it can)."""
+        if machine not in self.machines:
+            return f"{self.name} is for {' / '.join(self.machines)} CPUs, not {machine}"
+        missing = sorted(self.needs - set(flags))
+        return f"this CPU lacks {', '.join(missing)}" if missing else ""
 
 
 _X86 = ("x86_64", "AMD64")
@@ -120,6 +129,17 @@ class _NativeLib:
         self.int8_to_bf16 = lib.olmo_hf_int8_to_bf16
         self.int8_to_bf16.argtypes = [c_ptr, c_long, c_long, c_long, c_ptr, c_int]
         self.int8_to_bf16.restype = c_int
+        self.gemv_int4 = lib.olmo_hf_gemv_int4  # torchao int4 weight-only, in our nibble layout (olmo_hf.fast.int4)
+        self.gemv_int4.argtypes = [c_ptr, c_long, c_ptr, c_long, c_ptr, c_ptr, c_long, c_long, c_long, c_ptr, c_long,
+                                   c_long, c_int]
+        self.gemv_int4.restype = c_int
+        self.int4_to_bf16 = lib.olmo_hf_int4_to_bf16
+        self.int4_to_bf16.argtypes = [c_ptr, c_long, c_ptr, c_ptr, c_long, c_long, c_long, c_ptr, c_int]
+        self.int4_to_bf16.restype = c_int
+        self.int4_set_vnni = lib.olmo_hf_int4_set_vnni  # vpdpwssd in the int4 product where the CPU has AVX512-VNNI
+        self.int4_set_vnni.argtypes = [c_int]
+        self.int4_set_vnni.restype = c_int
+        self.int4_vnni = bool(self.int4_set_vnni(1))
         self.full = isa == "avx512_bf16"
         self.amx = False  # the AMX-BF16 product: set by enable_amx() where the CPU and the kernel allow it
         self.amx_note = "AMX tile product: off (needs the avx512_bf16 variant)"
@@ -263,6 +283,8 @@ def _self_test(native: _NativeLib) -> str:
             return f"int8 matrix-vector product {m}x{k} @ {k}x{n}"
         if not torch.equal(_native_int8_to_bf16(q, native), q.to(torch.bfloat16)):
             return f"int8 -> bf16 conversion of {n}x{k}"
+    if why := _int4_self_test(native, gen):
+        return why
     if not native.full:
         return ""
     for b, h, g, s_len, d in ((2, 4, 2, 37, 24), (1, 3, 3, 5, 64)):
@@ -282,6 +304,27 @@ def _self_test(native: _NativeLib) -> str:
             return "prefill attention"
     if not _elementwise_self_test(native, gen):
         return "element-wise kernels"
+    return ""
+
+
+def _int4_self_test(native: _NativeLib, gen: torch.Generator) -> str:
+    """The int4 kernels (``olmo_hf.fast.int4``) against the float arithmetic they replace; "" or what failed."""
+    from .int4 import pack_nibbles, widen_reference
+
+    for n, k, g, m, asym in ((100, 128, 32, 1, False), (64, 256, 128, 5, True), (130, 2048, 64, 8, False),
+                             (3, 96, 32, 2, True)):
+        q = torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)
+        scale = (torch.rand(n, k // g, generator=gen) / 64).to(torch.bfloat16)
+        offset = (8 + torch.randint(-3, 4, (n, k // g), generator=gen)).to(torch.int8) if asym else None
+        packed = pack_nibbles(q)
+        x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+        dense = widen_reference(packed, scale, offset, k, g)
+        ref = F.linear(x.float(), dense.float())
+        if not torch.allclose(_native_int4_matmul(x, packed, scale, offset, k, g, native).float(), ref,
+                              atol=1e-2, rtol=1e-2):
+            return f"int4 matrix-vector product {m}x{k} @ {k}x{n} (group {g})"
+        if not torch.equal(_native_int4_to_bf16(packed, scale, offset, k, g, native), dense):
+            return f"int4 -> bf16 widening of {n}x{k} (group {g})"
     return ""
 
 
@@ -388,6 +431,36 @@ def _native_int8_to_bf16(qweight: torch.Tensor, native: _NativeLib | None = None
     out = torch.empty((n, k), dtype=torch.bfloat16) if out is None else out.view(-1)[: n * k].view(n, k)
     if native.int8_to_bf16(qweight.data_ptr(), qweight.stride(0), n, k, out.data_ptr(), torch.get_num_threads()) != 0:
         raise RuntimeError("olmo_hf native int8 -> bf16 conversion rejected its arguments")
+    return out
+
+
+def _native_int4_matmul(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None,
+                        k: int, group: int, native: _NativeLib | None = None) -> torch.Tensor:
+    """``x @ W.T`` over the last dimension of bf16 ``x`` (at most ``_NATIVE_MAX_ROWS`` rows, width ``k``), in bf16,
+    for an int4 weight in the fast path's nibble layout (``olmo_hf.fast.int4``): ``packed`` (out, Kp/2) uint8 with
+    unit stride along its columns, ``scale`` contiguous bf16 (out, k / group), ``offset`` contiguous int8 of the
+    same shape or None (symmetric, 8)."""
+    native = native or _native
+    n = packed.shape[0]
+    x2d, out = _rows_and_output(x, n, k)
+    if native.gemv_int4(x2d.data_ptr(), x2d.stride(0), packed.data_ptr(), packed.stride(0), scale.data_ptr(),
+                        None if offset is None else offset.data_ptr(), n, k, group, out.data_ptr(), n, x2d.shape[0],
+                        torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native int4 matrix-vector kernel rejected its arguments")
+    return out.view(*x.shape[:-1], n)
+
+
+def _native_int4_to_bf16(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, k: int, group: int,
+                         native: _NativeLib | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The (out, k) bf16 weight of an int4 matrix in the nibble layout, dequantized as torchao does (bit for bit),
+    into ``out`` (a contiguous bf16 tensor of at least out * k elements) when given."""
+    native = native or _native
+    n = packed.shape[0]
+    out = torch.empty((n, k), dtype=torch.bfloat16) if out is None else out.view(-1)[: n * k].view(n, k)
+    if native.int4_to_bf16(packed.data_ptr(), packed.stride(0), scale.data_ptr(),
+                           None if offset is None else offset.data_ptr(), n, k, group, out.data_ptr(),
+                           torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native int4 -> bf16 widening rejected its arguments")
     return out
 
 
@@ -524,6 +597,7 @@ class KernelPlan:
     ``gemv_max_rows``: products of 1..gemv_max_rows rows take the native matrix-vector kernel (0: none do);
     ``int8_gemv_max_rows``: the same for the int8 weight-only kernel (``olmo_hf.fast.quantized``);
     ``int8_convert``: int8 weights are widened to bf16 for larger products by the native conversion kernel;
+    ``int4_gemv_max_rows`` / ``int4_convert``: the same for int4 weights (``olmo_hf.fast.int4``);
     ``gemm_amx`` / ``int8_gemm_amx``: larger (prefill) bf16 / int8 products run on AMX tiles (``_native_gemm``);
     ``notes``: for each part, one line saying what was measured or why it is off."""
 
@@ -536,6 +610,8 @@ class KernelPlan:
     elementwise_prefill: bool = False  # larger inputs (measured at 128 tokens)
     int8_gemv_max_rows: int = 0
     int8_convert: bool = False
+    int4_gemv_max_rows: int = 0
+    int4_convert: bool = False
     gemm_amx: bool = False  # larger (prefill) bf16 products on AMX tiles instead of F.linear
     int8_gemm_amx: bool = False  # larger int8 products on AMX tiles instead of widening + F.linear
     notes: dict = field(default_factory=dict)
@@ -630,6 +706,7 @@ def _measure_plan(native: _NativeLib) -> KernelPlan:
         for part in ("decode_attention", "prefill_attention", "elementwise", "elementwise_prefill"):
             notes[part] = f"{part.replace('_', ' ')}: off (no {native.isa} variant; it needs AVX512-BF16)"
     enabled.update(_measure_int8(native, gen, notes))
+    enabled.update(_measure_int4(native, gen, notes))
     enabled.update(_measure_gemm(native, gen, notes, enabled["int8_convert"]))
     notes["amx"] = native.amx_note
     return KernelPlan(isa=native.isa, gemv_max_rows=max_rows, gemv_amx_from_rows=amx_from, notes=notes, **enabled)
@@ -664,6 +741,32 @@ def _measure_int8(native: _NativeLib, gen: torch.Generator, notes: dict) -> dict
     return {"int8_gemv_max_rows": max_rows, "int8_convert": convert}
 
 
+def _measure_int4(native: _NativeLib, gen: torch.Generator, notes: dict) -> dict:
+    """The int4 kernels (``olmo_hf.fast.int4``) against what runs without them: the weight widened to bf16 by
+    PyTorch operators, then ``F.linear`` (1 and 8 rows); PyTorch's widening for the conversion before a GEMM. On a
+    2048 x 2048 matrix (group 64): the PyTorch side is slow (~20x the kernels), so a small shape decides."""
+    from .int4 import pack_nibbles, widen_reference
+
+    k, group = 2048, 64
+    weight = pack_nibbles(torch.randint(-8, 8, (2048, k), generator=gen, dtype=torch.int8))
+    scale = (torch.rand(2048, k // group, generator=gen) / 64).to(torch.bfloat16)
+    max_rows = 0
+    for low, rows in ((1, 1), (2, 8)):
+        x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+        nat, ref = _median_times([lambda: _native_int4_matmul(x, weight, scale, None, k, group, native),
+                                  lambda: F.linear(x, widen_reference(weight, scale, None, k, group))],
+                                 repeats=3, warmup=1)
+        on, note = decide_part(f"int4 matrix-vector ({rows} row{'s' * (rows > 1)})", nat, ref,
+                               "PyTorch widening + F.linear")
+        notes[f"int4_gemv_{rows}"] = note + (", vpdpwssd (AVX512-VNNI)" if native.int4_vnni else "")
+        if not on:
+            break
+        max_rows = rows
+    buffer = torch.empty((2048, k), dtype=torch.bfloat16)
+    nat, ref = _median_times([lambda: _native_int4_to_bf16(weight, scale, None, k, group, native, buffer),
+                              lambda: widen_reference(weight, scale, None, k, group)], repeats=3, warmup=1)
+    convert, notes["int4_convert"] = decide_part("int4 -> bf16 widening before a GEMM", nat, ref, "PyTorch operators")
+    return {"int4_gemv_max_rows": max_rows, "int4_convert": convert}
 def _measure_gemm(native: _NativeLib, gen: torch.Generator, notes: dict, int8_convert: bool) -> dict:
     """The AMX matrix product against what larger products run without it, at 128 rows (a prompt) on a 16 MiB
     weight: F.linear (oneDNN) for bf16, widening + F.linear + scale for int8 (``olmo_hf.fast.quantized``)."""
@@ -708,6 +811,7 @@ def _make_plan() -> KernelPlan:
                           int8_gemv_max_rows=_NATIVE_MAX_ROWS, int8_convert=True,
                           gemm_amx=native.amx and native.gemm_amx is not None,
                           int8_gemm_amx=native.amx and native.gemm_amx is not None,
+                          int4_gemv_max_rows=_NATIVE_MAX_ROWS, int4_convert=True,
                           notes={"native": "every kernel built: on, unmeasured (OLMO_HF_NATIVE=force)",
                                  "amx": native.amx_note})
     try:

@@ -93,23 +93,27 @@ def is_int8_embedding(module: nn.Module) -> bool:
 
 def unsupported_quantization(model: nn.Module) -> str | None:
     """Why the fast path cannot take this quantized model, or None when it can: it takes models whose only
-    quantized layers are torchao int8 weight-only per-channel linears (and an int8 per-row input embedding)."""
+    quantized layers are torchao int8 weight-only per-channel linears (and an int8 per-row input embedding) or int4
+    weight-only per-group linears (``olmo_hf.fast.int4``)."""
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         config = getattr(quantizer, "quantization_config", None)
         method = getattr(getattr(config, "quant_method", None), "value", getattr(config, "quant_method", None))
         quant_type = type(linear_config(config)).__name__
-        if method != "torchao" or quant_type != "Int8WeightOnlyConfig":
+        if method != "torchao" or quant_type not in ("Int8WeightOnlyConfig", "IntxWeightOnlyConfig"):
             return f"quantization method {method or type(quantizer).__name__!r} {quant_type if method else ''}".strip()
+    from .int4 import is_int4_weight_only  # int4.py builds on this module
+
     for name, module in model.named_modules():
-        if is_int8_weight_only(module) or is_int8_embedding(module):
+        if is_int8_weight_only(module) or is_int4_weight_only(module) or is_int8_embedding(module):
             continue
         kind = type(module).__name__
         if kind in ("Linear4bit", "Linear8bitLt") or type(module).__module__.startswith("bitsandbytes"):
             return f"{name} is a bitsandbytes {kind}"
         for pname, p in module.named_parameters(recurse=False):
             if type(p) not in (nn.Parameter, torch.Tensor) or hasattr(type(p), "__tensor_flatten__"):
-                return f"{name}.{pname} is a {type(p).__name__} (only torchao int8 weight-only per-channel weights)"
+                return (f"{name}.{pname} is a {type(p).__name__} (only torchao int8 weight-only per-channel and int4 "
+                        "weight-only per-group weights)")
     return None
 
 
@@ -117,6 +121,20 @@ def unsupported_quantization(model: nn.Module) -> str | None:
 # The largest int8 block widened to bf16 at once for a larger product (a 64 MiB bf16 buffer per thread): every
 # decoder matrix of the 1B model (gate/up fused: 16384 x 2048) in one piece, lm_head (100278 x 2048) in slices.
 _WIDEN_MAX_ELEMENTS = 32 * 2**20
+def native_plan_for(x: torch.Tensor):
+    """The kernel plan when the native kernels may run on ``x`` (bf16, a real CPU tensor, not being compiled);
+    None otherwise. Shared by the int8 and int4 products."""
+    plan = native._PLAN
+    usable = (
+        plan is not None
+        and x.dtype == torch.bfloat16
+        and type(x) is torch.Tensor  # not a FakeTensor (torch.compile / torch.export / ONNX tracing)
+        and x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+    )
+    return plan if usable else None
+
+
 _SCRATCH = threading.local()  # per thread: a bf16 buffer the int8 weights of larger products are widened into
 
 
@@ -162,14 +180,8 @@ class _Int8Packed:
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ dequantized(W).T (+ bias)`` over the last dimension of ``x`` (inference only: no autograd)."""
         refuse_gradients_and_export(x, bias)
-        plan = native._PLAN
-        usable = (
-            plan is not None
-            and x.dtype == torch.bfloat16
-            and type(x) is torch.Tensor  # not a FakeTensor (torch.compile / torch.export / ONNX tracing)
-            and x.device.type == "cpu"
-            and not torch.compiler.is_compiling()
-        )
+        plan = native_plan_for(x)
+        usable = plan is not None
         few_rows = x.numel() <= native._NATIVE_MAX_ROWS * x.shape[-1]
         if usable and plan.int8_gemv_max_rows and x.numel() <= plan.int8_gemv_max_rows * x.shape[-1]:
             out = _native_int8_matmul(x, self.qdata, self.scale)
@@ -197,6 +209,14 @@ class _Int8Packed:
             out = F.linear(x, self.qdata.to(x.dtype)) * self.scale.to(x.dtype)
         return out if bias is None else out + bias
 
+    def restore_member(self, weight, index: int) -> None:
+        """Give member ``index``'s original ``Int8Tensor`` ``weight`` its rows back (a fused member's data was
+        emptied when packing; a single layer's never was)."""
+        original, _, (lo, hi), scale_shape, _ = self.members[index]
+        if original is None:
+            weight.qdata = self.qdata[lo:hi].clone()
+            weight.scale = self.scale[lo:hi].reshape(scale_shape).clone().to(weight.scale.dtype)
+
     def __getstate__(self):  # copy.deepcopy / pickle: carry the int8 data, scales and the members' metadata
         return {name: getattr(self, name) for name in ("qdata", "scale", "dtype", "members")}
 
@@ -204,12 +224,15 @@ class _Int8Packed:
         self.__init__(state["qdata"], state["scale"], state["dtype"], state["members"])
 
 
-class Int8PackedLinear(PackedLinear):
-    """:class:`PackedLinear` over an int8 weight-only matrix (:class:`_Int8Packed`). ``weight`` is a torchao
-    ``Int8Tensor`` (as in the unoptimised model), so ``state_dict()`` and ``save_pretrained`` write torchao's keys
-    and values; a member of a fused matrix rebuilds its own from its rows."""
+class QuantizedPackedLinear(PackedLinear):
+    """:class:`PackedLinear` over a quantized weight-only matrix (``_Int8Packed``, or ``olmo_hf.fast.int4``'s
+    ``_Int4Packed``). ``weight`` is the torchao tensor of the unoptimised model (``packed.member_weight``: the
+    original, or one rebuilt from the packed data), so ``state_dict()`` and ``save_pretrained`` write torchao's keys
+    and values; :func:`olmo_hf.fast.undo` gives the original tensor back its data (``packed.restore_member``)."""
 
-    def __init__(self, source: nn.Linear, packed: _Int8Packed, rows: tuple[int, int] | None, index: int) -> None:
+    kind = "quantized"  # for messages and repr: "int8", "int4"
+
+    def __init__(self, source: nn.Linear, packed, rows: tuple[int, int] | None, index: int) -> None:
         super().__init__(source, packed, rows)
         self._member = index
 
@@ -219,22 +242,24 @@ class Int8PackedLinear(PackedLinear):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
         if any(key.startswith(prefix + "weight") for key in state_dict):
-            errors.append(f"{prefix}weight: loading into an int8 layer of a model optimised by olmo_hf.fast is not "
-                          "supported; call olmo_hf.fast.undo(model) first.")
+            errors.append(f"{prefix}weight: loading into an {self.kind} layer of a model optimised by olmo_hf.fast is "
+                          "not supported; call olmo_hf.fast.undo(model) first.")
         elif strict:
             missing_keys.append(prefix + "weight")
 
     def _restore_source(self) -> None:
-        """Give the original module's Int8Tensor back its data (a fused member's was emptied when packing)."""
-        packed: _Int8Packed = self._packed
-        original, _, (lo, hi), scale_shape, _ = packed.members[self._member]
-        if original is None:
-            weight = self._source.weight
-            weight.qdata = packed.qdata[lo:hi].clone()
-            weight.scale = packed.scale[lo:hi].reshape(scale_shape).clone().to(weight.scale.dtype)
+        """Give the original module's torchao tensor back its data (emptied when packing)."""
+        self._packed.restore_member(self._source.weight, self._member)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", int8 weight-only"
+        return super().extra_repr() + f", {self.kind} weight-only"
+
+
+class Int8PackedLinear(QuantizedPackedLinear):
+    """:class:`QuantizedPackedLinear` over an int8 weight-only matrix (:class:`_Int8Packed`): a single layer keeps
+    its very torchao ``Int8Tensor``; a member of a fused matrix rebuilds its own from its rows."""
+
+    kind = "int8"
 
 
 # ----------------------------------------------------------------------------------------------- packing
@@ -273,19 +298,26 @@ def pack_int8(state, parent: nn.Module, names: list[str], on_done=None) -> None:
         on_done(packed)
 
 
+def pack_quantized_group(state, parent: nn.Module, names: list[str], fuse: bool, on_fused, accepts, pack) -> None:
+    """Pack those of ``parent``'s linears ``names`` that ``accepts`` (a predicate on the module) with ``pack(state,
+    parent, names, on_done)``: as one fused matrix when ``fuse`` and all of them are accepted (same input width and
+    weight dtype, no bias; ``on_fused`` installs it), else one by one. Shared by the int8 and int4 paths."""
+    linears = [getattr(parent, n) for n in names]
+    taken = [accepts(lin) for lin in linears]
+    fusable = (fuse and len(names) > 1 and all(taken) and len({lin.in_features for lin in linears}) == 1
+               and len({lin.weight.dtype for lin in linears}) == 1 and all(lin.bias is None for lin in linears))
+    if fusable:
+        pack(state, parent, names, on_fused)
+        return
+    for name, ok in zip(names, taken):
+        if ok:
+            pack(state, parent, [name])
+
+
 def pack_int8_group(state, parent: nn.Module, names: list[str], fuse: bool, on_fused=None) -> None:
     """Pack those of ``parent``'s linears ``names`` that are int8 weight-only: as one fused matrix when ``fuse``
     and all of them are (same input width, no bias; ``on_fused`` installs it), else one by one."""
-    linears = [getattr(parent, n) for n in names]
-    int8 = [is_int8_weight_only(lin) for lin in linears]
-    fusable = (fuse and len(names) > 1 and all(int8) and len({lin.in_features for lin in linears}) == 1
-               and len({lin.weight.dtype for lin in linears}) == 1 and all(lin.bias is None for lin in linears))
-    if fusable:
-        pack_int8(state, parent, names, on_fused)
-        return
-    for name, is_int8 in zip(names, int8):
-        if is_int8:
-            pack_int8(state, parent, [name])
+    pack_quantized_group(state, parent, names, fuse, on_fused, is_int8_weight_only, pack_int8)
 
 
 # ----------------------------------------------------------------------------------------------- embedding

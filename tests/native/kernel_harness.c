@@ -8,6 +8,9 @@
    kernel_harness int8 M N K LDX LDW IN OUT      IN: x (M x LDX bf16), q (N x LDW int8), scale (N fp32)
                                                  OUT: y (M x N bf16)
    kernel_harness int8_to_bf16 N K LDW IN OUT   IN: q (N x LDW int8)                           OUT: (N x K bf16)
+   kernel_harness int4 M N K G OFFSETS IN OUT     IN: x (M x K bf16), w (N x Kp/2 uint8, olmo_hf.fast.int4's nibble
+                                                 layout), ws (N x K/G bf16), then wo (N x K/G int8) if OFFSETS is 1
+                                                 OUT: y (M x N bf16), then the widened weight (N x K bf16)
    Exit status: 0, or 1 on bad arguments/files, or the kernel's own negative status negated. */
 #include <stdint.h>
 #include <stdio.h>
@@ -19,6 +22,9 @@ int olmo_hf_gemv_bf16(const uint16_t*, long, const uint16_t*, long, long, long, 
 int olmo_hf_gemv_int8(const uint16_t*, long, const int8_t*, long, const float*, long, long, uint16_t*, long, long,
                       int);
 int olmo_hf_int8_to_bf16(const int8_t*, long, long, long, uint16_t*, int);
+int olmo_hf_gemv_int4(const uint16_t*, long, const uint8_t*, long, const uint16_t*, const int8_t*, long, long, long,
+                      uint16_t*, long, long, int);
+int olmo_hf_int4_to_bf16(const uint8_t*, long, const uint16_t*, const int8_t*, long, long, long, uint16_t*, int);
 
 static void* read_all(const char* path, size_t size) {
     FILE* f = fopen(path, "rb");
@@ -57,6 +63,22 @@ int main(int argc, char** argv) {
         const int rc = olmo_hf_int8_to_bf16(q, ldw, N, K, out, threads);
         if (rc) return -rc;
         write_all(argv[6], out, N * K * 2);
+        return 0;
+    }
+    if (argc == 9 && !strcmp(argv[1], "int4")) {
+        const long M = atol(argv[2]), N = atol(argv[3]), K = atol(argv[4]), G = atol(argv[5]);
+        const int offsets = atoi(argv[6]);
+        const long Kp = (K + 63) / 64 * 64, ng = K / G;
+        const size_t xb = M * K * 2, wb = N * Kp / 2, sb = N * ng * 2, ob = offsets ? N * ng : 0;
+        char* in = read_all(argv[7], xb + wb + sb + ob);
+        const uint8_t* w = (const uint8_t*)(in + xb);
+        const uint16_t* ws = (const uint16_t*)(in + xb + wb);
+        const int8_t* wo = offsets ? (const int8_t*)(in + xb + wb + sb) : NULL;
+        uint16_t* out = calloc(M * N + N * K, 2);
+        int rc = olmo_hf_gemv_int4((uint16_t*)in, K, w, Kp / 2, ws, wo, N, K, G, out, N, M, threads);
+        if (!rc) rc = olmo_hf_int4_to_bf16(w, Kp / 2, ws, wo, N, K, G, out + M * N, threads);
+        if (rc) return -rc;
+        write_all(argv[8], out, (M * N + N * K) * 2);
         return 0;
     }
     fprintf(stderr, "usage: see the comment at the top of kernel_harness.c\n");
