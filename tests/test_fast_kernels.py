@@ -169,7 +169,7 @@ def test_amx_takes_over_from_the_row_count_where_it_measured_faster(fresh_native
     # the int8 -> bf16 widening; int4 gemv 1, 8 rows and the int4 -> bf16 widening; the AMX prefill product (bf16 vs
     # F.linear, int8 vs widening + F.linear)
     _fake_timings(monkeypatch, [(1, 2, 3), (3, 2, 4), (5, 3, 4), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2),
-                                (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2, 3, 2)])
+                                (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2, 3, 2, 1, 2)])
     plan = native._measure_plan(lib)
     assert plan.gemv_max_rows == 8 and plan.gemv_amx_from_rows == 2
     assert plan.notes["gemv_1"].startswith("matrix-vector, AVX512 (1 row): on") and "AMX 2000.00 ms" in plan.notes["gemv_1"]
@@ -190,17 +190,18 @@ def test_the_amx_kernel_computes_the_product_and_leaves_odd_rows_to_avx512(fresh
             torch.testing.assert_close(out, x.double() @ w.double().T, rtol=2**-7, atol=1e-3 * k**0.5)
 
 
-@pytest.mark.parametrize("bf16_s,int8_s,expected", [((1, 2), (1, 2), (True, True)), ((2, 2), (3, 2), (False, False)),
-                                                    ((1, 2), (3, 2), (True, False))])
+@pytest.mark.parametrize("bf16_s,int8_s,int4_s,expected", [((1, 2), (1, 2), (3, 2), (True, True, False)),
+                                                           ((2, 2), (3, 2), (1, 2), (False, False, True)),
+                                                           ((1, 2), (3, 2), (1, 2), (True, False, True))])
 def test_the_amx_prefill_product_runs_only_where_it_measured_faster(fresh_native, monkeypatch, bf16_s, int8_s,
-                                                                    expected):
+                                                                    int4_s, expected):
     lib = native._native_kernel()
     if lib is None or lib.gemm_amx is None:
         pytest.skip("needs the AVX512-BF16 kernels built with AMX")
     monkeypatch.setattr(lib, "amx", True)
-    _fake_timings(monkeypatch, [(*bf16_s, *int8_s)])
-    enabled = native._measure_gemm(lib, torch.Generator().manual_seed(0), notes := {}, int8_convert=True)
-    assert (enabled["gemm_amx"], enabled["int8_gemm_amx"]) == expected
+    _fake_timings(monkeypatch, [(*bf16_s, *int8_s, *int4_s)])
+    enabled = native._measure_gemm(lib, torch.Generator().manual_seed(0), notes := {}, True, True)
+    assert (enabled["gemm_amx"], enabled["int8_gemm_amx"], enabled["int4_gemm_amx"]) == expected
     assert notes["gemm_amx"].startswith("prefill products on AMX tiles (128 rows, bf16): " + ("on" if expected[0] else "off"))
 
 
@@ -210,7 +211,7 @@ def test_without_amx_the_prefill_product_stays_f_linear_and_says_why(fresh_nativ
         pytest.skip("no native kernels")
     monkeypatch.setattr(lib, "amx", False)
     monkeypatch.setattr(lib, "amx_note", "AMX tile product: off (this CPU has no AMX-BF16)")
-    assert native._measure_gemm(lib, torch.Generator(), notes := {}, int8_convert=True) == {}
+    assert native._measure_gemm(lib, torch.Generator(), notes := {}, True, True) == {}
     assert notes["gemm_amx"] == "prefill products on AMX tiles: off (this CPU has no AMX-BF16)"
 
 
@@ -241,6 +242,26 @@ def test_the_amx_int8_prefill_product_has_torchaos_roundings(fresh_native):
         out = native._native_gemm(x, q, scale, lib)
         exact = ((x.double() @ q.double().T).to(torch.bfloat16) * scale.to(torch.bfloat16)).double()
         torch.testing.assert_close(out.double(), exact, rtol=2**-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("group,asymmetric", [(32, False), (64, True), (128, True)])
+def test_the_amx_int4_prefill_product_is_x_times_torchaos_dequantized_weight(fresh_native, group, asymmetric):
+    """The nibble layout widened per band exactly as torchao dequantizes, then the bf16 product: within bf16
+    rounding of x @ widen_reference(...) in float64 (several K chunks for the longest x)."""
+    from olmo_hf.fast.int4 import pack_nibbles, widen_reference
+
+    lib = native._native_kernel()
+    if lib is None or not lib.amx:
+        pytest.skip(f"no AMX here: {native.enable_amx(lib, native.cpu_flags()) if lib else 'no native kernels'}")
+    gen = torch.Generator().manual_seed(group)
+    for n, k, m in ((16, 128, 9), (70, 384, 40), (40, 4096, 600)):
+        packed = pack_nibbles(torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8))
+        scale = (torch.rand(n, k // group, generator=gen) / 16).to(torch.bfloat16)
+        offset = torch.randint(4, 12, (n, k // group), generator=gen, dtype=torch.int8) if asymmetric else None
+        x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+        out = native._native_gemm(x, packed, scale, lib, int4=(offset, k, group)).double()
+        ref = x.double() @ widen_reference(packed, scale, offset, k, group).double().T
+        torch.testing.assert_close(out, ref, rtol=2**-7, atol=1e-3 * k**0.5)
 
 
 def test_amx_is_off_without_the_cpu_flags(fresh_native):

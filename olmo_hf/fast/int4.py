@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .native import _native_int4_matmul, _native_int4_to_bf16
+from .native import _can_use_native_gemm, _native_gemm, _native_int4_matmul, _native_int4_to_bf16
 from .packing import refuse_gradients_and_export
 from .quantized import QuantizedPackedLinear, _scratch, native_plan_for, pack_quantized_group
 
@@ -169,6 +169,9 @@ class _Int4Packed:
         if plan is not None and 0 < rows <= plan.int4_gemv_max_rows:
             out = _native_int4_matmul(x, self.packed, self.scale, self.offset, self.in_features, self.group)
             return out if bias is None else out + bias
+        if plan is not None and plan.int4_gemm_amx and _can_use_native_gemm(x, self.in_features):
+            out = _native_gemm(x, self.packed, self.scale, int4=(self.offset, self.in_features, self.group))
+            return out if bias is None else out + bias  # prefill on AMX tiles, widening per band in L2
         if plan is not None and plan.int4_convert:  # torchao's arithmetic, the widening native
             weight = _native_int4_to_bf16(self.packed, self.scale, self.offset, self.in_features, self.group,
                                           out=_scratch(self.out_features * self.in_features))

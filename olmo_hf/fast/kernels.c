@@ -299,21 +299,25 @@ int olmo_hf_gemv_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, long l
 
 /* ------------------------------------------------------------------------------- matrix product on AMX tiles */
 /* y = x @ W^T for any number of rows of x (prefill products), W the plain row-major weight as nn.Linear holds it
-   (OLMO_HF_W_BF16), or torchao's int8 weight-only data with per-row fp32 scales (OLMO_HF_W_INT8: y =
-   bf16(bf16(x @ q^T) * bf16(scale)), torchao's own roundings). Why not F.linear: oneDNN's GEMM behind it reorders
+   (OLMO_HF_W_BF16), torchao's int8 weight-only data with per-row fp32 scales (OLMO_HF_W_INT8: y =
+   bf16(bf16(x @ q^T) * bf16(scale)), torchao's own roundings), or an int4 matrix in the fast path's nibble layout
+   (OLMO_HF_W_INT4: widened per band exactly as torchao dequantizes, then y = bf16(x @ W^T)). Why not F.linear: oneDNN's GEMM behind it reorders
    the plain weight into its blocked layout on every call (an unpacked weight is not cached), which on two cores
    costs more than the products themselves at 128 rows (~100-250 GFLOP/s measured, against a few TFLOP/s of tiles).
    Here the weight is read once per call, as it is:
    - x is packed once per call into the pair-interleaved layout TDPBF16PS wants for its B operand (16 rows of x per
      tile; rows padded with zeros to a multiple of 32);
    - each thread takes bands of 32 weight rows; a full bf16 band is tile-loaded straight from W (strided loads),
-     anything else (an int8 band, widened exactly; the last partial band, zero-padded) goes through a per-thread
+     anything else (an int8 or int4 band, widened exactly; the last partial band, zero-padded) goes through a per-thread
      bf16 buffer of 32 x K that stays in L2;
    - per band and 32 rows of x, 4 accumulator tiles C (16 n x 16 m, fp32) += A (16 n x 32 k) . B (32 k x 16 m);
    - each C tile is transposed in registers and written as 16 rows of y (16 bf16 each).
    Needs K % 32 == 0 (the caller falls back to F.linear otherwise). */
 #define OLMO_HF_W_BF16 0
 #define OLMO_HF_W_INT8 1
+#define OLMO_HF_W_INT4 2  /* olmo_hf.fast.int4's nibble layout: scale = its bf16 group scales, offset its offsets */
+void olmo_hf_int4_widen_row(const uint8_t* src, const uint16_t* ws, const int8_t* wo, long G, long k0, long k1,
+                            uint16_t* dst);  /* the int4 section below */
 
 /* r[i] <- column i of the 16 x 16 matrix of 32-bit elements whose row i was r[i] */
 __attribute__((target("avx512f")))
@@ -342,16 +346,22 @@ static inline void transpose16x16_epi32(__m512i r[16]) {
 }
 
 __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
-int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ldw, int kind, const float* scale,
-                     long N, long K, uint16_t* y, long ldy, int nthreads) {
-    if (M < 1 || N < 1 || K < 32 || K % 32 || ldw < K || (kind != OLMO_HF_W_BF16 && kind != OLMO_HF_W_INT8)) return -1;
-    if (kind == OLMO_HF_W_INT8 && !scale) return -1;
+int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ldw, int kind, const void* scale,
+                     const int8_t* offset, long group, long N, long K, uint16_t* y, long ldy, int nthreads) {
+    if (M < 1 || N < 1 || K < 32 || K % 32) return -1;
+    if (kind == OLMO_HF_W_INT4) {
+        if (!scale || group < 32 || (group != 32 && group % 64) || K % group || ldw < (K + 63) / 64 * 32) return -1;
+    } else if ((kind != OLMO_HF_W_BF16 && kind != OLMO_HF_W_INT8) || ldw < K || (kind == OLMO_HF_W_INT8 && !scale)) {
+        return -1;
+    }
     const long Mp = (M + 31) / 32 * 32, J = K / 2;  /* J: pairs of k */
     /* K is taken in chunks of KC so that the chunk of packed x (Mp x KC bf16) stays in L2 (512 KiB of it) while
-       every band of W passes over it; partial sums wait in a per-thread fp32 (Mp, 32) buffer between chunks. */
-    long KC = (512L * 1024 / 2 / Mp) / 32 * 32;
-    if (KC < 32) KC = 32;
+       every band of W passes over it; partial sums wait in a per-thread fp32 (Mp, 32) buffer between chunks.
+       KC is a multiple of 64 (an int4 chunk) unless K itself is shorter. */
+    long KC = (512L * 1024 / 2 / Mp) / 64 * 64;
+    if (KC < 64) KC = 64;
     if (KC > K) KC = K;
+    const long ng = kind == OLMO_HF_W_INT4 ? K / group : 0;
     const long ldb = KC + 32;  /* band buffer row stride: not a multiple of 4 KiB (rows 4 KiB apart share L1 sets) */
     /* xp: Mp / 16 tiles of (J, 16, 2) bf16: tile t, pair j, row m -> x[16 t + m, 2j], x[16 t + m, 2j + 1] */
     uint32_t* xp = (uint32_t*)aligned_alloc(64, (size_t)Mp * K * 2);
@@ -389,6 +399,11 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
                     uint16_t* dst = buf + r * ldb;
                     if (r >= rows) { memset(dst, 0, kc * 2); continue; }
                     if (kind == OLMO_HF_W_BF16) { memcpy(dst, (const uint16_t*)w + (n0 + r) * ldw + k0, kc * 2); continue; }
+                    if (kind == OLMO_HF_W_INT4) {
+                        olmo_hf_int4_widen_row((const uint8_t*)w + (n0 + r) * ldw, (const uint16_t*)scale + (n0 + r) * ng,
+                                               offset ? offset + (n0 + r) * ng : NULL, group, k0, k0 + kc, dst);
+                        continue;
+                    }
                     const int8_t* src = (const int8_t*)w + (n0 + r) * ldw + k0;
                     for (long k = 0; k < kc; k += 16)
                         _mm256_storeu_si256((__m256i*)(dst + k), (__m256i)_mm512_cvtneps_pbh(_mm512_cvtepi32_ps(
@@ -428,7 +443,7 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
                     const __mmask16 keep = rows - nq >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (rows - nq)) - 1);
                     __m512 s = _mm512_setzero_ps();
                     if (kind == OLMO_HF_W_INT8)  /* bf16(scale), as torchao multiplies by scale.to(bf16) */
-                        s = _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(keep, scale + n0 + nq)));
+                        s = _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(keep, (const float*)scale + n0 + nq)));
                     for (int m = 0; m < 16 && mq + m < M; ++m) {
                         __m512 v = _mm512_castsi512_ps(r[m]);
                         if (kind == OLMO_HF_W_INT8) v = _mm512_mul_ps(_mm512_cvtpbh_ps(_mm512_cvtneps_pbh(v)), s);
@@ -1272,45 +1287,49 @@ static inline __m256i f32x16_to_bf16_rne(__m512 v) {  /* no NaN here: finite pro
 }
 #endif
 
+/* Values k0..k1-1 of one row (src: its nibbles, ws / wo: its group scales / offsets) into dst[0 .. k1-k0); k0 a
+   multiple of I4_CHUNK. Also the band decoder of the AMX prefill product (olmo_hf_gemm_amx). */
+void olmo_hf_int4_widen_row(const uint8_t* src, const uint16_t* ws, const int8_t* wo, long G, long k0, long k1,
+                            uint16_t* dst) {
+    long k = k0;
+#if defined(__AVX512BF16__)
+    /* a chunk at a time: 32 bytes -> the 32 low nibbles (values k..k+31) and the 32 high ones (k+32..k+63);
+       each group's 16 possible bf16 values are computed once (the same arithmetic, so the same bits) and
+       looked up with one vpermw per 32 values */
+    long lut_g = -1;
+    __m512i lut = _mm512_setzero_si512();
+    for (; k + I4_CHUNK <= k1; k += I4_CHUNK) {
+        const __m256i bytes = _mm256_loadu_si256((const __m256i*)(src + k / 2));
+        const __m512i idx = _mm512_cvtepu8_epi16(bytes);  /* lane i: byte i (value i low, value i + 32 high) */
+        const __m512i nib[2] = {_mm512_and_si512(idx, _mm512_set1_epi16(0x0f)), _mm512_srli_epi16(idx, 4)};
+        for (int h = 0; h < 2; ++h) {
+            const long g = (k + 32 * h) / G;
+            if (g != lut_g) {
+                const __m512 u = _mm512_cvtepi32_ps(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+                const __m512 o = _mm512_set1_ps(wo ? (float)wo[g] : 8.f);
+                const __m256i v = f32x16_to_bf16_rne(_mm512_mul_ps(_mm512_sub_ps(u, o), _mm512_set1_ps(bf16_to_f32(ws[g]))));
+                lut = _mm512_inserti64x4(_mm512_castsi256_si512(v), v, 1);
+                lut_g = g;
+            }
+            _mm512_storeu_si512((void*)(dst + k - k0 + 32 * h), _mm512_permutexvar_epi16(nib[h], lut));
+        }
+    }
+#endif
+    for (; k < k1; ++k) {
+        const long g = k / G;
+        const uint8_t b = src[(k / I4_CHUNK) * 32 + (k % 32)];
+        const int u = (k % I4_CHUNK) < 32 ? (b & 0x0f) : (b >> 4);
+        dst[k - k0] = f32_to_bf16(((float)u - (wo ? (float)wo[g] : 8.f)) * bf16_to_f32(ws[g]));
+    }
+}
+
 int olmo_hf_int4_to_bf16(const uint8_t* w, long ldw, const uint16_t* ws, const int8_t* wo, long N, long K, long G,
                          uint16_t* out, int nthreads) {
     const long Kp = (K + I4_CHUNK - 1) / I4_CHUNK * I4_CHUNK;
     if (N < 1 || K < 1 || G < 32 || (G != 32 && G % I4_CHUNK) || K % G || ldw < Kp / 2) return -1;
     const long ng = K / G;
     #pragma omp parallel for num_threads(nthreads) schedule(static) if (N * K >= (1L << 18))
-    for (long n = 0; n < N; ++n) {
-        const uint8_t* src = w + n * ldw;
-        uint16_t* dst = out + n * K;
-        long k = 0;
-#if defined(__AVX512BF16__)
-        /* a chunk at a time: 32 bytes -> the 32 low nibbles (values k..k+31) and the 32 high ones (k+32..k+63);
-           each group's 16 possible bf16 values are computed once (the same arithmetic, so the same bits) and
-           looked up with one vpermw per 32 values */
-        long lut_g = -1;
-        __m512i lut = _mm512_setzero_si512();
-        for (; k + I4_CHUNK <= K; k += I4_CHUNK) {
-            const __m256i bytes = _mm256_loadu_si256((const __m256i*)(src + k / 2));
-            const __m512i idx = _mm512_cvtepu8_epi16(bytes);  /* lane i: byte i (value i low, value i + 32 high) */
-            const __m512i nib[2] = {_mm512_and_si512(idx, _mm512_set1_epi16(0x0f)), _mm512_srli_epi16(idx, 4)};
-            for (int h = 0; h < 2; ++h) {
-                const long g = (k + 32 * h) / G;
-                if (g != lut_g) {
-                    const __m512 u = _mm512_cvtepi32_ps(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-                    const __m512 o = _mm512_set1_ps(wo ? (float)wo[n * ng + g] : 8.f);
-                    const __m256i v = f32x16_to_bf16_rne(_mm512_mul_ps(_mm512_sub_ps(u, o), _mm512_set1_ps(bf16_to_f32(ws[n * ng + g]))));
-                    lut = _mm512_inserti64x4(_mm512_castsi256_si512(v), v, 1);
-                    lut_g = g;
-                }
-                _mm512_storeu_si512((void*)(dst + k + 32 * h), _mm512_permutexvar_epi16(nib[h], lut));
-            }
-        }
-#endif
-        for (; k < K; ++k) {
-            const long g = k / G;
-            const uint8_t b = src[(k / I4_CHUNK) * 32 + (k % 32)];
-            const int u = (k % I4_CHUNK) < 32 ? (b & 0x0f) : (b >> 4);
-            dst[k] = f32_to_bf16(((float)u - (wo ? (float)wo[n * ng + g] : 8.f)) * bf16_to_f32(ws[n * ng + g]));
-        }
-    }
+    for (long n = 0; n < N; ++n)
+        olmo_hf_int4_widen_row(w + n * ldw, ws + n * ng, wo ? wo + n * ng : NULL, G, 0, K, out + n * K);
     return 0;
 }

@@ -31,10 +31,13 @@ from .build import load_native_library
 # - olmo_hf_gemv_int8 / olmo_hf_gemv_int4 and their widenings to bf16 (every variant): torchao int8 / int4
 #   weight-only layers (fast/quantized.py, fast/int4.py; int4 in a nibble layout of ours).
 # - AVX512-BF16 only: decode / prefill attention and the element-wise kernels (RMSNorm, q/k norm + RoPE, SwiGLU).
-# Everything with more than 8 rows (prefill products) is F.linear on the same dense weight: oneDNN's GEMM, with
-# AMX where the CPU has it, exactly what the plain model runs.
+# - int8 / int4 weight-only products and their exact widening to bf16 (olmo_hf.fast.quantized, olmo_hf.fast.int4).
+# - AMX only: the prefill product (more than 8 rows) reading the bf16, int8 or int4 weight once per call, where the
+#   plan measured it faster than F.linear; otherwise prefill is F.linear on the same dense weight (oneDNN's GEMM,
+#   with AMX where the CPU has it), exactly what the plain model runs.
 _NATIVE_MAX_ROWS = 8
 _NATIVE_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.c")  # package data
+
 
 class Isa(NamedTuple):
     """One kernels.c variant: its name, the CPUs it is for (``platform.machine()``), the flags Linux reports for
@@ -150,8 +153,8 @@ class _NativeLib:
             self.gemv_amx.argtypes = self.gemv.argtypes
             self.gemv_amx.restype = c_int
             self.gemm_amx = lib.olmo_hf_gemm_amx  # the prefill product on AMX tiles (bf16 or int8 weights)
-            self.gemm_amx.argtypes = [c_ptr, c_long, c_long, c_ptr, c_long, c_int, c_ptr, c_long, c_long, c_ptr,
-                                      c_long, c_int]
+            self.gemm_amx.argtypes = [c_ptr, c_long, c_long, c_ptr, c_long, c_int, c_ptr, c_ptr, c_long, c_long,
+                                      c_long, c_ptr, c_long, c_int]
             self.gemm_amx.restype = c_int
         except AttributeError:
             self.gemv_amx = self.gemm_amx = None
@@ -397,20 +400,28 @@ def _native_int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Ten
 
 
 # kernels.c: the kinds of weight olmo_hf_gemm_amx reads
-_W_BF16, _W_INT8 = 0, 1
+_W_BF16, _W_INT8, _W_INT4 = 0, 1, 2
 
 
 def _native_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
-                 native: _NativeLib | None = None) -> torch.Tensor:
-    """``x @ weight.T`` over the last dimension of bf16 ``x`` (any number of rows: prefill) on AMX tiles, reading the
-    weight once as it is: a bf16 (out, in) matrix, or an int8 one with its float32 per-row ``scale`` (torchao's
-    arithmetic: ``bf16(bf16(x @ q.T) * bf16(scale))``). Unit stride along ``in``, ``in % 32 == 0``."""
+                 native: _NativeLib | None = None, *, int4: tuple[torch.Tensor | None, int, int] | None = None
+                 ) -> torch.Tensor:
+    """``x @ W.T`` over the last dimension of bf16 ``x`` (any number of rows: prefill) on AMX tiles, reading the
+    weight once as it is: ``weight`` a bf16 (out, in) matrix; or int8 with its float32 per-row ``scale`` (torchao's
+    arithmetic: ``bf16(bf16(x @ q.T) * bf16(scale))``); or, with ``int4=(offset, in_features, group)``, the
+    nibble-layout int4 matrix of ``olmo_hf.fast.int4`` with its bf16 group ``scale`` (widened as torchao
+    dequantizes). Unit stride along ``in``, ``in % 32 == 0``."""
     native = native or _native
-    n, k = weight.shape
+    n = weight.shape[0]
+    if int4 is not None:
+        offset, k, group = int4
+        kind, extra = _W_INT4, (None if offset is None else offset.data_ptr(), group)
+    else:
+        k = weight.shape[1]
+        kind, extra = (_W_INT8 if weight.dtype == torch.int8 else _W_BF16), (None, 0)
     x2d, out = _rows_and_output(x, n, k)
-    int8 = weight.dtype == torch.int8
-    if native.gemm_amx(x2d.data_ptr(), x2d.stride(0), x2d.shape[0], weight.data_ptr(), weight.stride(0),
-                       _W_INT8 if int8 else _W_BF16, scale.data_ptr() if int8 else None, n, k, out.data_ptr(), n,
+    if native.gemm_amx(x2d.data_ptr(), x2d.stride(0), x2d.shape[0], weight.data_ptr(), weight.stride(0), kind,
+                       None if scale is None else scale.data_ptr(), *extra, n, k, out.data_ptr(), n,
                        torch.get_num_threads()) != 0:
         raise RuntimeError("olmo_hf native AMX matrix product rejected its arguments")
     return out.view(*x.shape[:-1], n)
@@ -598,7 +609,8 @@ class KernelPlan:
     ``int8_gemv_max_rows``: the same for the int8 weight-only kernel (``olmo_hf.fast.quantized``);
     ``int8_convert``: int8 weights are widened to bf16 for larger products by the native conversion kernel;
     ``int4_gemv_max_rows`` / ``int4_convert``: the same for int4 weights (``olmo_hf.fast.int4``);
-    ``gemm_amx`` / ``int8_gemm_amx``: larger (prefill) bf16 / int8 products run on AMX tiles (``_native_gemm``);
+    ``gemm_amx`` / ``int8_gemm_amx`` / ``int4_gemm_amx``: larger (prefill) bf16 / int8 / int4 products run on AMX
+    tiles (``_native_gemm``) instead of F.linear (after widening, for int8 / int4);
     ``notes``: for each part, one line saying what was measured or why it is off."""
 
     isa: str | None
@@ -614,6 +626,7 @@ class KernelPlan:
     int4_convert: bool = False
     gemm_amx: bool = False  # larger (prefill) bf16 products on AMX tiles instead of F.linear
     int8_gemm_amx: bool = False  # larger int8 products on AMX tiles instead of widening + F.linear
+    int4_gemm_amx: bool = False  # the same for int4
     notes: dict = field(default_factory=dict)
 
 
@@ -707,7 +720,7 @@ def _measure_plan(native: _NativeLib) -> KernelPlan:
             notes[part] = f"{part.replace('_', ' ')}: off (no {native.isa} variant; it needs AVX512-BF16)"
     enabled.update(_measure_int8(native, gen, notes))
     enabled.update(_measure_int4(native, gen, notes))
-    enabled.update(_measure_gemm(native, gen, notes, enabled["int8_convert"]))
+    enabled.update(_measure_gemm(native, gen, notes, enabled["int8_convert"], enabled["int4_convert"]))
     notes["amx"] = native.amx_note
     return KernelPlan(isa=native.isa, gemv_max_rows=max_rows, gemv_amx_from_rows=amx_from, notes=notes, **enabled)
 
@@ -767,26 +780,43 @@ def _measure_int4(native: _NativeLib, gen: torch.Generator, notes: dict) -> dict
                               lambda: widen_reference(weight, scale, None, k, group)], repeats=3, warmup=1)
     convert, notes["int4_convert"] = decide_part("int4 -> bf16 widening before a GEMM", nat, ref, "PyTorch operators")
     return {"int4_gemv_max_rows": max_rows, "int4_convert": convert}
-def _measure_gemm(native: _NativeLib, gen: torch.Generator, notes: dict, int8_convert: bool) -> dict:
-    """The AMX matrix product against what larger products run without it, at 128 rows (a prompt) on a 16 MiB
-    weight: F.linear (oneDNN) for bf16, widening + F.linear + scale for int8 (``olmo_hf.fast.quantized``)."""
+
+
+def _measure_gemm(native: _NativeLib, gen: torch.Generator, notes: dict, int8_convert: bool,
+                  int4_convert: bool) -> dict:
+    """The AMX matrix product against what larger products run without it, at 128 rows (a prompt) on a 4096 x 2048
+    weight: F.linear (oneDNN) for bf16; widening + F.linear (+ scale) for int8 and int4 (``olmo_hf.fast.quantized``,
+    ``olmo_hf.fast.int4``), with the widening the plan chose."""
+    from .int4 import pack_nibbles, widen_reference
+
     if not native.amx or native.gemm_amx is None:
         why = native.amx_note.split(": ", 1)[-1]
         notes["gemm_amx"] = f"prefill products on AMX tiles: {why}"
         return {}
-    w = torch.randn(4096, 2048, generator=gen).to(torch.bfloat16)
-    q = torch.randint(-127, 128, (4096, 2048), generator=gen, dtype=torch.int8)
-    scale = torch.rand(4096, generator=gen) / 64
-    x = torch.randn(128, 2048, generator=gen).to(torch.bfloat16)
-    buffer = torch.empty(q.shape, dtype=torch.bfloat16)
-    widen = (lambda: _native_int8_to_bf16(q, native, buffer)) if int8_convert else (lambda: q.to(torch.bfloat16))
-    nat, ref, nat8, ref8 = _median_times([lambda: _native_gemm(x, w, None, native), lambda: F.linear(x, w),
-                                          lambda: _native_gemm(x, q, scale, native),
-                                          lambda: F.linear(x, widen()) * scale.to(torch.bfloat16)])
-    on, notes["gemm_amx"] = decide_part("prefill products on AMX tiles (128 rows, bf16)", nat, ref, "F.linear")
-    on8, notes["int8_gemm_amx"] = decide_part("prefill products on AMX tiles (128 rows, int8)", nat8, ref8,
-                                              "widening + F.linear")
-    return {"gemm_amx": on, "int8_gemm_amx": on8}
+    n, k, group = 4096, 2048, 64
+    w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+    q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+    scale = torch.rand(n, generator=gen) / 64
+    nibbles = pack_nibbles(torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8))
+    scale4 = (torch.rand(n, k // group, generator=gen) / 64).to(torch.bfloat16)
+    x = torch.randn(128, k, generator=gen).to(torch.bfloat16)
+    buffer = torch.empty(n * k, dtype=torch.bfloat16)
+    widen8 = (lambda: _native_int8_to_bf16(q, native, buffer.view(n, k))) if int8_convert else (
+        lambda: q.to(torch.bfloat16))
+    widen4 = (lambda: _native_int4_to_bf16(nibbles, scale4, None, k, group, native, buffer)) if int4_convert else (
+        lambda: widen_reference(nibbles, scale4, None, k, group))
+    times = _median_times([lambda: _native_gemm(x, w, None, native), lambda: F.linear(x, w),
+                           lambda: _native_gemm(x, q, scale, native),
+                           lambda: F.linear(x, widen8()) * scale.to(torch.bfloat16),
+                           lambda: _native_gemm(x, nibbles, scale4, native, int4=(None, k, group)),
+                           lambda: F.linear(x, widen4())])
+    enabled = {}
+    for i, (part, kind, baseline) in enumerate((("gemm_amx", "bf16", "F.linear"),
+                                                ("int8_gemm_amx", "int8", "widening + F.linear"),
+                                                ("int4_gemm_amx", "int4", "widening + F.linear"))):
+        enabled[part], notes[part] = decide_part(f"prefill products on AMX tiles (128 rows, {kind})", times[2 * i],
+                                                 times[2 * i + 1], baseline)
+    return enabled
 
 
 def kernel_plan() -> KernelPlan:
@@ -811,6 +841,7 @@ def _make_plan() -> KernelPlan:
                           int8_gemv_max_rows=_NATIVE_MAX_ROWS, int8_convert=True,
                           gemm_amx=native.amx and native.gemm_amx is not None,
                           int8_gemm_amx=native.amx and native.gemm_amx is not None,
+                          int4_gemm_amx=native.amx and native.gemm_amx is not None,
                           int4_gemv_max_rows=_NATIVE_MAX_ROWS, int4_convert=True,
                           notes={"native": "every kernel built: on, unmeasured (OLMO_HF_NATIVE=force)",
                                  "amx": native.amx_note})
