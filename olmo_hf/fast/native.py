@@ -497,7 +497,7 @@ _ENABLE_BELOW = 0.95
 # _PLAN_RETRIES times; the least disturbed one is kept): on a shared 2-core machine a 2-thread OpenMP kernel slows down
 # badly when one of its threads is descheduled, and a disturbed measurement would switch parts on or off at random.
 _PLAN_MAX_FOREIGN_LOAD = 0.5
-_PLAN_RETRIES = 1  # each retry lengthens the fast-path call on a busy machine (18 s at load average 9 with 2 retries)
+_PLAN_RETRIES = 1  # each repeat lengthens the fast-path call on a busy machine (see docs/performance.md)
 
 
 def _cpu_ticks() -> tuple[int, int] | None:
