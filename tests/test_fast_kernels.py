@@ -5,6 +5,7 @@ plan (decided from given timings: never slower), a clean fallback where no kerne
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 
 import pytest
@@ -121,6 +122,32 @@ def test_a_kernel_slower_than_pytorch_is_switched_off():
 
 def test_a_kernel_within_the_noise_margin_stays_off():
     assert native.decide_part("element-wise", 0.97e-3, 1.0e-3, "PyTorch operators")[0] is False
+
+
+def test_a_plan_measurement_disturbed_by_other_processes_is_repeated_and_the_least_disturbed_kept(monkeypatch):
+    loads = iter([1.5, 0.9, 1.2])  # cores other processes kept busy during each of the three attempts
+    results = iter([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    monkeypatch.setattr(native, "_PLAN_RETRIES", 2)
+    monkeypatch.setattr(native, "_median_times_once", lambda fns, repeats, warmup: next(results))
+    monkeypatch.setattr(native, "foreign_load", lambda start, end, seconds: next(loads))
+    assert native._median_times([None, None]) == [3.0, 4.0]
+    assert next(loads, "all used") == "all used"
+
+
+def test_a_plan_measurement_on_a_quiet_machine_is_taken_once(monkeypatch):
+    results = iter([[1.0, 2.0], [3.0, 4.0]])
+    monkeypatch.setattr(native, "_median_times_once", lambda fns, repeats, warmup: next(results))
+    monkeypatch.setattr(native, "foreign_load", lambda start, end, seconds: 0.1)
+    assert native._median_times([None, None]) == [1.0, 2.0]
+    assert next(results) == [3.0, 4.0]
+
+
+def test_foreign_load_counts_only_the_cpu_time_of_other_processes():
+    hz = os.sysconf("SC_CLK_TCK")
+    # all CPUs were busy for 3 * hz ticks over 2 s, of which this process used hz ticks: one core's worth is foreign
+    assert native.foreign_load((1000, 100), (1000 + 3 * hz, 100 + hz), 2.0) == 1.0
+    assert native.foreign_load(None, (1, 1), 2.0) is None
+    assert native.foreign_load((0, 0), (1, 1), 0.01) is None  # shorter than the counters can tell
 
 
 def _fake_timings(monkeypatch, results):
@@ -262,6 +289,21 @@ def test_the_amx_int4_prefill_product_is_x_times_torchaos_dequantized_weight(fre
         out = native._native_gemm(x, packed, scale, lib, int4=(offset, k, group)).double()
         ref = x.double() @ widen_reference(packed, scale, offset, k, group).double().T
         torch.testing.assert_close(out, ref, rtol=2**-7, atol=1e-3 * k**0.5)
+
+
+def test_the_amx_kernel_is_exact_to_bf16_over_odd_k_blocks_strided_x_and_many_row_blocks(fresh_native):
+    """K an odd number of 32-wide blocks (the two accumulator chains plus the last single block), x a row slice
+    with its own stride, and enough 16-row blocks that the prefetch runs on into the next block; against float64."""
+    lib = native._native_kernel()
+    if lib is None or not lib.amx:
+        pytest.skip(f"no AMX here: {native.enable_amx(lib, native.cpu_flags()) if lib else 'no native kernels'}")
+    gen = torch.Generator().manual_seed(1)
+    for n, k in ((48, 96), (33, 160), (256, 1056)):
+        w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+        for m in (1, 3, 8):
+            x = torch.randn(m, k + 16, generator=gen).to(torch.bfloat16)[:, 8 : 8 + k]
+            out = native._native_matmul(x, w, lib, amx=True).double()
+            torch.testing.assert_close(out, x.double() @ w.double().T, rtol=2**-7, atol=1e-3 * k**0.5)
 
 
 def test_amx_is_off_without_the_cpu_flags(fresh_native):

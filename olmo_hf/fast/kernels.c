@@ -70,7 +70,10 @@ const char* olmo_hf_kernels_isa(void) { return "avx512_bf16"; }
 #define GEMV_STEP(MM, LOAD)                                                                                    \
     {                                                                                                          \
         __m512bh wv[NR];                                                                                       \
-        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) wv[r] = (__m512bh)LOAD(w + r * ldw + k);        \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                                 \
+            GEMV_PREFETCH(w + (r + NR) * ldw + k);                                                             \
+            wv[r] = (__m512bh)LOAD(w + r * ldw + k);                                                           \
+        }                                                                                                      \
         _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                                 \
             const __m512bh xv = (__m512bh)LOAD(x + m * ldx + k);                                               \
             _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                               \
@@ -78,6 +81,17 @@ const char* olmo_hf_kernels_isa(void) { return "avx512_bf16"; }
         }                                                                                                      \
     }
 #define LOAD_FULL(p) _mm512_loadu_si512((const void*)(p))
+/* Each row of a band is a short stream (4 KiB for K = 2048: one page, where the hardware prefetcher starts cold), so
+   every weight line loaded also prefetches the same position one band (NR rows) ahead: the next band starts warm.
+   (Past the weight's end this touches nothing: a prefetch never faults.) */
+#ifndef GEMV_PF
+#define GEMV_PF 1
+#endif
+#if GEMV_PF
+#define GEMV_PREFETCH(p) _mm_prefetch((const char*)(p), _MM_HINT_T0)
+#else
+#define GEMV_PREFETCH(p) ((void)0)
+#endif
 #define LOAD_TAIL(p) _mm512_maskz_loadu_epi16(tail, (p))
 #define GEMV_MICRO(MM)                                                                                        \
 static inline void gemv_micro_##MM(const uint16_t* x, long ldx, const uint16_t* w, long ldw, long K,       \
@@ -255,45 +269,73 @@ int olmo_hf_amx_enable(void) {
     return (int)syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */);
 }
 
+/* Software prefetch distance of the AMX kernel, in weight elements along k (1 KiB). Each 16-row block is 16 streams
+   that start on a new row (a new 4 KiB page for K = 2048, where the hardware prefetcher starts cold), so near the end
+   of a block the prefetch runs on into the NEXT block's rows: the block after it starts with its first KiB in cache. */
+#ifndef AMX_PF
+#define AMX_PF 512
+#endif
+
+/* C (tile c) += 16 rows of W at a (row stride ldw elements) x the packed x at xp, over k in [k0, k0 + 32). */
+#define AMX_STEP(c, ta, tb, a, xp, k0)                                                                         \
+    {                                                                                                          \
+        _tile_loadd(ta, (a) + (k0), ldw * 2);                                                                  \
+        _tile_loadd(tb, (xp) + (k0) * 16, 64);                                                                 \
+        _tile_dpbf16ps(c, ta, tb);                                                                             \
+    }
+
 __attribute__((target("amx-tile,amx-bf16")))
 int olmo_hf_gemv_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, long ldw, long N, long K, uint16_t* y,
                           long ldy, long M, int nthreads) {
     if (M < 1 || M > 16 || K < 32 || K % 32 || ldw < K || N < 16) return -1;
-    /* B layout: row j (a pair of k) holds, for m = 0..15, x[m, 2j] and x[m, 2j + 1]: (K/2, 16, 2) bf16 */
-    uint16_t* xp = (uint16_t*)aligned_alloc(64, (size_t)K * 32);
-    if (!xp) return -2;
-    for (long j = 0; j < K / 2; ++j)
-        for (long m = 0; m < 16; ++m) {
-            xp[j * 32 + 2 * m] = m < M ? x[m * ldx + 2 * j] : 0;
-            xp[j * 32 + 2 * m + 1] = m < M ? x[m * ldx + 2 * j + 1] : 0;
-        }
+    /* B layout: row j (a pair of k) holds, for m = 0..15, x[m, 2j] and x[m, 2j + 1]: (K/2, 16, 2) bf16, packed once
+       per call (64 KiB for K = 2048: a few microseconds), rows m >= M zero. */
+    uint32_t* xp32 = (uint32_t*)aligned_alloc(64, (size_t)K * 32);
+    if (!xp32) return -2;
+    if (M < 16) memset(xp32, 0, (size_t)K * 32);
+    for (long m = 0; m < M; ++m) {
+        const uint16_t* xm = x + m * ldx;
+        for (long j = 0; j < K / 2; ++j) memcpy(xp32 + j * 16 + m, xm + 2 * j, 4);
+    }
+    const uint16_t* xp = (const uint16_t*)xp32;
     const long NB = N / 16;
     #pragma omp parallel num_threads(nthreads) if (N * K >= (1L << 18))
     {
         struct amx_tile_config cfg;
         memset(&cfg, 0, sizeof cfg);
         cfg.palette_id = 1;
-        for (int t = 0; t < 3; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }  /* tmm0: C, tmm1: A, tmm2: B */
+        /* tmm0, tmm3: two accumulators C (even / odd 32-blocks of k: two independent dependency chains);
+           tmm1, tmm4: A (16 weight rows x 32 k); tmm2, tmm5: B (packed x, 32 k x 16 rows) */
+        for (int t = 0; t < 6; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
         _tile_loadconfig(&cfg);
-        float c[16][16] __attribute__((aligned(64)));
+        float c0[16][16] __attribute__((aligned(64)));
+        float c1[16][16] __attribute__((aligned(64)));
         #pragma omp for schedule(static)
         for (long nb = 0; nb < NB; ++nb) {
             const uint16_t* a = w + nb * 16 * ldw;
+            const uint16_t* next = nb + 1 < NB ? a + 16 * ldw : a;  /* prefetch target past the block's end */
             _tile_zero(0);
-            for (long k = 0; k < K; k += 32) {
-                /* 16 rows are 16 streams: fetch each 1 KiB ahead (the tile load is a gather the prefetcher trails) */
-                for (int r = 0; r < 16; ++r) _mm_prefetch((const char*)(a + r * ldw + k + 512), _MM_HINT_T0);
-                _tile_loadd(1, a + k, ldw * 2);
-                _tile_loadd(2, xp + k * 16, 64);
-                _tile_dpbf16ps(0, 1, 2);
+            _tile_zero(3);
+            long k = 0;
+            for (; k + 64 <= K; k += 64) {
+                const long p = k + AMX_PF;
+                const uint16_t* pa = p < K ? a + p : next + (p - K);
+                for (int r = 0; r < 16; ++r) {
+                    _mm_prefetch((const char*)(pa + r * ldw), _MM_HINT_T0);
+                    _mm_prefetch((const char*)(pa + r * ldw + 32), _MM_HINT_T0);
+                }
+                AMX_STEP(0, 1, 2, a, xp, k)
+                AMX_STEP(3, 4, 5, a, xp, k + 32)
             }
-            _tile_stored(0, c, 64);
+            if (k < K) AMX_STEP(0, 1, 2, a, xp, k)
+            _tile_stored(0, c0, 64);
+            _tile_stored(3, c1, 64);
             for (long m = 0; m < M; ++m)
-                for (int n = 0; n < 16; ++n) y[m * ldy + nb * 16 + n] = f32_to_bf16(c[n][m]);
+                for (int n = 0; n < 16; ++n) y[m * ldy + nb * 16 + n] = f32_to_bf16(c0[n][m] + c1[n][m]);
         }
         _tile_release();
     }
-    free(xp);
+    free(xp32);
     return 0;
 }
 
@@ -532,6 +574,12 @@ int olmo_hf_decode_attention_bf16(const uint16_t* q, long qsb, long qsh,
 }
 
 /* ------------------------------------------------------------------------------------------- element-wise */
+/* Element-wise work below this many elements runs on the calling thread: a decoding step's RMSNorm (8 x 2048 at batch
+   8) or q/k norm + RoPE (8 x 4096) takes microseconds, less than waking the other OpenMP thread, and on a shared
+   machine a parallel region waits for a descheduled thread for a whole time slice. (PyTorch's element-wise operators
+   stay on one thread below 32768 elements: at::internal::GRAIN_SIZE.) */
+#define OLMO_HF_PARALLEL_MIN 65536L
+
 static inline __m512 load_bf16x16(const uint16_t* p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
@@ -562,7 +610,7 @@ static void rms_norm_row(const uint16_t* src, long n, const float* w, float eps,
 int olmo_hf_rms_norm_bf16(const uint16_t* x, long ld, long rows, long n, const float* w, float eps, uint16_t* out,
                           int nthreads) {
     if (n % 16) return -1;
-    #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows > 1)
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n >= OLMO_HF_PARALLEL_MIN)
     for (long r = 0; r < rows; ++r) rms_norm_row(x + r * ld, n, w, eps, out + r * n);
     return 0;
 }
@@ -594,7 +642,7 @@ int olmo_hf_qk_norm_rope_bf16(const uint16_t* in, long ld_in, long B, long S, lo
     if (hd % 32 || nq % hd || nk % hd) return -1;
     const int normed = wq != NULL || wk != NULL;
     int failed = 0;
-    #pragma omp parallel num_threads(nthreads) if (B * S > 1)
+    #pragma omp parallel num_threads(nthreads) if (B * S * (nq + nk) >= OLMO_HF_PARALLEL_MIN)
     {
         uint16_t* tmp = normed ? (uint16_t*)aligned_alloc(64, ((nq + nk) * 2 + 63) / 64 * 64) : NULL;
         if (normed && !tmp) {
