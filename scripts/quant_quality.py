@@ -23,10 +23,10 @@ the engine changes (a BF16 row near 0 means the comparison is apples to apples) 
 Our formats: ``bf16`` (fast path; sanity), ``fp32`` (the bf16 weights computed in float32, eager: how far the bf16
 reference itself is from exact arithmetic), ``int8`` (``quantization_config("int8", device="cpu")`` +
 ``olmo_hf.fast.optimize_for_cpu_inference``), ``int4`` (``quantization_config("int4", device="cpu")`` + the fast
-path, skipped with the reason when the fast path refuses it), ``int4-eager-gN`` (torchao int4 group size N without
-the fast path: the numbers torchao's CPU layout gives, at any speed). llama.cpp's: one row per ``--gguf
-NAME=PATH``, evaluated through llama-cpp-python (``pip install llama-cpp-python``; docs/quantization.md, "Quality
-against llama.cpp", gives the CPU build flags).
+path, skipped with the reason when the fast path refuses it; ``int4-gN``: group size N), ``int4-eager-gN`` (torchao
+int4 group size N without the fast path: the numbers torchao's CPU layout gives, at any speed). llama.cpp's: one
+row per ``--gguf NAME=PATH``, evaluated through llama-cpp-python (``pip install llama-cpp-python``;
+docs/quantization.md, "Quality against llama.cpp", gives the CPU build flags).
 
 Prints one markdown table, with what each row quantizes (read from the model's modules and the GGUF's tensor
 types); ``--json PATH`` writes the numbers too.
@@ -102,7 +102,8 @@ def summarize(comparisons: list[LogitComparison]) -> dict:
 # --------------------------------------------------------------------------------------------------- token ids
 
 
-def pick_tokens(model_dir: str, vocab_size: int, sequences: int, seq_len: int, seed: int) -> tuple[list[list[int]], str]:
+def pick_tokens(model_dir: str, vocab_size: int, sequences: int, seq_len: int,
+                seed: int) -> tuple[list[list[int]], str]:
     """``sequences`` lists of ``seq_len`` token ids, and a sentence saying where they come from."""
     try:
         from transformers import AutoTokenizer
@@ -180,11 +181,11 @@ def load_ours(model_dir: str, fmt: str):
     if fmt == "fp32":
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).float().eval()
         return model, "nothing (bf16 weights, float32 arithmetic, eager)"
-    if fmt in ("int8", "int4") or fmt.startswith("int4-eager-g"):
-        if fmt.startswith("int4-eager-g"):
-            config = quantization_config("int4", device="cpu", group_size=int(fmt.rsplit("g", 1)[1]))
-        else:
-            config = quantization_config(fmt, device="cpu")
+    int4 = re.fullmatch(r"int4(-eager)?(?:-g(\d+))?", fmt)
+    if fmt == "int8" or int4:
+        options = {"group_size": int(int4.group(2))} if int4 and int4.group(2) else {}
+        config = quantization_config("int4" if int4 else "int8", device="cpu", **options)
+        fast = not (int4 and int4.group(1))
         group = getattr(getattr(config, "quant_type", None), "granularity", None)
         group_size = getattr(group, "group_size", None)
         dims = json.loads((Path(model_dir) / "config.json").read_text())
@@ -194,7 +195,7 @@ def load_ours(model_dir: str, fmt: str):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16,
                                                      quantization_config=config).eval()
         what = describe_weights(model)
-        if fmt in ("int8", "int4"):
+        if fast:
             try:
                 optimize_for_cpu_inference(model)
             except (TypeError, ValueError) as e:
@@ -285,7 +286,7 @@ def main() -> None:
     p.add_argument("--gguf", action="append", default=[], metavar="NAME=PATH",
                    help="a GGUF of the same weights (repeatable); NAME 'bf16' is the llama.cpp reference")
     p.add_argument("--formats", default="bf16,fp32,int8,int4,int4-eager-g32",
-                   help="our formats, comma-separated (bf16, fp32, int8, int4, int4-eager-gN)")
+                   help="our formats, comma-separated (bf16, fp32, int8, int4, int4-gN, int4-eager-gN)")
     p.add_argument("--sequences", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--decode-steps", type=int, default=16, help="last tokens of each sequence fed one at a time")
@@ -333,6 +334,9 @@ def main() -> None:
         return logits, what
 
     weights = str(Path(args.model_dir) / "model.safetensors")
+    import olmo_hf  # the cache of our rows is per olmo_hf source tree (e.g. PYTHONPATH=another worktree)
+
+    code = hashlib.sha256(str(Path(olmo_hf.__file__).resolve().parent).encode()).hexdigest()[:8]
 
     def ours(fmt: str):
         model, what = load_ours(args.model_dir, fmt)
@@ -342,13 +346,13 @@ def main() -> None:
         return logits, what
 
     log("ours bf16 eager (the reference)")
-    reference, _ = cached("ours-bf16-eager", weights, lambda: ours("bf16-eager"))
+    reference, _ = cached(f"ours-{code}-bf16-eager", weights, lambda: ours("bf16-eager"))
 
     rows = []  # (engine, format, what it quantizes, {reference name: metrics} or skip reason)
     for fmt in [f for f in args.formats.split(",") if f]:
         log(f"ours {fmt}")
         try:
-            logits, what = cached(f"ours-{fmt}", weights, lambda: ours(fmt))
+            logits, what = cached(f"ours-{code}-{fmt}", weights, lambda: ours(fmt))
         except _Skip as e:
             rows.append(("ours", fmt, "", str(e)))
             continue
