@@ -17,10 +17,10 @@ computes, against a reference:
   --kl-divergence`` reports.
 
 The reference of every row is our bf16 model in eager PyTorch (Transformers' forward, no fast path), its logits
-taken as float32. llama.cpp's quantized GGUFs are compared against llama.cpp's BF16 GGUF as well, to separate what
+taken as float32 (``--reference fp32``: the same bf16 weights computed in float32). llama.cpp's quantized GGUFs are compared against llama.cpp's BF16 GGUF as well, to separate what
 the engine changes (a BF16 row near 0 means the comparison is apples to apples) from what quantization changes.
 
-Our formats: ``bf16`` (fast path; sanity), ``fp32`` (the bf16 weights computed in float32, eager: how far the bf16
+Our formats: ``bf16`` (fast path; sanity), ``bf16-eager`` (the default reference), ``fp32`` (the bf16 weights computed in float32, eager: how far the bf16
 reference itself is from exact arithmetic), ``int8`` (``quantization_config("int8", device="cpu")`` +
 ``olmo_hf.fast.optimize_for_cpu_inference``), ``int4`` (``quantization_config("int4", device="cpu")`` + the fast
 path, skipped with the reason when the fast path refuses it; ``int4-gN``: group size N), ``int4-eager-gN`` (torchao
@@ -286,7 +286,9 @@ def main() -> None:
     p.add_argument("--gguf", action="append", default=[], metavar="NAME=PATH",
                    help="a GGUF of the same weights (repeatable); NAME 'bf16' is the llama.cpp reference")
     p.add_argument("--formats", default="bf16,fp32,int8,int4,int4-eager-g32",
-                   help="our formats, comma-separated (bf16, fp32, int8, int4, int4-gN, int4-eager-gN)")
+                   help="our formats, comma-separated (bf16, bf16-eager, fp32, int8, int4, int4-gN, int4-eager-gN)")
+    p.add_argument("--reference", choices=["bf16", "fp32"], default="bf16",
+                   help="our model the rows are compared with: bf16 (eager) or fp32 (the bf16 weights in float32)")
     p.add_argument("--sequences", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--decode-steps", type=int, default=16, help="last tokens of each sequence fed one at a time")
@@ -345,8 +347,10 @@ def main() -> None:
         gc.collect()
         return logits, what
 
-    log("ours bf16 eager (the reference)")
-    reference, _ = cached(f"ours-{code}-bf16-eager", weights, lambda: ours("bf16-eager"))
+    ref_fmt = {"bf16": "bf16-eager", "fp32": "fp32"}[args.reference]
+    ref_name = f"ours {args.reference}"
+    log(f"ours {ref_fmt} (the reference)")
+    reference, _ = cached(f"ours-{code}-{ref_fmt}", weights, lambda: ours(ref_fmt))
 
     rows = []  # (engine, format, what it quantizes, {reference name: metrics} or skip reason)
     for fmt in [f for f in args.formats.split(",") if f]:
@@ -356,7 +360,7 @@ def main() -> None:
         except _Skip as e:
             rows.append(("ours", fmt, "", str(e)))
             continue
-        rows.append(("ours", fmt, what, {"ours bf16": _segments(reference, logits, args.decode_steps)}))
+        rows.append(("ours", fmt, what, {ref_name: _segments(reference, logits, args.decode_steps)}))
         del logits
 
     llama_ref = None
@@ -364,7 +368,7 @@ def main() -> None:
         log(f"llama.cpp {name}")
         logits, _ = cached(f"llama-{name}", ggufs[name],
                            lambda: (llama_logits(ggufs[name], seqs, args.decode_steps, args.threads), ""))
-        metrics = {"ours bf16": _segments(reference, logits, args.decode_steps)}
+        metrics = {ref_name: _segments(reference, logits, args.decode_steps)}
         if llama_ref is not None:
             metrics["llama.cpp bf16"] = _segments(llama_ref, logits, args.decode_steps)
         if name == "bf16":
