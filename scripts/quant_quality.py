@@ -17,16 +17,18 @@ computes, against a reference:
   --kl-divergence`` reports.
 
 The reference of every row is our bf16 model in eager PyTorch (Transformers' forward, no fast path), its logits
-taken as float32 (``--reference fp32``: the same bf16 weights computed in float32). llama.cpp's quantized GGUFs are compared against llama.cpp's BF16 GGUF as well, to separate what
-the engine changes (a BF16 row near 0 means the comparison is apples to apples) from what quantization changes.
+taken as float32 (``--reference fp32``: the same bf16 weights computed in float32). llama.cpp's quantized GGUFs
+are compared against llama.cpp's BF16 GGUF as well, to separate what the engine changes (a BF16 row near 0 means
+the comparison is apples to apples) from what quantization changes.
 
-Our formats: ``bf16`` (fast path; sanity), ``bf16-eager`` (the default reference), ``fp32`` (the bf16 weights computed in float32, eager: how far the bf16
-reference itself is from exact arithmetic), ``int8`` (``quantization_config("int8", device="cpu")`` +
-``olmo_hf.fast.optimize_for_cpu_inference``), ``int4`` (``quantization_config("int4", device="cpu")`` + the fast
-path, skipped with the reason when the fast path refuses it; ``int4-gN``: group size N), ``int4-eager-gN`` (torchao
-int4 group size N without the fast path: the numbers torchao's CPU layout gives, at any speed). llama.cpp's: one
-row per ``--gguf NAME=PATH``, evaluated through llama-cpp-python (``pip install llama-cpp-python``;
-docs/quantization.md, "Quality against llama.cpp", gives the CPU build flags).
+Our formats: ``bf16`` (fast path; sanity), ``bf16-eager`` (the default reference), ``fp32`` (the bf16 weights
+computed in float32, eager: how far the bf16 reference itself is from exact arithmetic), ``int8``
+(``quantization_config("int8", device="cpu")`` + ``olmo_hf.fast.optimize_for_cpu_inference``), ``int4``
+(``quantization_config("int4", device="cpu")`` + the fast path, skipped with the reason when the fast path
+refuses it; ``int4-gN``: group size N), ``int4-eager-gN`` (torchao int4 group size N without the fast path: the
+numbers torchao's CPU layout gives, at any speed). llama.cpp's: one row per ``--gguf NAME=PATH``, evaluated
+through llama-cpp-python (``pip install llama-cpp-python``; docs/quantization.md, "Quality against llama.cpp",
+gives the CPU build flags).
 
 Prints one markdown table, with what each row quantizes (read from the model's modules and the GGUF's tensor
 types); ``--json PATH`` writes the numbers too.
