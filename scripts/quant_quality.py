@@ -338,9 +338,14 @@ def main() -> None:
         return logits, what
 
     weights = str(Path(args.model_dir) / "model.safetensors")
-    import olmo_hf  # the cache of our rows is per olmo_hf source tree (e.g. PYTHONPATH=another worktree)
+    import olmo_hf  # the cache of our rows is per olmo_hf source (e.g. PYTHONPATH=another worktree, another commit)
 
-    code = hashlib.sha256(str(Path(olmo_hf.__file__).resolve().parent).encode()).hexdigest()[:8]
+    tree = Path(olmo_hf.__file__).resolve().parent
+    code = hashlib.sha256()
+    for source in sorted(tree.rglob("*")):
+        if source.suffix in (".py", ".c"):
+            code.update(str(source.relative_to(tree)).encode() + source.read_bytes())
+    code = code.hexdigest()[:8]
 
     def ours(fmt: str):
         model, what = load_ours(args.model_dir, fmt)
