@@ -25,7 +25,8 @@ Our formats: ``bf16`` (fast path; sanity), ``bf16-eager`` (the default reference
 computed in float32, eager: how far the bf16 reference itself is from exact arithmetic), ``int8``
 (``quantization_config("int8", device="cpu")`` + ``olmo_hf.fast.optimize_for_cpu_inference``), ``int4``
 (``quantization_config("int4", device="cpu")`` + the fast path, skipped with the reason when the fast path
-refuses it; ``int4-gN``: group size N), ``int4-eager-gN`` (torchao int4 group size N without the fast path: the
+refuses it; ``int4-gN``: group size N; ``FORMAT@key=value+key=value`` passes options to ``quantization_config``,
+e.g. ``int8@quantize_embeddings=false``), ``int4-eager-gN`` (torchao int4 group size N without the fast path: the
 numbers torchao's CPU layout gives, at any speed). llama.cpp's: one row per ``--gguf NAME=PATH``, evaluated
 through llama-cpp-python (``pip install llama-cpp-python``; docs/quantization.md, "Quality against llama.cpp",
 gives the CPU build flags).
@@ -183,9 +184,15 @@ def load_ours(model_dir: str, fmt: str):
     if fmt == "fp32":
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).float().eval()
         return model, "nothing (bf16 weights, float32 arithmetic, eager)"
+    fmt, _, extra = fmt.partition("@")  # e.g. int8@modules_to_not_convert=lm_head+quantize_embeddings=false
+    options = {}
+    for item in filter(None, extra.split("+")):
+        key, _, value = item.partition("=")
+        options[key] = {"true": True, "false": False}.get(value.lower(), int(value) if value.isdigit() else value)
     int4 = re.fullmatch(r"int4(-eager)?(?:-g(\d+))?", fmt)
     if fmt == "int8" or int4:
-        options = {"group_size": int(int4.group(2))} if int4 and int4.group(2) else {}
+        if int4 and int4.group(2):
+            options["group_size"] = int(int4.group(2))
         config = quantization_config("int4" if int4 else "int8", device="cpu", **options)
         fast = not (int4 and int4.group(1))
         group = getattr(getattr(config, "quant_type", None), "granularity", None)
@@ -194,8 +201,11 @@ def load_ours(model_dir: str, fmt: str):
         odd = [d for d in (dims["hidden_size"], dims["intermediate_size"]) if group_size and d % group_size]
         if odd:  # torchao fails the load with a generic conversion error
             raise _Skip(f"in_features {odd[0]} is not a multiple of the group size {group_size}")
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16,
-                                                     quantization_config=config).eval()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16,
+                                                         quantization_config=config).eval()
+        except RuntimeError as e:  # Transformers' conversion report: torchao refused a weight
+            raise _Skip(f"loading failed: {str(e).splitlines()[0]}") from None
         what = describe_weights(model)
         if fast:
             try:
