@@ -195,8 +195,10 @@ def load_ours(model_dir: str, fmt: str):
             options["group_size"] = int(int4.group(2))
         config = quantization_config("int4" if int4 else "int8", device="cpu", **options)
         fast = not (int4 and int4.group(1))
-        group = getattr(getattr(config, "quant_type", None), "granularity", None)
-        group_size = getattr(group, "group_size", None)
+        quant_type = getattr(config, "quant_type", None)  # one torchao config, or an FqnToConfig of several
+        members = [quant_type, *getattr(quant_type, "fqn_to_config", {}).values()]
+        sizes = [getattr(getattr(m, "granularity", None), "group_size", None) for m in members]
+        group_size = max([size for size in sizes if size] or [None], key=lambda v: v or 0)
         dims = json.loads((Path(model_dir) / "config.json").read_text())
         odd = [d for d in (dims["hidden_size"], dims["intermediate_size"]) if group_size and d % group_size]
         if odd:  # torchao fails the load with a generic conversion error
@@ -352,9 +354,9 @@ def main() -> None:
 
     tree = Path(olmo_hf.__file__).resolve().parent
     code = hashlib.sha256()
-    for source in sorted(tree.rglob("*")):
-        if source.suffix in (".py", ".c"):
-            code.update(str(source.relative_to(tree)).encode() + source.read_bytes())
+    for file in sorted(tree.rglob("*")):
+        if file.suffix in (".py", ".c"):
+            code.update(str(file.relative_to(tree)).encode() + file.read_bytes())
     code = code.hexdigest()[:8]
 
     def ours(fmt: str):
