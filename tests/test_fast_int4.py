@@ -9,7 +9,6 @@ decode-step logits agree to bf16 noise (relative L2 < 0.03, as for int8 in test_
 """
 
 import copy
-import platform
 
 import pytest
 import torch
@@ -117,10 +116,8 @@ def test_widening_is_torchaos_dequantization_bit_for_bit(group, asymmetric):
 
 def _variants():
     """Every kernel variant, skipped where this CPU cannot run it (tests/test_kernels_emulated.py emulates some)."""
-    flags, machine = native.cpu_flags(), platform.machine()
-    return [pytest.param(isa.name, marks=pytest.mark.skipif(bool(isa.cannot_run(flags, machine)),
-                                                            reason=isa.cannot_run(flags, machine) or "runs here"))
-            for isa in native.ISAS]
+    return [pytest.param(name, marks=pytest.mark.skipif(bool(why), reason=why or "-"))
+            for name, why in native.isa_reasons().items()]
 
 
 @pytest.mark.parametrize("isa", _variants())

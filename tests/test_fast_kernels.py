@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 import pytest
 import torch
@@ -69,6 +68,14 @@ def test_other_cpus_get_no_kernels_and_a_reason(machine):
     assert isa is None and machine in why and "PyTorch" in why
 
 
+def test_each_variant_says_why_a_cpu_cannot_run_it():
+    assert native.isa_reasons(AVX2_ONLY, "x86_64") == {
+        "avx512_bf16": "this CPU lacks avx512_bf16, avx512bw, avx512f, avx512vl",
+        "avx2": "",
+        "neon": "neon is for aarch64 / arm64 CPUs, not x86_64",
+    }
+
+
 def test_macos_gets_no_kernels_and_a_reason():
     isa, why = native.choose_isa(AVX512_BF16, "x86_64", "darwin")
     assert isa is None and "Linux" in why
@@ -77,10 +84,8 @@ def test_macos_gets_no_kernels_and_a_reason():
 # ----------------------------------------------------------------------------------------------- each variant
 def _buildable_isas():
     """Every kernel variant, skipped where this CPU cannot run it (tests/test_kernels_emulated.py emulates some)."""
-    flags, machine = native.cpu_flags(), platform.machine()
-    return [pytest.param(isa.name, marks=pytest.mark.skipif(bool(isa.cannot_run(flags, machine)),
-                                                            reason=isa.cannot_run(flags, machine) or "runs here"))
-            for isa in native.ISAS]
+    return [pytest.param(name, marks=pytest.mark.skipif(bool(why), reason=why or "-"))
+            for name, why in native.isa_reasons().items()]
 
 
 @pytest.mark.parametrize("isa", _buildable_isas())

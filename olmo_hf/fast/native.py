@@ -97,6 +97,13 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def isa_reasons(flags: frozenset[str] | set[str] | None = None, machine: str | None = None) -> dict[str, str]:
+    """Each kernels.c variant and why this CPU (or one with these flags) cannot run it ("" when it can)."""
+    flags = cpu_flags() if flags is None else flags
+    machine = machine or platform.machine()
+    return {isa.name: isa.cannot_run(flags, machine) for isa in ISAS}
+
+
 def choose_isa(flags: frozenset[str] | set[str], machine: str | None = None, system: str | None = None
                ) -> tuple[str | None, str]:
     """The kernels.c variant for a CPU with these flags: ("avx512_bf16" | "avx2" | "neon", "") or (None, why not)."""

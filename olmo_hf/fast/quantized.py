@@ -51,12 +51,10 @@ def _int8_tensor_class():
     return Int8Tensor
 
 
-def is_int8_weight_only(module: nn.Module) -> bool:
-    """Whether ``module`` is an ``nn.Linear`` with a torchao int8 weight-only, per-output-channel, symmetric
-    ``Int8Tensor`` weight on CPU: the layers the fast path takes."""
+def _int8_per_row(weight) -> bool:
+    """Whether ``weight`` is a torchao ``Int8Tensor`` on CPU with one symmetric scale per row."""
     cls = _int8_tensor_class()
-    weight = getattr(module, "weight", None)
-    if cls is None or type(module) is not nn.Linear or not isinstance(weight, cls):
+    if cls is None or not isinstance(weight, cls):
         return False
     qdata, scale = weight.qdata, weight.scale
     zero_point = getattr(weight, "zero_point", None)
@@ -64,31 +62,28 @@ def is_int8_weight_only(module: nn.Module) -> bool:
         qdata.dim() == 2
         and qdata.dtype == torch.int8
         and qdata.device.type == "cpu"
-        and list(weight.block_size) == [1, qdata.shape[1]]  # one scale per output row
+        and list(weight.block_size) == [1, qdata.shape[1]]  # one scale per row
         and scale.numel() == qdata.shape[0]
+        and (zero_point is None or not bool(zero_point.any()))  # symmetric
+    )
+
+
+def is_int8_weight_only(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Linear`` with a torchao int8 weight-only, per-output-channel, symmetric
+    ``Int8Tensor`` weight on CPU: the layers the fast path takes."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module) is nn.Linear
+        and _int8_per_row(weight)
         and weight.act_quant_kwargs is None  # weight-only
         and getattr(weight, "act_pre_scale", None) is None
-        and (zero_point is None or not bool(zero_point.any()))  # symmetric
     )
 
 
 def is_int8_embedding(module: nn.Module) -> bool:
     """Whether ``module`` is an ``nn.Embedding`` with a torchao int8 per-row (per-token), symmetric ``Int8Tensor``
     weight on CPU (``quantization_config("int8")`` quantizes the input embedding so)."""
-    cls = _int8_tensor_class()
-    weight = getattr(module, "weight", None)
-    if cls is None or type(module) is not nn.Embedding or not isinstance(weight, cls):
-        return False
-    qdata, scale = weight.qdata, weight.scale
-    zero_point = getattr(weight, "zero_point", None)
-    return (
-        qdata.dim() == 2
-        and qdata.dtype == torch.int8
-        and qdata.device.type == "cpu"
-        and list(weight.block_size) == [1, qdata.shape[1]]
-        and scale.numel() == qdata.shape[0]
-        and (zero_point is None or not bool(zero_point.any()))
-    )
+    return type(module) is nn.Embedding and _int8_per_row(getattr(module, "weight", None))
 
 
 def unsupported_quantization(model: nn.Module) -> str | None:
