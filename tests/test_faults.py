@@ -263,8 +263,9 @@ def test_sigint_to_the_console_script_exits_130_with_one_line(tmp_path):
     first = proc.stdout.readline()  # the first result: the run is now waiting for the next line
     assert json.loads(first)["generated_text"].startswith(PROMPTS[0])
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    # wait with stdin still open: closing it first (communicate) would race an end of input against the signal
+    assert proc.wait(timeout=120) == 130
+    out, err = proc.communicate(timeout=30)
     assert error_line(err) == "olmo-hf run: interrupted"
 
 
