@@ -256,8 +256,11 @@ def test_ctrl_c_while_the_command_line_is_being_built_exits_130(cli, monkeypatch
 
 
 def test_sigint_to_the_console_script_exits_130_with_one_line(tmp_path):
+    # Ctrl-C's default disposition, as a terminal gives it: a test run started in the background (`cmd &` in a
+    # non-interactive shell) inherits SIGINT ignored, and a process that starts with SIGINT ignored keeps ignoring it
     proc = subprocess.Popen([olmo_hf_command(), "run", *GREEDY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=cli_env())
+                            stderr=subprocess.PIPE, text=True, env=cli_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     proc.stdin.write(PROMPTS[0] + "\n")
     proc.stdin.flush()
     first = proc.stdout.readline()  # the first result: the run is now waiting for the next line
