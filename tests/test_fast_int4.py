@@ -126,14 +126,10 @@ def test_each_kernel_variant_has_the_same_int4_product_and_widening(isa, tmp_pat
     products within bf16 rounding of each other."""
     import ctypes
 
-    from olmo_hf.fast.build import load_native_library
-
     monkeypatch.setenv("OLMO_HF_CACHE", str(tmp_path_factory.mktemp("int4_variants")))
-    built = load_native_library(f"olmo_hf_kernels_{isa}", native._NATIVE_SOURCE_FILE, flags=native._isa_flags(isa),
-                                libs=native._NATIVE_LIBS, self_test="olmo_hf.fast.native:_self_test_library")
-    if built.library is None:
-        pytest.skip(built.reason)
-    lib = native._NativeLib(built.library, isa)
+    lib, why = native.load_variant(isa)
+    if lib is None:
+        pytest.skip(why)
     lib.lib.olmo_hf_kernels_isa.restype = ctypes.c_char_p
     assert lib.lib.olmo_hf_kernels_isa().decode() == isa
     for n, k, group, asymmetric in ((37, 96, 32, True), (130, 512, 64, False), (9, 256, 128, True)):

@@ -92,14 +92,10 @@ def _buildable_isas():
 def test_each_kernel_variant_computes_x_times_w_transposed_on_the_plain_weight(isa, tmp_path, monkeypatch):
     """1..8 rows, tails of K and N, strided rows of x and of W (a row slice of a fused matrix); within bf16
     rounding of the float64 product."""
-    from olmo_hf.fast.build import load_native_library
-
     monkeypatch.setenv("OLMO_HF_CACHE", str(tmp_path))
-    built = load_native_library(f"olmo_hf_kernels_{isa}", native._NATIVE_SOURCE_FILE, flags=native._isa_flags(isa),
-                                libs=native._NATIVE_LIBS, self_test="olmo_hf.fast.native:_self_test_library")
-    if built.library is None:
-        pytest.skip(built.reason)
-    lib = native._NativeLib(built.library, isa)
+    lib, why = native.load_variant(isa)
+    if lib is None:
+        pytest.skip(why)
     lib.lib.olmo_hf_kernels_isa.restype = ctypes.c_char_p
     assert lib.lib.olmo_hf_kernels_isa().decode() == isa
     gen = torch.Generator().manual_seed(0)

@@ -211,6 +211,14 @@ def _isa_flags(isa: str) -> list[str]:
     return [*_COMMON_FLAGS, *next(v.cflags for v in ISAS if v.name == isa)]
 
 
+def load_variant(isa: str) -> tuple[_NativeLib | None, str]:
+    """kernels.c's variant ``isa`` built (or taken from the cache) by build.py, self-tested in a subprocess and
+    loaded only if that passed: (the library, "") or (None, why not)."""
+    built = load_native_library(f"olmo_hf_kernels_{isa}", _NATIVE_SOURCE_FILE, flags=_isa_flags(isa),
+                                libs=_NATIVE_LIBS, self_test="olmo_hf.fast.native:_self_test_library")
+    return (None, built.reason) if built.library is None else (_NativeLib(built.library, isa), "")
+
+
 def _build_native() -> tuple[_NativeLib | None, str]:
     if _native_mode() == "off":
         return None, "switched off (OLMO_HF_NATIVE=0)"
@@ -224,12 +232,9 @@ def _build_native() -> tuple[_NativeLib | None, str]:
                 return None, "torch does not use GNU OpenMP here (the kernels run on its libgomp threads)"
     except OSError:
         return None, "cannot read /proc/self/maps to find torch's OpenMP runtime"
-    # Built, self-tested in a subprocess and cached by build.py; loaded only if that self-test passed.
-    built = load_native_library(f"olmo_hf_kernels_{isa}", _NATIVE_SOURCE_FILE, flags=_isa_flags(isa),
-                                libs=_NATIVE_LIBS, self_test="olmo_hf.fast.native:_self_test_library")
-    if built.library is None:
-        return None, built.reason
-    native = _NativeLib(built.library, isa)
+    native, why = load_variant(isa)
+    if native is None:
+        return None, why
     why = enable_amx(native, cpu_flags())
     native.amx_note = "AMX tile product: on, available to the plan" if not why else (
         f"AMX tile product: off ({why.removeprefix('AMX: ')})")
