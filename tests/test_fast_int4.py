@@ -78,7 +78,22 @@ def test_nibble_layout_round_trips_and_halves_the_bytes():
 @needs_kernels
 @pytest.mark.parametrize("n, k, group, asymmetric", [(64, 64, 64, False), (37, 96, 32, True), (3, 128, 32, False),
                                                      (130, 2048, 128, True), (5, 256, 64, False), (9, 320, 64, True)])
-def test_int4_kernel_is_the_float64_product_up_to_rounding(n, k, group, asymmetric):
+@pytest.mark.parametrize("vnni", [True, False], ids=["x-int8-vnni", "x-int16"])
+def test_int4_kernel_is_the_float64_product_up_to_rounding(n, k, group, asymmetric, vnni):
+    """Both products of the loaded variant: the VNNI one (x rounded to int8, where the CPU has AVX512-VNNI) and the
+    one with x rounded to int16 (the others)."""
+    lib = native._native_kernel()
+    if vnni and not lib.int4_vnni:
+        pytest.skip("the CPU (or the loaded variant) has no VNNI int4 product")
+    if not vnni and lib.int4_vnni:
+        lib.int4_set_vnni(0)
+    try:
+        _check_int4_product(n, k, group, asymmetric, x_levels=127 if vnni else 32767)
+    finally:
+        lib.int4_set_vnni(1)
+
+
+def _check_int4_product(n: int, k: int, group: int, asymmetric: bool, x_levels: int) -> None:
     q, scale, zero, gen = _random_int4(n, k, group, asymmetric, n * k)
     offset = None if zero is None else zero + 8
     packed = pack_nibbles(q)
@@ -89,10 +104,11 @@ def test_int4_kernel_is_the_float64_product_up_to_rounding(n, k, group, asymmetr
         x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
         exact = x.double() @ exact_w.T
         out = native._native_int4_matmul(x, packed, scale, offset, k, group).double()
-        # x is rounded to int16 per group (at most half a step, max|x in group| / 32767 / 2, per element); fp32
-        # sums of terms as large as |x| s (u + offset), u + offset <= 31; one bf16 rounding of the result
+        # x is rounded per group, to int8 on the VNNI product, int16 elsewhere (at most half a step, max|x in
+        # group| / 127 or / 32767, per element); fp32 sums of terms as large as |x| s (u + offset), u + offset <= 31;
+        # one bf16 rounding of the result
         xabs = x.double().abs()
-        step = xabs.view(rows, -1, group).amax(-1).repeat_interleave(group, -1) / 32767
+        step = xabs.view(rows, -1, group).amax(-1).repeat_interleave(group, -1) / x_levels
         magnitude = xabs @ (scale.double().repeat_interleave(group, -1) * 31).T
         bound = exact.abs() * 2**-8 + (step / 2) @ exact_w.abs().T + 1e-5 * magnitude
         assert ((out - exact).abs() <= bound).all(), (rows, n, k, group)

@@ -21,8 +21,9 @@ the default symmetric mapping), weight = scale * (qdata - zero_point). The fast 
 The weight is ``scale[n, g] * (u[n, k] - offset[n, g])``. Cost per weight (bits): 4 + 16 / G for the scales
 (+ 8 / G for the offsets when asymmetric): 4.5 at G = 32, 4.25 at G = 64 (4.375 asymmetric, the default of
 ``quantization_config("int4", device="cpu")``), 4.125 at G = 128, against llama.cpp's Q4_0: 4.5 (group 32, fp16
-scales). Decoding (1..8 rows) runs ``olmo_hf_gemv_int4`` (``kernels.c``): x rounded to int16 per group, nibbles
-widened to int16 in registers, int32 group sums (vpdpwssd where the CPU has AVX512-VNNI), fp32 accumulation.
+scales). Decoding (1..8 rows) runs ``olmo_hf_gemv_int4`` (``kernels.c``): where the CPU has AVX512-VNNI, x
+rounded to int8 per group and the nibbles multiplied as they lie (vpdpbusd, as llama.cpp multiplies Q4_0 by Q8
+activations); elsewhere x rounded to int16 and the nibbles widened to int16 in registers; fp32 accumulation.
 Larger products (prefill) widen the weight to bf16 into a reused per-thread buffer with torchao's own arithmetic
 (``bf16((u - offset) * scale)``: bit for bit what torchao's ``dequantize`` gives) and run ``F.linear`` on it, so
 prefill logits are those of the unoptimised torchao model. q/k/v and gate/up are fused into one matrix each, like

@@ -501,6 +501,24 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
 #endif /* OLMO_HF_HAVE_AMX */
 
 /* ------------------------------------------------------------------------------------------- decode attention */
+/* exp(x) in fp32: Cephes' expf polynomial (~1 ulp, like the SLEEF exp PyTorch vectorizes with), 2^n applied with
+   scalef so that large |x| overflows to inf and underflows to 0 as expf does. */
+static inline __m512 exp_ps(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(89.0f)), _mm512_set1_ps(-104.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  /* x - n*ln2, ln2 in two parts */
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
 static inline __m512 bf16x16_to_f32(const uint16_t* p, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
@@ -514,11 +532,11 @@ int olmo_hf_decode_attention_bf16(const uint16_t* q, long qsb, long qsh,
                                   const uint16_t* v, long vsb, long vsh, long vss,
                                   uint16_t* out, long B, long H, long G, long S, long D, float scale, int nthreads) {
     if (D < 1 || D > 512 || S < 1 || G < 1 || H % G) return -1;
-    const long rep = H / G, nd = (D + 15) / 16;
+    const long rep = H / G, nd = (D + 15) / 16, np = (D + 31) / 32;
     int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (B * H * S * D >= 65536)
     {
-        float* scores = (float*)malloc(sizeof(float) * S);
+        float* scores = (float*)aligned_alloc(64, sizeof(float) * (size_t)((S + 15) / 16 * 16));
         if (!scores) { failed = 1; }
         else {
             #pragma omp for schedule(static)
@@ -527,31 +545,52 @@ int olmo_hf_decode_attention_bf16(const uint16_t* q, long qsb, long qsh,
                 const uint16_t* qp = q + b * qsb + h * qsh;
                 const uint16_t* kp = k + b * ksb + g * ksh;
                 const uint16_t* vp = v + b * vsb + g * vsh;
-                __m512 qv[32];
-                for (long c = 0; c < nd; ++c) {
-                    const long rem = D - 16 * c;
-                    const __mmask16 m = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1);
-                    qv[c] = bf16x16_to_f32(qp + 16 * c, m);
+                /* scores: q . k[s] with vdpbf16ps on the bf16 values as they are (their products are exact in
+                   fp32; fp32 sums), 8 keys at a time: 8 independent accumulator chains */
+                __m512bh qv[16];
+                for (long c = 0; c < np; ++c) {
+                    const long rem = D - 32 * c;
+                    qv[c] = (__m512bh)_mm512_maskz_loadu_epi16(rem >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << rem) - 1), qp + 32 * c);
                 }
-                float mx = -INFINITY;
-                for (long s = 0; s < S; ++s) {
-                    const uint16_t* ks = kp + s * kss;
-                    __m512 acc = _mm512_setzero_ps();
-                    for (long c = 0; c < nd; ++c) {
-                        const long rem = D - 16 * c;
-                        const __mmask16 m = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1);
-                        acc = _mm512_fmadd_ps(qv[c], bf16x16_to_f32(ks + 16 * c, m), acc);
+                long s = 0;
+                for (; s + 8 <= S; s += 8) {
+                    __m512 acc[8];
+                    _Pragma("GCC unroll 8") for (int j = 0; j < 8; ++j) acc[j] = _mm512_setzero_ps();
+                    for (long c = 0; c < np; ++c) {
+                        const long rem = D - 32 * c;
+                        const __mmask32 m = rem >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << rem) - 1);
+                        _Pragma("GCC unroll 8") for (int j = 0; j < 8; ++j)
+                            acc[j] = _mm512_dpbf16_ps(acc[j], qv[c], (__m512bh)_mm512_maskz_loadu_epi16(m, kp + (s + j) * kss + 32 * c));
                     }
-                    const float sc = _mm512_reduce_add_ps(acc) * scale;
-                    scores[s] = sc;
-                    if (sc > mx) mx = sc;
+                    _Pragma("GCC unroll 8") for (int j = 0; j < 8; ++j) scores[s + j] = _mm512_reduce_add_ps(acc[j]) * scale;
                 }
-                float sum = 0.f;
-                for (long s = 0; s < S; ++s) { const float e = expf(scores[s] - mx); scores[s] = e; sum += e; }
-                const float inv = 1.f / sum;
+                for (; s < S; ++s) {
+                    __m512 acc = _mm512_setzero_ps();
+                    for (long c = 0; c < np; ++c) {
+                        const long rem = D - 32 * c;
+                        const __mmask32 m = rem >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << rem) - 1);
+                        acc = _mm512_dpbf16_ps(acc, qv[c], (__m512bh)_mm512_maskz_loadu_epi16(m, kp + s * kss + 32 * c));
+                    }
+                    scores[s] = _mm512_reduce_add_ps(acc) * scale;
+                }
+                /* softmax: vector max, exp and sum (exp_ps: ~1 ulp, as PyTorch's vectorised exp) */
+                __m512 mxv = _mm512_set1_ps(-INFINITY);
+                for (s = 0; s < S; s += 16) {
+                    const __mmask16 m = S - s >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (S - s)) - 1);
+                    mxv = _mm512_mask_max_ps(mxv, m, mxv, _mm512_maskz_loadu_ps(m, scores + s));
+                }
+                const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(mxv));
+                __m512 sumv = _mm512_setzero_ps();
+                for (s = 0; s < S; s += 16) {
+                    const __mmask16 m = S - s >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (S - s)) - 1);
+                    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + s), mx));
+                    _mm512_mask_storeu_ps(scores + s, m, e);
+                    sumv = _mm512_add_ps(sumv, _mm512_maskz_mov_ps(m, e));
+                }
+                const float inv = 1.f / _mm512_reduce_add_ps(sumv);
                 __m512 o[32];
                 for (long c = 0; c < nd; ++c) o[c] = _mm512_setzero_ps();
-                for (long s = 0; s < S; ++s) {
+                for (s = 0; s < S; ++s) {
                     const __m512 p = _mm512_set1_ps(scores[s] * inv);
                     const uint16_t* vs = vp + s * vss;
                     for (long c = 0; c < nd; ++c) {
@@ -663,24 +702,6 @@ int olmo_hf_qk_norm_rope_bf16(const uint16_t* in, long ld_in, long B, long S, lo
         }
     }
     return failed ? -2 : 0;
-}
-
-/* exp(x) in fp32: Cephes' expf polynomial (~1 ulp, like the SLEEF exp PyTorch vectorizes with), 2^n applied with
-   scalef so that large |x| overflows to inf and underflows to 0 as expf does. */
-static inline __m512 exp_ps(__m512 x) {
-    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(89.0f)), _mm512_set1_ps(-104.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  /* x - n*ln2, ln2 in two parts */
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
 }
 
 /* SwiGLU's product for `rows` rows of [gate | up] (n each, n a multiple of 16; row r at gu + r*ld):
@@ -1032,9 +1053,10 @@ int olmo_hf_int8_to_bf16(const int8_t* q, long ldq, long N, long K, uint16_t* ou
      stride ng; wo: (N, ng) int8 offsets o = 8 + zero_point (asymmetric), or NULL when every zero point is 0
      (symmetric: o = 8). The weight is w[n, k] = ws[n, g] * (u[n, k] - o[n, g]), g = k / G.
    Bits per weight: 4 + 16 / G (+ 8 / G with offsets).
-   Decoding, y[m, n] = sum_g ws[n, g] * (sum_{k in g} x[m, k] u[n, k]) - sum_g ws[n, g] o[n, g] xsum[m, g]:
-   x is rounded to int16 per group (as the int8 kernel does per block: |x| max -> 32767, a rounding far below the
-   bf16 rounding of the result), the nibbles are widened to int16 in registers (one vpmovzxbw gives both the low and
+   Decoding, y[m, n] = sum_g ws[n, g] * (sum_{k in g} x[m, k] u[n, k]) - sum_g ws[n, g] o[n, g] xsum[m, g].
+   With AVX512-VNNI, x is rounded to int8 per group (gemv_int4_vnni8, below). Otherwise x is rounded to int16 per
+   group (as the int8 kernel does per block: |x| max -> 32767, a rounding far below the bf16 rounding of the
+   result), the nibbles are widened to int16 in registers (one vpmovzxbw gives both the low and
    the high nibble of 32 bytes) and multiplied in pairs into int32 (vpmaddwd); each group's int32 sums are scaled
    into fp32 accumulators, and the offsets are applied once per group through the group sums of x (xsum, the
    dequantized x summed over the group). Rows of x per pass over a band: up to 2 (AVX512) or 1 (AVX2). */
@@ -1148,13 +1170,174 @@ ATTR static inline void gemv_i4_micro_##MM##SUFFIX(const int16_t* xq, long Kp, c
     _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                     \
         _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]);    \
 }
-/* int32 pair products: vpmaddwd + vpaddd everywhere, or one vpdpwssd (AVX512-VNNI: every CPU with AVX512-BF16 so
-   far has it; checked at run time all the same) */
+/* int32 pair products (vpmaddwd + vpaddd): the variant for AVX512 CPUs without VNNI; with VNNI (every CPU with
+   AVX512-BF16 so far, checked at run time all the same) the product below runs instead */
 #define I4_MADD(acc, w, x) _mm512_add_epi32((acc), _mm512_madd_epi16((w), (x)))
-#define I4_DPWSSD(acc, w, x) _mm512_dpwssd_epi32((acc), (w), (x))
 GEMV_I4_MICRO(1, , I4_MADD, ) GEMV_I4_MICRO(2, , I4_MADD, )
-GEMV_I4_MICRO(1, _vnni, I4_DPWSSD, __attribute__((target("avx512vnni"))))
-GEMV_I4_MICRO(2, _vnni, I4_DPWSSD, __attribute__((target("avx512vnni"))))
+
+/* ---- The VNNI int4 product (AVX512-VNNI): x rounded to int8 per group, vpdpbusd on the nibbles as they lie.
+   Four instructions widen nothing: a 64-byte load of a row (two chunks, 128 values) gives its 64 low nibbles with one
+   vpandq and its 64 high ones with a shift and a vpandq, each multiplied by 64 int8 values of x and summed four at a
+   time into int32 (u8 x s8, vpdpbusd); x is stored in the matching order (x8_pos). A step's int32 lanes 0-7 belong
+   to the first chunk, 8-15 to the second, so the combined scales ws[r, g] * sx[g] of 16 groups (one vector per row,
+   made once per 16 groups) are put in place with one vpermps per step. Per 64 bytes of weight and row of x: 3 + 5
+   vector instructions against ~24 for the int16 variant, which kept the product compute-bound (~7.7 GB/s a core)
+   where this one runs at the memory's pace. x's rounding (|x| max of a group -> 127, as llama.cpp's Q8 activations)
+   adds ~0.2 % relative error to a product, far below the int4 weights' own. */
+#define I4V8_STEP 128 /* values per 64-byte step of a row */
+
+/* Where value k of x lies in the int8 buffer: per 128 values, [0..31 | 64..95] (met by the low nibbles of a 64-byte
+   step) then [32..63 | 96..127] (the high nibbles). */
+static inline long x8_pos(long k) {
+    static const int quarter[4] = {0, 64, 32, 96};
+    return (k / I4V8_STEP) * I4V8_STEP + quarter[(k % I4V8_STEP) / 32] + k % 32;
+}
+
+/* x (M rows, bf16) -> xq (M rows of Kq int8 in x8_pos order, zero padded), sx (M, ng) scales, xsum (M, ng) =
+   sx * sum(xq) over each group. G >= 32 and a multiple of 32 here, so each 16-value piece lies in one group and
+   one contiguous run of x8_pos. */
+static void quantize_x_int8_groups(const uint16_t* x, long ldx, long M, long K, long Kq, long G, long ng, int8_t* xq,
+                                   float* sx, float* xsum) {
+    for (long m = 0; m < M; ++m) {
+        const uint16_t* xr = x + m * ldx;
+        int8_t* q = xq + m * Kq;
+        memset(q, 0, (size_t)Kq);
+        for (long g = 0; g < ng; ++g) {
+            const long k0 = g * G;
+            __m512 mx = _mm512_setzero_ps();
+            for (long k = k0; k < k0 + G; k += 16)
+                mx = _mm512_max_ps(mx, _mm512_abs_ps(bf16x16_to_f32(xr + k, (__mmask16)0xffff)));
+            const float amax = _mm512_reduce_max_ps(mx);
+            const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+            __m512i sum = _mm512_setzero_si512();
+            for (long k = k0; k < k0 + G; k += 16) {
+                const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(bf16x16_to_f32(xr + k, (__mmask16)0xffff), inv));
+                sum = _mm512_add_epi32(sum, v);
+                _mm_storeu_si128((__m128i*)(q + x8_pos(k)), _mm512_cvtsepi32_epi8(v));
+            }
+            sx[m * ng + g] = amax / 127.f;
+            xsum[m * ng + g] = amax / 127.f * (float)_mm512_reduce_add_epi32(sum);
+        }
+    }
+}
+
+/* out[m][r] = sum_g sx[m, g] ws[r, g] (xq[m, group g] . u[r, group g]) for MM rows of x and NR rows of w. */
+#define GEMV_I4V8_MICRO(MM)                                                                                    \
+__attribute__((target("avx512vnni"))) static inline void gemv_i4v8_micro_##MM(                               \
+        const int8_t* xq, long Kq, const float* sx, long ng, const uint8_t* w, long ldw, const uint16_t* ws,   \
+        long G, long Kp, float out[4][NR]) {                                                                   \
+    const __m512i low = _mm512_set1_epi8(0x0f);                                                              \
+    const long nsteps = (Kp + I4V8_STEP - 1) / I4V8_STEP, block = 16 * G; /* a block: 16 groups */           \
+    __m512 acc[MM][NR];                                                                                      \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                     \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();                \
+    for (long b0 = 0; b0 < ng; b0 += 16) {                                                                   \
+        const __mmask16 gm = ng - b0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - b0)) - 1);          \
+        __m512 cs[MM][NR]; /* ws[r, b0 + j] * sx[m, b0 + j], j < 16 */                                       \
+        _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                               \
+            const __m512 s = _mm512_maskz_loadu_ps(gm, sx + m * ng + b0);                                    \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                             \
+                cs[m][r] = _mm512_mul_ps(s, bf16x16_to_f32(ws + r * ng + b0, gm));                           \
+        }                                                                                                    \
+        const long s0 = b0 * G / I4V8_STEP, s1 = (b0 * G + block) / I4V8_STEP < nsteps ? (b0 * G + block) / I4V8_STEP : nsteps; \
+        for (long s = s0; s < s1; ++s) {                                                                     \
+            const long e = s * I4V8_STEP - b0 * G; /* the step's first value, within the block */            \
+            const __mmask64 bytes = 2 * s + 1 < Kp / 64 ? ~(__mmask64)0 : (__mmask64)0xffffffffu;             \
+            __m512i wl[NR], wh[NR];                                                                          \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                           \
+                _mm_prefetch((const char*)(w + (r + NR) * ldw + 64 * s), _MM_HINT_T0);                        \
+                const __m512i z = _mm512_maskz_loadu_epi8(bytes, w + r * ldw + 64 * s);                       \
+                wl[r] = _mm512_and_si512(z, low);                                                            \
+                wh[r] = _mm512_and_si512(_mm512_srli_epi16(z, 4), low);                                      \
+            }                                                                                                \
+            if (G >= 64) { /* low and high nibbles of a chunk: one group; lanes 0-7 chunk 2s, 8-15 chunk 2s+1 */ \
+                const __m512i idx = _mm512_mask_blend_epi32((__mmask16)0xff00, _mm512_set1_epi32((int)(e / G)),  \
+                                                            _mm512_set1_epi32((int)((e + 64) / G)));          \
+                _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                       \
+                    const __m512i xl = _mm512_loadu_si512((const void*)(xq + m * Kq + s * I4V8_STEP));         \
+                    const __m512i xh = _mm512_loadu_si512((const void*)(xq + m * Kq + s * I4V8_STEP + 64));    \
+                    _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                   \
+                        const __m512i t = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wl[r], xl), wh[r], xh); \
+                        acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(idx, cs[m][r]), acc[m][r]); \
+                    }                                                                                        \
+                }                                                                                            \
+            } else { /* G == 32: low nibbles of chunk c are group 2c, high ones 2c + 1 */                     \
+                const long g0 = e / 32;                                                                      \
+                const __m512i il = _mm512_mask_blend_epi32((__mmask16)0xff00, _mm512_set1_epi32((int)g0),    \
+                                                           _mm512_set1_epi32((int)g0 + 2));                  \
+                const __m512i ih = _mm512_add_epi32(il, _mm512_set1_epi32(1));                               \
+                _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                       \
+                    const __m512i xl = _mm512_loadu_si512((const void*)(xq + m * Kq + s * I4V8_STEP));         \
+                    const __m512i xh = _mm512_loadu_si512((const void*)(xq + m * Kq + s * I4V8_STEP + 64));    \
+                    _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                   \
+                        const __m512i tl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl[r], xl);           \
+                        const __m512i th = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wh[r], xh);           \
+                        acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tl), _mm512_permutexvar_ps(il, cs[m][r]), acc[m][r]); \
+                        acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(th), _mm512_permutexvar_ps(ih, cs[m][r]), acc[m][r]); \
+                    }                                                                                        \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+    }                                                                                                        \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                     \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]);    \
+}
+GEMV_I4V8_MICRO(1) GEMV_I4V8_MICRO(2)
+
+/* One row of x (int8, x8_pos order) against one row of w, scalar, the same arithmetic (for N < NR). */
+static float gemv_i4v8_row_scalar(const int8_t* xq, const float* sx, long ng, const uint8_t* w, const uint16_t* ws,
+                                  long G) {
+    float s = 0.f;
+    for (long g = 0; g < ng; ++g) {
+        long t = 0;
+        for (long k = g * G; k < (g + 1) * G; ++k) {
+            const uint8_t b = w[(k / I4_CHUNK) * 32 + (k % 32)];
+            t += (long)xq[x8_pos(k)] * ((k % I4_CHUNK) < 32 ? (b & 0x0f) : (b >> 4));
+        }
+        s += (float)t * (sx[g] * bf16_to_f32(ws[g]));
+    }
+    return s;
+}
+
+/* olmo_hf_gemv_int4's arguments, on the VNNI int8 kernel above. */
+static int gemv_int4_vnni8(const uint16_t* x_bf16, long ldx, const uint8_t* w, long ldw, const uint16_t* ws,
+                           const int8_t* wo, long N, long K, long G, uint16_t* y, long ldy, long M, int nthreads) {
+    const long Kp = (K + I4_CHUNK - 1) / I4_CHUNK * I4_CHUNK, ng = K / G;
+    const long Kq = (Kp + I4V8_STEP - 1) / I4V8_STEP * I4V8_STEP;
+    int8_t* xq = (int8_t*)aligned_alloc(64, (size_t)(M * Kq));
+    float* sx = (float*)malloc(sizeof(float) * (M * ng * 2 + 16));
+    if (!xq || !sx) { free(xq); free(sx); return -2; }
+    float* xsum = sx + M * ng;
+    quantize_x_int8_groups(x_bf16, ldx, M, K, Kq, G, ng, xq, sx, xsum);
+    const long NB = (N + NR - 1) / NR;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (N * K >= (1L << 18))
+    for (long nband = 0; nband < NB; ++nband) {
+        const long n0 = nband * NR;
+        const long base = n0 + NR <= N ? n0 : (N >= NR ? N - NR : 0); /* see olmo_hf_gemv_int4 */
+        const long rows = N >= NR ? NR : N;
+        float out[4][NR];
+        for (long m0 = 0; m0 < M; m0 += 2) {
+            const long mm = M - m0 < 2 ? M - m0 : 2;
+            if (rows == NR && mm == 2)
+                gemv_i4v8_micro_2(xq + m0 * Kq, Kq, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, Kp, out);
+            else if (rows == NR)
+                gemv_i4v8_micro_1(xq + m0 * Kq, Kq, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, Kp, out);
+            else
+                for (long m = 0; m < mm; ++m)
+                    for (long r = 0; r < rows; ++r)
+                        out[m][r] = gemv_i4v8_row_scalar(xq + (m0 + m) * Kq, sx + (m0 + m) * ng, ng, w + (base + r) * ldw,
+                                                         ws + (base + r) * ng, G);
+            for (long m = 0; m < mm; ++m)
+                for (long r = n0 - base; r < rows; ++r) {
+                    const long n = base + r;
+                    const float c = int4_offset_term(ws + n * ng, wo ? wo + n * ng : NULL, xsum + (m0 + m) * ng, ng);
+                    y[(m0 + m) * ldy + n] = f32_to_bf16(out[m][r] - c);
+                }
+        }
+    }
+    free(xq); free(sx);
+    return 0;
+}
 #elif defined(__AVX2__) /* one row of x per pass, 16 bytes (32 weights) per step */
 #define I4_MAX_MM 1
 static inline void gemv_i4_micro_1(const int16_t* xq, long Kp, const float* sx, long ng, const uint8_t* w, long ldw,
@@ -1241,8 +1424,9 @@ static inline void gemv_i4_micro_1(const int16_t* xq, long Kp, const float* sx, 
 #endif
 
 #if defined(__AVX512BF16__)
-/* Whether the int4 product uses vpdpwssd: -1 until olmo_hf_int4_set_vnni is called (then 0 / 1). The Python side
-   sets it from the CPU's flags (avx512_vnni), and to 0 to measure the other variant. */
+/* Whether the int4 product is the VNNI one (x as int8, vpdpbusd: gemv_int4_vnni8): -1 until olmo_hf_int4_set_vnni
+   is called (then 0 / 1). The Python side sets it from the CPU's flags (avx512_vnni), and to 0 to measure the other
+   variant. */
 static int olmo_hf_int4_vnni = -1;
 #endif
 int olmo_hf_int4_set_vnni(int on) {
@@ -1280,7 +1464,7 @@ int olmo_hf_gemv_int4(const uint16_t* x_bf16, long ldx, const uint8_t* w, long l
         return -1;
     const long ng = K / G;
 #if defined(__AVX512BF16__)
-    const int vnni = olmo_hf_int4_vnni < 0 ? 0 : olmo_hf_int4_vnni;
+    if (olmo_hf_int4_vnni == 1) return gemv_int4_vnni8(x_bf16, ldx, w, ldw, ws, wo, N, K, G, y, ldy, M, nthreads);
 #endif
     int16_t* xq = (int16_t*)aligned_alloc(64, sizeof(int16_t) * M * Kp);
     float* sx = (float*)malloc(sizeof(float) * M * ng * 2);
@@ -1299,10 +1483,7 @@ int olmo_hf_gemv_int4(const uint16_t* x_bf16, long ldx, const uint8_t* w, long l
             const long mm = M - m0 < I4_MAX_MM ? M - m0 : I4_MAX_MM;
             if (rows == NR) {
 #if defined(__AVX512BF16__)
-                if (vnni) {
-                    if (mm == 2) gemv_i4_micro_2_vnni(xq + m0 * Kp, Kp, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, out);
-                    else gemv_i4_micro_1_vnni(xq + m0 * Kp, Kp, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, out);
-                } else if (mm == 2) gemv_i4_micro_2(xq + m0 * Kp, Kp, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, out); else
+                if (mm == 2) gemv_i4_micro_2(xq + m0 * Kp, Kp, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, out); else
 #endif
                 gemv_i4_micro_1(xq + m0 * Kp, Kp, sx + m0 * ng, ng, w + base * ldw, ldw, ws + base * ng, G, out);
             } else {
