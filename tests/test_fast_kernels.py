@@ -162,9 +162,9 @@ def test_the_plan_enables_the_product_up_to_the_largest_batch_where_it_is_faster
     if lib is None or not lib.full:
         pytest.skip("needs the AVX512-BF16 kernels")
     monkeypatch.setattr(lib, "amx", False)
-    # gemv 1 row, 4 rows, 8 rows; decode attention; prefill attention; element-wise at 1 and at 128 tokens; int8
-    # gemv 1 row, 4 rows; int8 -> bf16 widening; int4 gemv 1 row, 8 rows; int4 -> bf16 widening
-    _fake_timings(monkeypatch, [(1, 3), (2, 3), (5, 3), (1, 2), (4, 2), (1, 2), (3, 2), (1, 2), (3, 2), (1, 2),
+    # gemv 1 row, 4 rows, 8 rows; decode attention at 128 and 512 keys; prefill attention; element-wise at 1 and at
+    # 128 tokens; int8 gemv 1 row, 4 rows; int8 -> bf16 widening; int4 gemv 1 row, 8 rows; int4 -> bf16 widening
+    _fake_timings(monkeypatch, [(1, 3), (2, 3), (5, 3), (1, 2), (1, 2), (4, 2), (1, 2), (3, 2), (1, 2), (3, 2), (1, 2),
                                 (1, 2), (3, 2), (1, 2)])
     plan = native._measure_plan(lib)
     assert plan.gemv_max_rows == 4
@@ -175,12 +175,24 @@ def test_the_plan_enables_the_product_up_to_the_largest_batch_where_it_is_faster
     assert "off (not faster here)" in plan.notes["gemv_8"] and "off" in plan.notes["prefill_attention"]
 
 
+def test_decode_attention_runs_only_if_faster_at_a_short_and_a_long_context(fresh_native, monkeypatch):
+    lib = native._native_kernel()
+    if lib is None or not lib.full:
+        pytest.skip("needs the AVX512-BF16 kernels")
+    monkeypatch.setattr(lib, "amx", False)
+    # gemv off at 1 row; decode attention faster at 128 keys, slower at 512; the rest off
+    _fake_timings(monkeypatch, [(3, 2), (1, 2), (3, 2), (5, 5), (5, 5), (5, 5), (3, 2), (3, 2), (3, 2), (3, 2)])
+    plan = native._measure_plan(lib)
+    assert not plan.decode_attention
+    assert "128 keys): on" in plan.notes["decode_attention"] and "512 keys): off" in plan.notes["decode_attention"]
+
+
 def test_a_product_slower_at_one_row_is_never_used(fresh_native, monkeypatch):
     lib = native._native_kernel()
     if lib is None or not lib.full:
         pytest.skip("needs the AVX512-BF16 kernels")
     monkeypatch.setattr(lib, "amx", False)
-    _fake_timings(monkeypatch, [(3, 2), (5, 5), (5, 5), (5, 5), (5, 5), (3, 2), (3, 2), (3, 2), (3, 2)])
+    _fake_timings(monkeypatch, [(3, 2), (5, 5), (5, 5), (5, 5), (5, 5), (5, 5), (3, 2), (3, 2), (3, 2), (3, 2)])
     plan = native._measure_plan(lib)
     assert plan.gemv_max_rows == 0 and "gemv_4" not in plan.notes
     assert plan.int8_gemv_max_rows == 0 and not plan.int8_convert and "int8_gemv_4" not in plan.notes
@@ -197,7 +209,7 @@ def test_amx_takes_over_from_the_row_count_where_it_measured_faster(fresh_native
     # the int8 -> bf16 widening; int4 gemv 1, 8 rows and the int4 -> bf16 widening; the AMX prefill product (bf16 vs
     # F.linear, int8 vs widening + F.linear)
     _fake_timings(monkeypatch, [(1, 2, 3), (3, 2, 4), (5, 3, 4), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2),
-                                (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2, 3, 2, 1, 2)])
+                                (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2, 3, 2, 1, 2)])
     plan = native._measure_plan(lib)
     assert plan.gemv_max_rows == 8 and plan.gemv_amx_from_rows == 2
     assert plan.notes["gemv_1"].startswith("matrix-vector, AVX512 (1 row): on") and "AMX 2000.00 ms" in plan.notes["gemv_1"]
