@@ -92,7 +92,8 @@ import torch
 from torch import nn
 
 from ..modules import Olmo2RMSNorm, OlmoAttention, OlmoMLP
-from .forwards import _fast_attention_forward, _fast_mlp_forward, _fast_rms_norm_forward
+from ..modeling import Olmo2DecoderLayer
+from .forwards import _fast_attention_forward, _fast_decoder_layer_forward, _fast_mlp_forward, _fast_rms_norm_forward
 from .build import cpu_model_name
 from .guards import install_guards
 from .native import KernelPlan, _native_kernel, kernel_plan
@@ -274,6 +275,9 @@ def optimize_for_cpu_inference(
                     if fast_attention:
                         _patch(state, module, "forward", functools.partial(_fast_attention_forward, module))
                         _patch(state, module, "_fast_grow_kv", grow_kv_cache)
+                elif isinstance(module, Olmo2DecoderLayer) and fast_attention and grow_kv_cache:
+                    # a decoding step of the whole layer in one native call where it applies (forwards.py)
+                    _patch(state, module, "forward", functools.partial(_fast_decoder_layer_forward, module))
                 elif isinstance(module, Olmo2RMSNorm) and fast_attention:
                     _patch(state, module, "forward", functools.partial(_fast_rms_norm_forward, module))
                     _patch(state, module, "_fast_weight_f32", None)  # a float32 copy of the weight, made on first use
@@ -390,7 +394,9 @@ def status(model: nn.Module | None = None) -> FastPathStatus:
                     kinds[kind] = kinds.get(kind, 0) + 1
             for kind, count in sorted(kinds.items()):
                 enabled.append(f"model: {count} {kind} weight-only layers on the {kind} kernels")
-            for option, what in (("fast_attention", "leaner attention step (joint q/k norm + RoPE)"),
+            for option, what in (("fast_attention", "leaner attention step (joint q/k norm + RoPE); OLMo 2 / 3 "
+                                                    "decoding steps one native call per layer where the decode "
+                                                    "attention and element-wise kernels are on"),
                                  ("grow_kv_cache", "key/value cache grown in place (plain DynamicCache)")):
                 (enabled if opts.get(option) else skipped).append(what + ("" if opts.get(option) else ": switched off"))
     return FastPathStatus(optimized=state is not None, isa=plan.isa, enabled=tuple(enabled), skipped=tuple(skipped),

@@ -6,11 +6,15 @@ not apply: float32, no compiled library, shapes it does not take, autograd, torc
 
 from __future__ import annotations
 
+import ctypes
+import weakref
+
 import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from ..compat import tensor_version
+from ..compat import attn_implementation, tensor_version
+from ..modeling import Olmo2DecoderLayer
 from ..modules import (
     Olmo2Attention,
     Olmo2RMSNorm,
@@ -18,7 +22,10 @@ from ..modules import (
     OlmoMLP,
     rotate_half,
 )
+from . import native as native_module
 from .native import (
+    LayerDesc,
+    MatrixDesc,
     _can_use_native_attention,
     _native_attention,
     _native_elementwise_ok,
@@ -28,6 +35,7 @@ from .native import (
     _native_rms_norm,
     _native_silu_mul,
 )
+from .packing import _Packed
 
 _KV_ATTR = "_olmo_hf_kv"  # set on DynamicLayer instances whose storage we manage (see _append_kv)
 _KV_GROW = 16  # key/value positions allocated at a time (re-allocation, and so a full copy, every 16 steps)
@@ -73,6 +81,30 @@ def _fast_rms_norm_forward(self: Olmo2RMSNorm, hidden_states: torch.Tensor) -> t
     return Olmo2RMSNorm.forward(self, hidden_states)
 
 
+def _reserve_kv(layer: DynamicLayer, template: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(key buffer, value buffer, n): ``layer``'s buffers with room for ``s`` positions after its first ``n``,
+    re-allocated (and the ``n`` positions copied in) when they are not ours any more or too short; ``template``
+    (batch, kv_heads, *, head_dim) gives a new buffer's shape."""
+    st = layer.__dict__.get(_KV_ATTR)
+    keys, values = layer.keys, layer.values
+    n = keys.shape[-2] if keys.numel() else 0
+    if st is not None and st[2] is keys and st[3] is values and n + s <= st[0].shape[-2]:
+        return st[0], st[1], n
+    cap = (n + s + _KV_GROW + _KV_GROW - 1) // _KV_GROW * _KV_GROW
+    kbuf = template.new_empty((*template.shape[:-2], cap, template.shape[-1]))
+    vbuf = template.new_empty((*template.shape[:-2], cap, template.shape[-1]))
+    if n:
+        kbuf[..., :n, :].copy_(keys)
+        vbuf[..., :n, :].copy_(values)
+    return kbuf, vbuf, n
+
+
+def _commit_kv(layer: DynamicLayer, kbuf: torch.Tensor, vbuf: torch.Tensor, end: int) -> None:
+    """Make ``layer.keys`` / ``layer.values`` the first ``end`` positions of the buffers."""
+    layer.keys, layer.values = kbuf[..., :end, :], vbuf[..., :end, :]
+    layer.__dict__[_KV_ATTR] = (kbuf, vbuf, layer.keys, layer.values)
+
+
 def _append_kv(layer: DynamicLayer, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``DynamicLayer.update`` without re-copying the whole cache every step.
 
@@ -83,22 +115,11 @@ def _append_kv(layer: DynamicLayer, k: torch.Tensor, v: torch.Tensor) -> tuple[t
     """
     if not layer.is_initialized:
         layer.lazy_initialization(k, v)
-    st = layer.__dict__.get(_KV_ATTR)
-    keys, values = layer.keys, layer.values
-    n, s = (keys.shape[-2] if keys.numel() else 0), k.shape[-2]
-    if st is None or st[2] is not keys or st[3] is not values or n + s > st[0].shape[-2]:
-        cap = (n + s + _KV_GROW + _KV_GROW - 1) // _KV_GROW * _KV_GROW
-        kbuf = k.new_empty((*k.shape[:-2], cap, k.shape[-1]))
-        vbuf = v.new_empty((*v.shape[:-2], cap, v.shape[-1]))
-        if n:
-            kbuf[..., :n, :].copy_(keys)
-            vbuf[..., :n, :].copy_(values)
-    else:
-        kbuf, vbuf = st[0], st[1]
+    s = k.shape[-2]
+    kbuf, vbuf, n = _reserve_kv(layer, k, s)
     kbuf[..., n : n + s, :].copy_(k)
     vbuf[..., n : n + s, :].copy_(v)
-    layer.keys, layer.values = kbuf[..., : n + s, :], vbuf[..., : n + s, :]
-    layer.__dict__[_KV_ATTR] = (kbuf, vbuf, layer.keys, layer.values)
+    _commit_kv(layer, kbuf, vbuf, n + s)
     return layer.keys, layer.values
 
 
@@ -196,3 +217,129 @@ def _fast_attention_forward(
         attn_output, attn_weights = self.attend(q, k, v, attention_mask, **kwargs)
     attn_output = attn_output.reshape(bsz, seq, -1)
     return self.o_proj(attn_output), attn_weights
+
+
+# ------------------------------------------------------------------------------------- one call per decoder layer
+def _matrix_desc(packed, rows: int, plan, native) -> MatrixDesc | None:
+    """kernels.c's view of a packed matrix for a product of ``rows`` rows: what its own ``matmul`` would run (the
+    bf16 or int4 matrix-vector kernel), or None where that would be anything else (the module path runs then)."""
+    if packed is None or packed.dtype != torch.bfloat16:
+        return None
+    tensor = getattr(packed, "tensor", None)
+    if tensor is not None and type(packed) is _Packed:  # bf16, plain rows (as _Packed.matmul with _native_matmul)
+        if rows > plan.gemv_max_rows or tensor.stride(-1) != 1:
+            return None
+        amx = int(0 < plan.gemv_amx_from_rows <= rows and native.amx)
+        return MatrixDesc(0, amx, tensor.data_ptr(), tensor.stride(0), None, None, 0, *tensor.shape)
+    nibbles = getattr(packed, "packed", None)
+    if nibbles is not None and hasattr(packed, "group"):  # int4 (_Int4Packed.matmul with _native_int4_matmul)
+        if not 0 < rows <= plan.int4_gemv_max_rows:
+            return None
+        offset = None if packed.offset is None else packed.offset.data_ptr()
+        return MatrixDesc(2, 0, nibbles.data_ptr(), nibbles.stride(0), packed.scale.data_ptr(), offset, packed.group,
+                          packed.out_features, packed.in_features)
+    return None  # int8: its own path
+
+
+# layer -> ((rows, plan), LayerDesc or None). Outside the module (a weak key): a deepcopy of the model must not
+# carry descriptors that point at the original's weights.
+_LAYER_DESCS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _layer_desc(layer: Olmo2DecoderLayer, rows: int, plan, native) -> LayerDesc | None:
+    """The layer's LayerDesc for ``rows`` rows under ``plan`` (built once per layer, row count and plan), or None
+    when one of its four products would not run a native matrix-vector kernel."""
+    key = (rows, plan)
+    cached = _LAYER_DESCS.get(layer)
+    if cached is not None and cached[0][0] == rows and cached[0][1] is plan:
+        return cached[1]
+    attn, mlp = layer.self_attn, layer.mlp
+    single = [getattr(m, "_packed", None) if getattr(m, "_rows", 0) is None and m.bias is None else None
+              for m in (attn.o_proj, mlp.down_proj)]
+    mats = [_matrix_desc(p, rows, plan, native)
+            for p in (attn.__dict__.get("_fast_qkv"), single[0], mlp.__dict__.get("_fast_gate_up"), single[1])]
+    desc = None
+    cfg = attn.config
+    shapes_ok = (  # what the element-wise and attention kernels take (their Python wrappers fall back otherwise)
+        attn.head_dim % 32 == 0 and attn.head_dim <= 512 and mlp.intermediate_size % 16 == 0
+        and cfg.hidden_size % 16 == 0 and cfg.num_attention_heads % cfg.num_key_value_heads == 0
+    )
+    if shapes_ok and all(m is not None for m in mats) and attn.q_norm.variance_epsilon == attn.k_norm.variance_epsilon:
+        desc = LayerDesc(*mats, cfg.num_attention_heads, cfg.num_key_value_heads, attn.head_dim, mats[1].N,
+                         mlp.intermediate_size, None, None, attn.q_norm.variance_epsilon, None, None,
+                         layer.post_attention_layernorm.variance_epsilon, attn.scaling)
+    _LAYER_DESCS[layer] = (key, desc)
+    return desc
+
+
+def _hooked(layer: Olmo2DecoderLayer) -> bool:
+    """Whether hooks watch a module the one-call step would not call (then the per-module path runs)."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    attn, mlp = layer.self_attn, layer.mlp
+    return any(m._forward_hooks or m._forward_pre_hooks for m in (
+        attn, attn.o_proj, attn.q_norm, attn.k_norm, mlp, mlp.down_proj, layer.post_attention_layernorm,
+        layer.post_feedforward_layernorm))
+
+
+def _fused_decode_step(layer: Olmo2DecoderLayer, x: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """One decoding step of the layer in one native call (kernels.c ``olmo_hf_decode_layer``: the same kernels as
+    the per-module forwards, in the same order), or None where the per-module path must run: anything but 1..8
+    unpadded sequences at one new position each, with sdpa, the native decode attention and element-wise kernels
+    on, a plain DynamicCache, bf16 / int4 products on the matrix-vector kernels, and no hooks."""
+    plan = native_module._PLAN
+    if args or plan is None or not (plan.decode_attention and plan.elementwise):
+        return None
+    if kwargs.get("attention_mask") is not None or kwargs.get("output_attentions"):
+        return None
+    if (type(x) is not torch.Tensor or x.dtype != torch.bfloat16 or x.dim() != 3 or x.shape[1] != 1
+            or not 0 < x.shape[0] <= native_module._NATIVE_MAX_ROWS or not x.is_contiguous()
+            or x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad)
+            or torch.compiler.is_compiling()):
+        return None
+    attn = layer.self_attn
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if cache is None or not attn.__dict__.get("_fast_grow_kv") or not _can_grow(cache, attn.layer_idx):
+        return None
+    if attn.training or attn_implementation(attn.config) != "sdpa" or getattr(attn.config, "clip_qkv", None) is not None:
+        return None
+    cache_layer = cache.layers[attn.layer_idx]
+    keys = cache_layer.keys if cache_layer.is_initialized else None
+    if keys is None or keys.numel() == 0 or keys.shape[0] != x.shape[0] or keys.dtype != torch.bfloat16:
+        return None
+    window = getattr(attn, "sliding_window", None)
+    if window is not None and keys.shape[-2] + 1 > window:
+        return None
+    cos, sin = kwargs.get("position_embeddings") or (None, None)
+    bsz = x.shape[0]
+    if (cos is None or cos.dtype != torch.float32 or cos.shape != sin.shape or cos.stride() != sin.stride()
+            or cos.shape[0] not in (1, bsz) or cos.shape[1] != 1 or cos.shape[-1] != attn.head_dim
+            or cos.stride(-1) != 1 or _hooked(layer) or _needs_grad(attn.q_norm, attn.k_norm)):
+        return None
+    native = _native_kernel()
+    desc = _layer_desc(layer, bsz, plan, native)
+    if desc is None:
+        return None
+    desc.wq = _float32_weight(attn.q_norm).data_ptr()
+    desc.wk = _float32_weight(attn.k_norm).data_ptr()
+    desc.w_attn_norm = _float32_weight(layer.post_attention_layernorm).data_ptr()
+    desc.w_ff_norm = _float32_weight(layer.post_feedforward_layernorm).data_ptr()
+    kbuf, vbuf, n = _reserve_kv(cache_layer, keys, 1)
+    out = torch.empty_like(x)
+    status = native.decode_layer(
+        ctypes.byref(desc), x.data_ptr(), bsz, cos.data_ptr(), sin.data_ptr(),
+        cos.stride(0) if cos.shape[0] == bsz and bsz > 1 else 0, kbuf.data_ptr(), kbuf.stride(0), kbuf.stride(1),
+        vbuf.data_ptr(), vbuf.stride(0), vbuf.stride(1), n, out.data_ptr(), torch.get_num_threads())
+    if status != 0:
+        raise RuntimeError(f"olmo_hf native decoder-layer step failed (status {status})")
+    _commit_kv(cache_layer, kbuf, vbuf, n + 1)
+    return out
+
+
+def _fast_decoder_layer_forward(self: Olmo2DecoderLayer, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """Olmo2DecoderLayer.forward (OLMo 3's too): a decoding step in one native call where it applies
+    (:func:`_fused_decode_step`), the per-module forwards otherwise."""
+    out = _fused_decode_step(self, hidden_states, args, kwargs)
+    return out if out is not None else type(self).forward(self, hidden_states, *args, **kwargs)

@@ -122,6 +122,24 @@ def choose_isa(flags: frozenset[str] | set[str], machine: str | None = None, sys
     return None, "this CPU has neither AVX512-BF16 nor AVX2+FMA+F16C; PyTorch's kernels run instead"
 
 
+class MatrixDesc(ctypes.Structure):
+    """kernels.c ``olmo_hf_matrix``: one weight matrix of a decoder layer as the fused decoding step reads it."""
+
+    _fields_ = [("kind", ctypes.c_int), ("amx", ctypes.c_int), ("w", ctypes.c_void_p), ("ldw", ctypes.c_long),
+                ("scale", ctypes.c_void_p), ("offset", ctypes.c_void_p), ("group", ctypes.c_long),
+                ("N", ctypes.c_long), ("K", ctypes.c_long)]
+
+
+class LayerDesc(ctypes.Structure):
+    """kernels.c ``olmo_hf_layer``: an OLMo 2 / OLMo 3 decoder layer for ``olmo_hf_decode_layer``."""
+
+    _fields_ = [("qkv", MatrixDesc), ("o", MatrixDesc), ("gate_up", MatrixDesc), ("down", MatrixDesc),
+                ("nh", ctypes.c_long), ("nkv", ctypes.c_long), ("hd", ctypes.c_long), ("hidden", ctypes.c_long),
+                ("inter", ctypes.c_long), ("wq", ctypes.c_void_p), ("wk", ctypes.c_void_p), ("qk_eps", ctypes.c_float),
+                ("w_attn_norm", ctypes.c_void_p), ("w_ff_norm", ctypes.c_void_p), ("eps", ctypes.c_float),
+                ("scaling", ctypes.c_float)]
+
+
 class _NativeLib:
     """The entry points of the compiled library (ctypes functions; they release the GIL). ``isa`` says which
     variant it is; the AVX2 and NEON variants have the matrix-vector products only (``full`` is False)."""
@@ -175,11 +193,15 @@ class _NativeLib:
                                       c_ptr, c_ptr, c_long, c_long, c_ptr, c_int]
         self.silu_mul = lib.olmo_hf_silu_mul_bf16
         self.silu_mul.argtypes = [c_ptr, c_long, c_long, c_long, c_ptr, c_int]
+        self.decode_layer = lib.olmo_hf_decode_layer  # a whole decoder layer's decoding step (forwards.py)
+        self.decode_layer.argtypes = [ctypes.POINTER(LayerDesc), c_ptr, c_long, c_ptr, c_ptr, c_long, c_ptr, c_long,
+                                      c_long, c_ptr, c_long, c_long, c_long, c_ptr, c_int]
         self.prefill_attention = lib.olmo_hf_prefill_attention_bf16
         strided = [c_ptr, c_long, c_long, c_long]  # a (batch, heads, seq, head_dim) tensor: pointer and 3 strides
         self.prefill_attention.argtypes = [*strided * 3, c_ptr, c_long, c_long, c_long, c_long, c_long, c_float,
                                            c_int]
-        for fn in (self.attention, self.rms_norm, self.qk_norm_rope, self.silu_mul, self.prefill_attention):
+        for fn in (self.attention, self.rms_norm, self.qk_norm_rope, self.silu_mul, self.prefill_attention,
+                   self.decode_layer):
             fn.restype = c_int
 
 
