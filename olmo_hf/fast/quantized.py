@@ -264,10 +264,12 @@ class _Int8Packed:
     def restore_member(self, weight, index: int) -> None:
         """Give member ``index``'s original torchao tensor ``weight`` its rows back (a fused member's data was
         emptied when packing; a single layer's never was)."""
-        original, _, _, (lo, hi), scale_shape, _ = self.members[index]
+        original, _, _, (lo, hi), scale_shape, zp_dtype = self.members[index]
         if original is None:
             weight.qdata = self.qdata[lo:hi].clone()
             weight.scale = self.scale[lo:hi].reshape(scale_shape).clone().to(weight.scale.dtype)
+            if zp_dtype is not None and weight.zero_point.numel() == 0:  # emptied when packing: all zeros
+                weight.zero_point = torch.zeros(scale_shape, dtype=zp_dtype)
 
     def __getstate__(self):  # copy.deepcopy / pickle: carry the int8 data, scales and the members' metadata
         return {name: getattr(self, name) for name in ("qdata", "scale", "group", "dtype", "members")}
@@ -342,9 +344,11 @@ def pack_int8(state, parent: nn.Module, names: list[str], on_done=None) -> None:
             row += w.qdata.shape[0]
         packed = _Int8Packed(qdata, scale, group, weights[0].dtype, members)
         if fused:  # the fused copy replaces the members' data (undo gives it back, see _restore_source)
-            for w in weights:
-                w.qdata = torch.empty((0, w.qdata.shape[1]), dtype=torch.int8)
-                w.scale = torch.empty(0, dtype=w.scale.dtype)
+            for w in weights:  # (shapes consistent for torchao's checks: no rows, the same columns)
+                w.qdata = w.qdata[:0].clone()
+                w.scale = w.scale[:0].clone()
+                if getattr(w, "zero_point", None) is not None and w.zero_point.dim() == w.scale.dim():
+                    w.zero_point = w.zero_point[:0].clone()
     for i, (name, lin) in enumerate(zip(names, linears)):
         setattr(parent, name, Int8PackedLinear(lin, packed, members[i][2] if fused else None, i))
         state.replaced.append((parent, name, lin))
