@@ -453,8 +453,8 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
                         continue;
                     }
                     if (kind == OLMO_HF_W_INT8_GROUPED) {  /* torchao's bf16(q * scale) */
-                        olmo_hf_int8_widen_row_grouped((const int8_t*)w + (n0 + r) * ldw, (const float*)scale + (n0 + r) * ng,
-                                                       group, k0, k0 + kc, dst);
+                        olmo_hf_int8_widen_row_grouped((const int8_t*)w + (n0 + r) * ldw,
+                                                       (const float*)scale + (n0 + r) * ng, group, k0, k0 + kc, dst);
                         continue;
                     }
                     const int8_t* src = (const int8_t*)w + (n0 + r) * ldw + k0;
@@ -1187,8 +1187,8 @@ int olmo_hf_gemv_int8_grouped(const uint16_t* x_bf16, long ldx, const int8_t* q,
 #if defined(__AVX512BF16__)
 static inline __m256i i8g_f32x16_to_bf16(__m512 v) {  /* round to nearest even; finite products only */
     const __m512i u = _mm512_castps_si512(v);
-    const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
-                                                          _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));
     return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
 }
 #endif
@@ -1203,7 +1203,8 @@ void olmo_hf_int8_widen_row_grouped(const int8_t* src, const float* ws, long G, 
         const __m256i u = _mm256_castps_si256(_mm256_mul_ps(i8x8_to_f32(src + k), _mm256_set1_ps(ws[k / G])));
         const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
                                             _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)))), 16);
-        _mm_storeu_si128((__m128i*)(dst + k - k0), _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+        _mm_storeu_si128((__m128i*)(dst + k - k0),
+                         _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
     }
 #else
     for (; k + 8 <= k1; k += 8) {

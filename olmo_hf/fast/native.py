@@ -307,7 +307,8 @@ def _self_test(native: _NativeLib) -> str:
             return f"int8 -> bf16 conversion of {n}x{k}"
         if k % 32 == 0:  # group-wise int8 (groups of 32 or 64)
             group = 64 if k % 64 == 0 else 32
-            gscale = torch.rand(n, k // group, generator=torch.Generator().manual_seed(n)) / 64  # (gen's draws unchanged)
+            own = torch.Generator().manual_seed(n)  # gen's draws stay those of the tests below
+            gscale = torch.rand(n, k // group, generator=own) / 64
             weight = int8_grouped_reference(q, gscale)
             if not torch.equal(_native_int8_grouped_to_bf16(q, gscale, native), weight):
                 return f"group-wise int8 -> bf16 widening of {n}x{k}"

@@ -134,8 +134,8 @@ def unsupported_quantization(model: nn.Module) -> str | None:
             return f"{name} is a bitsandbytes {kind}"
         for pname, p in module.named_parameters(recurse=False):
             if type(p) not in (nn.Parameter, torch.Tensor) or hasattr(type(p), "__tensor_flatten__"):
-                return (f"{name}.{pname} is a {type(p).__name__} (only torchao int8 weight-only weights, per channel or "
-                        "per group of 32-128 with float32 scales, and int4 weight-only per-group weights)")
+                return (f"{name}.{pname} is a {type(p).__name__} (only torchao int8 weight-only weights, per channel "
+                        "or per group of 32-128 with float32 scales, and int4 weight-only per-group weights)")
     return None
 
 
