@@ -92,9 +92,10 @@ __all__ = [
 DEFAULT_MODULES_TO_NOT_CONVERT = ("lm_head", "score")
 
 _INT4_GROUP_SIZES = (32, 64, 128, 256)  # torchao Int4WeightOnlyConfig's supported group sizes
-# "int8": one float32 scale per INT8_GROUP_SIZE consecutive weights of a row (9 bits per weight), chosen by measured
-# quality: the smallest group whose logits are no further from bf16 than llama.cpp's Q8_0 on the demo model and on
-# a random OLMo-2-1B-shaped one (groups of 64 were not; docs/quantization.md, "Group-wise int8")
+# "int8": one float16 scale per INT8_GROUP_SIZE consecutive weights of a row (8.5 bits per weight, llama.cpp Q8_0's
+# layout), chosen by measured quality: the smallest group whose logits are no further from bf16 than llama.cpp's Q8_0
+# on the demo model and on a random OLMo-2-1B-shaped one (groups of 64 were not; docs/quantization.md, "Group-wise
+# int8")
 INT8_GROUP_SIZE = 32
 _INT4_CUDA_LAYOUTS = ("tile_packed_to_4d", "plain", "preshuffled", "plain_int32")
 _INT4_CPU_LAYOUTS = ("unpacked_to_int8",)
@@ -370,15 +371,17 @@ def _matches(name: str, patterns: list[str]) -> bool:
 def int8_group_config(group_size: int = INT8_GROUP_SIZE):
     """torchao's group-wise int8 weight-only config of ``quantization_config("int8")``: ``IntxWeightOnlyConfig(
     weight_dtype=torch.int8, granularity=PerGroup(group_size), mapping_type=SYMMETRIC_NO_CLIPPING_ERR,
-    scale_dtype=torch.float32)``. Symmetric with the largest magnitude of each group exactly representable (as
-    llama.cpp's Q8_0 grid; plain SYMMETRIC maps it to 127.5 and clips it), float32 scales (with bf16 scales torchao
-    also quantizes in bf16 arithmetic, which rounds w / scale to 8 significant bits before rounding it to an integer:
-    measured 10 % larger logit errors)."""
+    scale_dtype=torch.float16)``. Symmetric with the largest magnitude of each group exactly representable (as
+    llama.cpp's Q8_0 grid; plain SYMMETRIC maps it to 127.5 and clips it); float16 scales as Q8_0's (torchao then
+    quantizes with the rounded scale, in float32 arithmetic: a bf16 model times a float16 scale promotes to float32;
+    with bf16 scales it would compute w / scale in bf16, rounding it to 8 significant bits before rounding it to an
+    integer: measured 10 % larger logit errors). A group whose largest magnitude is below ~127 * 2^-24 (6e-6) gets
+    scale 0 and dequantizes to zeros (float16's range)."""
     import torchao.quantization as ao
     from torchao.quantization.granularity import PerGroup
 
     return ao.IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerGroup(group_size),
-                                   mapping_type=ao.MappingType.SYMMETRIC_NO_CLIPPING_ERR, scale_dtype=torch.float32)
+                                   mapping_type=ao.MappingType.SYMMETRIC_NO_CLIPPING_ERR, scale_dtype=torch.float16)
 
 
 def _torchao_config(linear_config, extra: list[str], quantize_embeddings: bool, embedding_config=None):

@@ -107,7 +107,7 @@ def test_int8_to_bf16_widening_is_exact():
 def test_grouped_int8_kernel_is_the_float64_product_up_to_rounding(n, k, group):
     gen = torch.Generator().manual_seed(n * k)
     q = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
-    scale = torch.rand(n, k // group, generator=gen) / 100
+    scale = (torch.rand(n, k // group, generator=gen) / 100).half()
     weight = q.double() * scale.double().repeat_interleave(group, dim=1)  # unrounded
     for rows in range(1, 9):
         x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
@@ -126,7 +126,7 @@ def test_grouped_int8_kernel_is_the_float64_product_up_to_rounding(n, k, group):
 def test_grouped_int8_kernel_reads_row_slices_and_strided_rows():
     gen = torch.Generator().manual_seed(2)
     q = torch.randint(-127, 128, (40, 96), generator=gen, dtype=torch.int8)
-    scale = torch.rand(40, 3, generator=gen)
+    scale = torch.rand(40, 3, generator=gen).half()
     x = torch.randn(3, 2, 192, generator=gen).to(torch.bfloat16)[..., ::2]  # (3, 2, 96), row stride 2
     ref = x.double() @ (q[8:20].double() * scale[8:20].double().repeat_interleave(32, dim=1)).T
     out = native._native_int8_grouped_matmul(x, q[8:20], scale[8:20].contiguous())
@@ -135,12 +135,13 @@ def test_grouped_int8_kernel_reads_row_slices_and_strided_rows():
 
 @needs_kernels
 def test_grouped_int8_widening_is_torchaos_dequantization_bit_for_bit():
-    """bf16(q * scale), the product rounded to float32 first, as IntxUnpackedToInt8Tensor.dequantize computes it;
-    scales spanning 2^-30..2^4 so that products land on bf16 rounding ties and in every binade."""
+    """bf16(q * scale) as IntxUnpackedToInt8Tensor.dequantize computes it (float16 scales: the product is exact in
+    float32, rounded once); weights spanning 2^-14..2^4 so that products land on bf16 rounding ties, in many binades
+    and on subnormal float16 scales."""
     from torchao.quantization.quant_api import _intx_weight_only_quantize_tensor
 
     gen = torch.Generator().manual_seed(3)
-    hp = (torch.randn(48, 256, generator=gen) * 2.0 ** torch.randint(-30, 4, (48, 1), generator=gen)).bfloat16()
+    hp = (torch.randn(48, 256, generator=gen) * 2.0 ** torch.randint(-14, 4, (48, 1), generator=gen)).bfloat16()
     weight = _intx_weight_only_quantize_tensor(hp, int8_group_config(32))
     assert int8_group_size(weight) == 32
     expected = weight.dequantize()
@@ -172,7 +173,8 @@ def test_int8_linears_become_fast_path_layers_holding_torchao_data(checkpoint, g
         assert type(layer) is Int8PackedLinear
     assert attn.o_proj._packed.qdata is o_proj_qdata  # a single layer keeps torchao's int8 tensor: no copy
     assert attn.__dict__["_fast_qkv"].qdata.shape == (64 + 2 * 32, 64)  # fused q/k/v: one int8 matrix
-    assert attn.__dict__["_fast_qkv"].scale.shape == ((128, 2) if group_size else (128,))  # float32 scales
+    qkv_scale = attn.__dict__["_fast_qkv"].scale  # float16 per group of 32, or float32 per row
+    assert (qkv_scale.shape, qkv_scale.dtype) == (((128, 2), torch.float16) if group_size else ((128,), torch.float32))
     assert mlp.__dict__["_fast_gate_up"].qdata.dtype == torch.int8
     assert model.lm_head._packed.group == (group_size or 0)
     assert type(model.lm_head) is Int8PackedLinear  # quantization_config("int8") quantizes lm_head too
@@ -300,7 +302,7 @@ def test_other_quantization_and_other_int8_layouts_are_refused_naming_them(check
         other = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16,
                                                      quantization_config=TorchAoConfig(config))
         with pytest.raises(ValueError, match=rf"q_proj\.weight is a {kind} \(only torchao int8 weight-only weights, "
-                                             r"per channel or per group of 32-128 with float32 scales"):
+                                             r"per channel or per group of 32-128 with float16 scales"):
             optimize_for_cpu_inference(other)
         assert not is_optimized(other)
 

@@ -111,7 +111,7 @@ def test_the_emulated_grouped_int8_product_and_widening_are_torchaos_dequantizat
     _, cmd = harness
     gen = torch.Generator().manual_seed(n * 1000 + k)
     q = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
-    scale = torch.rand(n, k // group, generator=gen) / 64
+    scale = (torch.rand(n, k // group, generator=gen) / 64).half()
     for m in (1, 3, 8):
         x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
         (tmp_path / "in").write_bytes(_bf16_bits(x).tobytes() + q.numpy().tobytes() + scale.numpy().tobytes())

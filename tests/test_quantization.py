@@ -125,7 +125,7 @@ def _canonical(name: str) -> str:
         ("llm_int8", {}, lambda c: c.load_in_8bit),
         ("int8", {}, lambda c: isinstance(c, TorchAoConfig)
          and isinstance(Q.linear_config(c), ao.IntxWeightOnlyConfig) and Q.linear_config(c).weight_dtype == torch.int8
-         and Q.linear_config(c).granularity.group_size == 32 and Q.linear_config(c).scale_dtype == torch.float32
+         and Q.linear_config(c).granularity.group_size == 32 and Q.linear_config(c).scale_dtype == torch.float16
          and Q.linear_config(c).mapping_type == ao.MappingType.SYMMETRIC_NO_CLIPPING_ERR),
         ("int8_weight_only", {"group_size": 64},
          lambda c: isinstance(Q.linear_config(c), ao.IntxWeightOnlyConfig)
@@ -453,9 +453,9 @@ def test_memory_footprint_counts_stored_bytes(olmo2):
     assert PreTrainedModel.get_memory_footprint(int8) == bf16.get_memory_footprint()  # Transformers' miscount
     saved = bf16.get_memory_footprint() - int8.get_memory_footprint()
     assert 0.95 * int8_params < saved < int8_params  # one byte saved per projection, lm_head and embedding weight
-    # groups of 32 (the default): per 32 weights a float32 scale and torchao's int8 zero point (all zero)
+    # groups of 32 (the default): per 32 weights a float16 scale and torchao's int8 zero point (all zero)
     grouped = bf16.get_memory_footprint() - _load(directory, "int8").get_memory_footprint()
-    assert grouped == int8_params - int8_params // 32 * (4 + 1)
+    assert grouped == int8_params - int8_params // 32 * (2 + 1)
     nf4 = _load(directory, "bnb-4bit", double_quant=False)
     absmax_bytes = 4 * proj_params // 64  # one float32 absmax per 64-weight block
     assert nf4.get_memory_footprint() >= PreTrainedModel.get_memory_footprint(nf4) + absmax_bytes

@@ -344,7 +344,7 @@ int olmo_hf_gemv_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, long l
    (OLMO_HF_W_BF16), torchao's int8 weight-only data with per-row fp32 scales (OLMO_HF_W_INT8: y =
    bf16(bf16(x @ q^T) * bf16(scale)), torchao's own roundings), or an int4 matrix in the fast path's nibble layout
    (OLMO_HF_W_INT4: widened per band exactly as torchao dequantizes, then y = bf16(x @ W^T)), or torchao's group-wise
-   int8 with its fp32 group scales (OLMO_HF_W_INT8_GROUPED: widened per band to bf16(q * scale) as torchao
+   int8 with its fp16 group scales (OLMO_HF_W_INT8_GROUPED: widened per band to bf16(q * scale) as torchao
    dequantizes, then y = bf16(x @ W^T)). Why not F.linear: oneDNN's GEMM behind it reorders
    the plain weight into its blocked layout on every call (an unpacked weight is not cached), which on two cores
    costs more than the products themselves at 128 rows (~100-250 GFLOP/s measured, against a few TFLOP/s of tiles).
@@ -360,8 +360,8 @@ int olmo_hf_gemv_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, long l
 #define OLMO_HF_W_BF16 0
 #define OLMO_HF_W_INT8 1
 #define OLMO_HF_W_INT4 2  /* olmo_hf.fast.int4's nibble layout: scale = its bf16 group scales, offset its offsets */
-#define OLMO_HF_W_INT8_GROUPED 3  /* torchao's group-wise int8: scale = its fp32 group scales (N, K / group) */
-void olmo_hf_int8_widen_row_grouped(const int8_t* src, const float* ws, long G, long k0, long k1, uint16_t* dst);
+#define OLMO_HF_W_INT8_GROUPED 3  /* torchao's group-wise int8: scale = its fp16 group scales (N, K / group) */
+void olmo_hf_int8_widen_row_grouped(const int8_t* src, const uint16_t* ws, long G, long k0, long k1, uint16_t* dst);
 void olmo_hf_int4_widen_row(const uint8_t* src, const uint16_t* ws, const int8_t* wo, long G, long k0, long k1,
                             uint16_t* dst);  /* the int4 section below */
 
@@ -454,7 +454,7 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
                     }
                     if (kind == OLMO_HF_W_INT8_GROUPED) {  /* torchao's bf16(q * scale) */
                         olmo_hf_int8_widen_row_grouped((const int8_t*)w + (n0 + r) * ldw,
-                                                       (const float*)scale + (n0 + r) * ng, group, k0, k0 + kc, dst);
+                                                       (const uint16_t*)scale + (n0 + r) * ng, group, k0, k0 + kc, dst);
                         continue;
                     }
                     const int8_t* src = (const int8_t*)w + (n0 + r) * ldw + k0;
@@ -1037,9 +1037,10 @@ int olmo_hf_int8_to_bf16(const int8_t* q, long ldq, long N, long K, uint16_t* ou
 
 /* -------------------------------------------------------------------------------- group-wise int8 (the default) */
 /* y[m, n] = bf16(sum_g ws[n, g] * sum_{k in group g} x[m, k] * q[n, k]) for M <= 8 rows of bf16 x: q the plain
-   (N, K) row-major int8 weight of torchao's tensor (no copy), ws its fp32 group scales (N, K / G) (torchao's own: one
+   (N, K) row-major int8 weight of torchao's tensor (no copy), ws its fp16 group scales (N, K / G) (torchao's own: one
    per G consecutive weights of a row), the weight w[n, k] = q[n, k] * ws[n, k / G] (symmetric: no zero point).
-   Bits per weight 8 + 32 / G (9 at G = 32, 8.5 at G = 64; llama.cpp's Q8_0: 8.5).
+   Bits per weight 8 + 16 / G (8.5 at G = 32: llama.cpp's Q8_0, whose blocks are 32 int8 and an fp16 scale).
+   Each band's scales are converted to fp32 once (vcvtph2ps), into a buffer on the thread's stack.
    As the per-row kernel: x is rounded to int16 per unit of U = min(G, 128) elements (|x| max -> 32767), weights are
    sign-extended to int16 in registers and multiplied in pairs into int32 (vpmaddwd), and each unit's int32 sums are
    converted to fp32 once and scaled by sx[unit] * ws[group] into fp32 accumulators; with G = 32 that is one
@@ -1134,9 +1135,32 @@ static inline void gemv_i8g_micro_1(const int16_t* xq, long Kp, const float* sx,
 }
 #endif
 
-/* x_bf16 (M, K) row stride ldx; q (N, K) int8 row stride ldw; ws (N, K / G) fp32, contiguous; y (M, N) bf16 row
+/* fp16 (IEEE binary16 bits) -> fp32, exactly (subnormals included). */
+static inline float i8g_f16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) { const float f = (float)m * 0x1p-24f; return sign ? -f : f; }
+    const uint32_t u = sign | (e == 31 ? 0x7f800000u | (m << 13) : ((e + 112) << 23) | (m << 13));
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* out[0 .. n) = the fp16 values h[0 .. n) as fp32 (vcvtph2ps / fcvtl where the variant has it). */
+static void i8g_scales_to_f32(const uint16_t* h, long n, float* out) {
+    long i = 0;
+#if defined(__AVX512BF16__)
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(h + i))));
+#elif defined(__AVX2__) && defined(__F16C__)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))));
+#elif defined(__aarch64__)
+    for (; i + 4 <= n; i += 4) vst1q_f32(out + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h + i))));
+#endif
+    for (; i < n; ++i) out[i] = i8g_f16_to_f32(h[i]);
+}
+
+/* x_bf16 (M, K) row stride ldx; q (N, K) int8 row stride ldw; wh (N, K / G) fp16, contiguous; y (M, N) bf16 row
    stride ldy. */
-int olmo_hf_gemv_int8_grouped(const uint16_t* x_bf16, long ldx, const int8_t* q, long ldw, const float* ws, long G,
+int olmo_hf_gemv_int8_grouped(const uint16_t* x_bf16, long ldx, const int8_t* q, long ldw, const uint16_t* wh, long G,
                               long N, long K, uint16_t* y, long ldy, long M, int nthreads) {
     if (M < 1 || M > 8 || K < 1 || N < 1 || ldw < K || G < 32 || G % 32 || K % G || (G > I8_QB && G % I8_QB))
         return -1;
@@ -1151,15 +1175,16 @@ int olmo_hf_gemv_int8_grouped(const uint16_t* x_bf16, long ldx, const int8_t* q,
         const long n0 = nband * NR;
         const long base = n0 + NR <= N ? n0 : (N >= NR ? N - NR : 0);  /* as in olmo_hf_gemv_int8 */
         const long rows = N >= NR ? NR : N;
-        float out[4][NR];
+        float out[4][NR], ws[NR * ng];  /* the band's scales as fp32 */
+        i8g_scales_to_f32(wh + base * ng, rows * ng, ws);
         for (long m0 = 0; m0 < M; m0 += I8_MAX_MM) {
             const long mm = M - m0 < I8_MAX_MM ? M - m0 : I8_MAX_MM;
             if (rows == NR) {
 #if I8_MAX_MM > 1
-                if (mm == 2) gemv_i8g_micro_2(xq + m0 * K, K, sx + m0 * nu, nu, U, q + base * ldw, ldw, ws + base * ng,
-                                              ng, G, out); else
+                if (mm == 2) gemv_i8g_micro_2(xq + m0 * K, K, sx + m0 * nu, nu, U, q + base * ldw, ldw, ws, ng, G, out);
+                else
 #endif
-                gemv_i8g_micro_1(xq + m0 * K, K, sx + m0 * nu, nu, U, q + base * ldw, ldw, ws + base * ng, ng, G, out);
+                gemv_i8g_micro_1(xq + m0 * K, K, sx + m0 * nu, nu, U, q + base * ldw, ldw, ws, ng, G, out);
             } else { /* N < NR: one row at a time, scalar, same arithmetic */
                 for (long m = 0; m < mm; ++m)
                     for (long r = 0; r < rows; ++r) {
@@ -1180,9 +1205,9 @@ int olmo_hf_gemv_int8_grouped(const uint16_t* x_bf16, long ldx, const int8_t* q,
     return 0;
 }
 
-/* Values k0..k1-1 of one group-wise int8 row (src: the row, ws: its fp32 group scales) into dst[0 .. k1 - k0):
-   dst = bf16(q * ws[k / G]) rounded to nearest even, torchao's own dequantization (q.to(bf16) times the fp32 scale,
-   computed in fp32, then .to(bf16)), so F.linear on it is bit for bit torchao's linear. k0, k1 multiples of 16 and
+/* Values k0..k1-1 of one group-wise int8 row (src: the row, ws: its fp16 group scales) into dst[0 .. k1 - k0):
+   dst = bf16(q * ws[k / G]) rounded to nearest even, torchao's own dequantization (q.to(bf16) times the fp16 scale,
+   computed in fp32 where the product is exact, then .to(bf16)), so F.linear on it is bit for bit torchao's linear. k0, k1 multiples of 16 and
    G a multiple of 32 (no 16 values straddle two groups). Also the band decoder of the AMX product. */
 #if defined(__AVX512BF16__)
 static inline __m256i i8g_f32x16_to_bf16(__m512 v) {  /* round to nearest even; finite products only */
@@ -1192,15 +1217,16 @@ static inline __m256i i8g_f32x16_to_bf16(__m512 v) {  /* round to nearest even; 
     return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
 }
 #endif
-void olmo_hf_int8_widen_row_grouped(const int8_t* src, const float* ws, long G, long k0, long k1, uint16_t* dst) {
+void olmo_hf_int8_widen_row_grouped(const int8_t* src, const uint16_t* ws, long G, long k0, long k1, uint16_t* dst) {
     long k = k0;
 #if defined(__AVX512BF16__)
     for (; k + 16 <= k1; k += 16)
         _mm256_storeu_si256((__m256i*)(dst + k - k0),
-                            i8g_f32x16_to_bf16(_mm512_mul_ps(i8x16_to_f32(src + k), _mm512_set1_ps(ws[k / G]))));
+                            i8g_f32x16_to_bf16(_mm512_mul_ps(i8x16_to_f32(src + k), _mm512_set1_ps(i8g_f16_to_f32(ws[k / G])))));
 #elif defined(__AVX2__)
     for (; k + 8 <= k1; k += 8) {
-        const __m256i u = _mm256_castps_si256(_mm256_mul_ps(i8x8_to_f32(src + k), _mm256_set1_ps(ws[k / G])));
+        const __m256 s = _mm256_set1_ps(i8g_f16_to_f32(ws[k / G]));
+        const __m256i u = _mm256_castps_si256(_mm256_mul_ps(i8x8_to_f32(src + k), s));
         const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
                                             _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)))), 16);
         _mm_storeu_si128((__m128i*)(dst + k - k0),
@@ -1209,7 +1235,7 @@ void olmo_hf_int8_widen_row_grouped(const int8_t* src, const float* ws, long G, 
 #else
     for (; k + 8 <= k1; k += 8) {
         const int16x8_t v = vmovl_s8(vld1_s8(src + k));
-        const float32x4_t s = vdupq_n_f32(ws[k / G]);
+        const float32x4_t s = vdupq_n_f32(i8g_f16_to_f32(ws[k / G]));
         uint32x4_t lo = vreinterpretq_u32_f32(vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(v))), s));
         uint32x4_t hi = vreinterpretq_u32_f32(vmulq_f32(vcvtq_f32_s32(vmovl_high_s16(v)), s));
         lo = vaddq_u32(lo, vaddq_u32(vdupq_n_u32(0x7fff), vandq_u32(vshrq_n_u32(lo, 16), vdupq_n_u32(1))));
@@ -1217,12 +1243,12 @@ void olmo_hf_int8_widen_row_grouped(const int8_t* src, const float* ws, long G, 
         vst1q_u16(dst + k - k0, vcombine_u16(vshrn_n_u32(lo, 16), vshrn_n_u32(hi, 16)));
     }
 #endif
-    for (; k < k1; ++k) dst[k - k0] = f32_to_bf16((float)src[k] * ws[k / G]);
+    for (; k < k1; ++k) dst[k - k0] = f32_to_bf16((float)src[k] * i8g_f16_to_f32(ws[k / G]));
 }
 
-/* out (N, K) bf16 contiguous = the group-wise int8 q (N, K) row stride ldq widened with its fp32 scales ws (N, K / G),
+/* out (N, K) bf16 contiguous = the group-wise int8 q (N, K) row stride ldq widened with its fp16 scales ws (N, K / G),
    as olmo_hf_int8_widen_row_grouped. */
-int olmo_hf_int8_grouped_to_bf16(const int8_t* q, long ldq, const float* ws, long G, long N, long K, uint16_t* out,
+int olmo_hf_int8_grouped_to_bf16(const int8_t* q, long ldq, const uint16_t* ws, long G, long N, long K, uint16_t* out,
                                  int nthreads) {
     if (N < 1 || K < 1 || ldq < K || G < 32 || G % 32 || K % G) return -1;
     const long ng = K / G;

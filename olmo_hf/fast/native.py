@@ -308,12 +308,12 @@ def _self_test(native: _NativeLib) -> str:
         if k % 32 == 0:  # group-wise int8 (groups of 32 or 64)
             group = 64 if k % 64 == 0 else 32
             own = torch.Generator().manual_seed(n)  # gen's draws stay those of the tests below
-            gscale = torch.rand(n, k // group, generator=own) / 64
+            gscale = (torch.rand(n, k // group, generator=own) / 64).half()
             weight = int8_grouped_reference(q, gscale)
             if not torch.equal(_native_int8_grouped_to_bf16(q, gscale, native), weight):
                 return f"group-wise int8 -> bf16 widening of {n}x{k}"
             out = _native_int8_grouped_matmul(x, q, gscale, native).float()
-            exact = F.linear(x.float(), q.float() * gscale.repeat_interleave(group, dim=1))  # unrounded weights
+            exact = F.linear(x.float(), q.float() * gscale.float().repeat_interleave(group, dim=1))  # unrounded
             if not torch.allclose(out, exact, atol=1e-2 * k**0.5, rtol=1e-2):
                 return f"group-wise int8 matrix-vector product {m}x{k} @ {k}x{n}"
     if why := _int4_self_test(native, gen):
@@ -431,8 +431,8 @@ def _native_int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Ten
 
 def int8_grouped_reference(qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The bf16 weight of a group-wise int8 matrix as torchao dequantizes it (``IntxUnpackedToInt8Tensor``, symmetric,
-    float32 scales): ``bf16(q * scale)``, the product rounded to float32 first, as torchao's ``q.to(bf16) * scale``
-    (which promotes to float32) and then ``.to(bf16)`` compute it."""
+    float16 scales): ``bf16(q * scale)``, the product in float32 (exact: 8 x 11 significant bits), rounded once, as
+    torchao's ``q.to(bf16) * scale`` (which promotes to float32) and then ``.to(bf16)`` compute it."""
     group = qweight.shape[1] // scale.shape[1]
     return (qweight.float() * scale.float().repeat_interleave(group, dim=1)).to(torch.bfloat16)
 
@@ -441,7 +441,7 @@ def _native_int8_grouped_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: t
                                 native: _NativeLib | None = None) -> torch.Tensor:
     """``x @ W.T`` for a group-wise int8 weight W = q * scale (per group of in / scale.shape[1] values of a row) over
     the last dimension of bf16 ``x`` (at most ``_NATIVE_MAX_ROWS`` rows), in bf16: ``qweight`` int8 (out, in) with
-    unit stride along ``in``, ``scale`` its float32 group scales, contiguous (out, in / group)."""
+    unit stride along ``in``, ``scale`` its float16 group scales, contiguous (out, in / group)."""
     native = native or _native
     n, k = qweight.shape
     x2d, out = _rows_and_output(x, n, k)
@@ -476,7 +476,7 @@ def _native_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | No
     weight once as it is: ``weight`` a bf16 (out, in) matrix; or int8 with its float32 per-row ``scale`` (torchao's
     arithmetic: ``bf16(bf16(x @ q.T) * bf16(scale))``); or, with ``int4=(offset, in_features, group)``, the
     nibble-layout int4 matrix of ``olmo_hf.fast.int4`` with its bf16 group ``scale`` (widened as torchao
-    dequantizes); or, with ``int8_group=G``, group-wise int8 with its float32 group ``scale`` (out, in / G), widened
+    dequantizes); or, with ``int8_group=G``, group-wise int8 with its float16 group ``scale`` (out, in / G), widened
     as torchao dequantizes (:func:`int8_grouped_reference`). Unit stride along ``in``, ``in % 32 == 0``."""
     native = native or _native
     n = weight.shape[0]
@@ -867,7 +867,7 @@ def _measure_int8(native: _NativeLib, gen: torch.Generator, notes: dict) -> dict
     convert, notes["int8_convert"] = decide_part("int8 -> bf16 widening before a GEMM", nat, ref, "Tensor.to")
     # group-wise (the default layout, groups of 32): against the widening (native where on) + F.linear, what such a
     # layer runs without the kernel; torchao itself dequantizes with PyTorch operators, slower still
-    gscale = torch.rand(8192, 2048 // 32, generator=gen) / 64
+    gscale = (torch.rand(8192, 2048 // 32, generator=gen) / 64).half()
     widen = (lambda w: _native_int8_grouped_to_bf16(w, gscale, native, buffer)) if convert else (
         lambda w: int8_grouped_reference(w, gscale))
     grouped_rows = 0

@@ -63,7 +63,7 @@ def _intx_tensor_class():
 def int8_group_size(weight) -> int | None:
     """The layout of a torchao int8 weight-only ``weight`` the fast path takes: 0 for an ``Int8Tensor`` with one
     symmetric scale per row (``quantization_config("int8", group_size=None)``), G for an int8
-    ``IntxUnpackedToInt8Tensor`` with one symmetric float32 scale per G consecutive values of a row (the default of
+    ``IntxUnpackedToInt8Tensor`` with one symmetric float16 scale per G consecutive values of a row (the default of
     ``quantization_config("int8")``; G a multiple of 32 dividing the row, at most 128 or a multiple of 128: what the
     kernels take); None for anything else. 2-D, on CPU, weight-only."""
     int8_cls, intx_cls = _int8_tensor_class(), _intx_tensor_class()
@@ -93,7 +93,7 @@ def int8_group_size(weight) -> int | None:
         and qdata.dtype == torch.int8
         and qdata.device.type == "cpu"
         and weight.activation_quantization is None  # weight-only
-        and scale.dtype == torch.float32  # torchao's bf16 scales come with bf16 quantization arithmetic: not ours
+        and scale.dtype == torch.float16  # the kernels' scales (bf16 ones come with bf16 quantization arithmetic)
         and group % 32 == 0 and k % group == 0 and (group <= 128 or group % 128 == 0)
         and group < k  # one group per row is the per-row layout: Int8Tensor's
         and not bool(zero_point.any())  # symmetric
@@ -135,7 +135,7 @@ def unsupported_quantization(model: nn.Module) -> str | None:
         for pname, p in module.named_parameters(recurse=False):
             if type(p) not in (nn.Parameter, torch.Tensor) or hasattr(type(p), "__tensor_flatten__"):
                 return (f"{name}.{pname} is a {type(p).__name__} (only torchao int8 weight-only weights, per channel "
-                        "or per group of 32-128 with float32 scales, and int4 weight-only per-group weights)")
+                        "or per group of 32-128 with float16 scales, and int4 weight-only per-group weights)")
     return None
 
 
@@ -171,7 +171,7 @@ class _Int8Packed:
     """One int8 weight-only matrix of the fast path (``_Packed``'s counterpart), shared by the Int8PackedLinear(s)
     that read it: ``qdata`` (out_features, in_features) int8, row-major; ``group`` 0 and ``scale`` (out_features,)
     float32 (one scale per row: torchao ``Int8Tensor``), or ``group`` G and ``scale`` (out_features, in_features / G)
-    float32 (group-wise: torchao ``IntxUnpackedToInt8Tensor``); ``dtype`` the model's compute dtype (the torchao
+    float16 (group-wise: torchao ``IntxUnpackedToInt8Tensor``); ``dtype`` the model's compute dtype (the torchao
     tensor's logical dtype). ``members`` keeps, for each member, what rebuilds its torchao tensor: (the tensor itself,
     or None for a fused member, its class, flatten metadata, rows, scale shape and zero-point dtype)."""
 
@@ -183,7 +183,8 @@ class _Int8Packed:
         self.out_features, self.in_features = qdata.shape
         self.group = group
         shape = (-1,) if not group else (self.out_features, self.in_features // group)
-        self.scale = scale.float().reshape(shape).contiguous()  # (out,) or (out, in / group) float32
+        # (out,) float32, or (out, in / group) float16
+        self.scale = (scale.half() if group else scale.float()).reshape(shape).contiguous()
         self.dtype = dtype
         self.members = members
 
@@ -335,7 +336,7 @@ def pack_int8(state, parent: nn.Module, names: list[str], on_done=None) -> None:
         if fused:
             qdata = torch.cat([w.qdata for w in weights], dim=0)  # (sum of out_features, in_features)
             # (sum of out_features,) or (sum of out_features, in_features / group)
-            scale = torch.cat([w.scale.float().reshape(w.qdata.shape[0], -1) for w in weights])
+            scale = torch.cat([w.scale.reshape(w.qdata.shape[0], -1) for w in weights])
         else:
             qdata, scale = weights[0].qdata, weights[0].scale
         members, row = [], 0
