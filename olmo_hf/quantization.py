@@ -3,8 +3,9 @@
 
 Our model classes need nothing special: every method below goes through ``from_pretrained(...,
 quantization_config=...)`` and replaces (bitsandbytes) or re-types (torchao) the ``nn.Linear`` weights of the
-attention and MLP blocks. ``"int8"`` (and ``"int4"`` on CPU) also quantize ``lm_head`` (int8 per output channel)
-and the input embedding (int8 per row), as llama.cpp's Q8_0 files do, unless ``quantize_embeddings=False``; the
+attention and MLP blocks. ``"int8"`` (and ``"int4"`` on CPU) also quantize ``lm_head`` and the input embedding
+(``"int8"``: in its own layout; ``"int4"``: int8 per row), as llama.cpp's Q8_0 files do, unless
+``quantize_embeddings=False``; the
 other methods keep both in full precision. A classifier's ``score`` is never quantized, and the norms are
 untouched modules that compute in float32 (see ``olmo_hf.modules``)::
 
@@ -23,8 +24,9 @@ Method names (case-insensitive; ``_`` and ``-`` are interchangeable), for :func:
 ``"bnb-4bit"``          bitsandbytes 4-bit, NF4 + double quant, bf16 compute (CPU and CUDA). Aliases
                         ``"bnb-nf4"``, ``"nf4"``, ``"4bit"``; ``"bnb-fp4"`` / ``"fp4"`` select FP4.
 ``"bnb-8bit"``          bitsandbytes LLM.int8() (CPU and CUDA). Aliases ``"bnb-int8"``, ``"8bit"``, ``"llm-int8"``.
-``"int8"``              torchao int8 weight-only, per-channel (CPU and CUDA); ``lm_head`` and the embedding
-                        int8 per row too. Aliases ``"int8_weight_only"``, ``"int8wo"``.
+``"int8"``              torchao int8 weight-only in groups of 32 with float16 scales (llama.cpp Q8_0's layout,
+                        8.5 bits per weight; CPU and CUDA), ``lm_head`` and the embedding too;
+                        ``group_size=None``: one scale per row. Aliases ``"int8_weight_only"``, ``"int8wo"``.
 ``"int8-dynamic"``      torchao int8 dynamic-activation int8-weight (CPU and CUDA). Aliases
                         ``"int8_dynamic_activation_int8_weight"``, ``"int8dq"``.
 ``"int4"``              torchao int4 weight-only, per-group. CUDA: ``Int4WeightOnlyConfig`` (group_size 128)
@@ -229,10 +231,12 @@ def quantization_config(name: str, *, device: str | torch.device | None = None, 
             - ``"bnb-8bit"`` (aliases ``"bnb-int8"``, ``"8bit"``, ``"llm-int8"``): ``BitsAndBytesConfig(
               load_in_8bit=True)``. Option ``threshold`` (LLM.int8 outlier threshold, default 6.0).
             - ``"int8"`` (aliases ``"int8_weight_only"``, ``"int8wo"``): ``TorchAoConfig(FqnToConfig(...))``
-              applying ``Int8WeightOnlyConfig()`` to the projections and ``Int8WeightOnlyConfig(PerRow())`` to
-              ``lm_head`` and the input embedding. Options ``group_size`` (default None = per output channel; the
-              projections only), ``quantize_embeddings`` (default True; False keeps ``lm_head`` and the embedding
-              in the load dtype; ``modules_to_not_convert=["lm_head"]`` keeps only the head).
+              applying :func:`int8_group_config` (``IntxWeightOnlyConfig`` int8, ``PerGroup(32)``, symmetric
+              without clipping, float16 scales) to the projections, ``lm_head`` and the input embedding. Options
+              ``group_size`` (default 32, a multiple of 32; None: ``Int8WeightOnlyConfig(PerRow())`` for all three,
+              one scale per output channel / per token), ``quantize_embeddings`` (default True; False keeps
+              ``lm_head`` and the embedding in the load dtype; ``modules_to_not_convert=["lm_head"]`` keeps only the
+              head). Groups of 32 were chosen by measured quality (docs/quantization.md, "Group-wise int8").
             - ``"int8-dynamic"`` (aliases ``"int8_dynamic_activation_int8_weight"``, ``"int8dq"``):
               ``TorchAoConfig(Int8DynamicActivationInt8WeightConfig())``.
             - ``"int4"`` (aliases ``"int4_weight_only"``, ``"int4wo"``): option ``group_size`` (32, 64, 128 or
@@ -585,7 +589,8 @@ def int8_embedding_forward(self: nn.Embedding, input_ids: torch.Tensor) -> torch
 
 
 def use_cpu_int8_kernel(model: nn.Module) -> int:
-    """Run torchao int8 weight-only linears (method ``"int8"``, per-channel) through PyTorch's fused CPU kernel
+    """Run torchao int8 weight-only linears with one scale per row (method ``"int8"`` with ``group_size=None``; the
+    default group-wise layout is left as it is: ``olmo_hf.fast`` runs it) through PyTorch's fused CPU kernel
     ``torch._weight_int8pack_mm`` instead of torchao's eager path, which converts the whole int8 weight to the
     activation dtype on every call and is several times slower than the bf16 model on CPU.
 

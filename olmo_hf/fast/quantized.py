@@ -1,27 +1,29 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""The fast path for int8 weight-only models (torchao ``Int8WeightOnlyConfig``, per output channel: what
-``olmo_hf.quantization.quantization_config("int8")`` returns)::
+"""The fast path for int8 weight-only models: what ``olmo_hf.quantization.quantization_config("int8")`` returns
+(torchao ``IntxWeightOnlyConfig`` int8 in groups of 32 with float16 scales; with ``group_size=None``
+``Int8WeightOnlyConfig``, one float32 scale per output channel)::
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16,
                                                  quantization_config=quantization_config("int8"))
     olmo_hf.fast.optimize_for_cpu_inference(model)   # int8 linears -> Int8PackedLinear
 
 Each such ``nn.Linear`` becomes an :class:`Int8PackedLinear` reading an :class:`_Int8Packed`: torchao's own int8
-``(out_features, in_features)`` row-major data (``Int8Tensor.qdata``, not copied for a single layer; the rows of
-q/k/v or gate/up concatenated for a fused matrix) and its per-row float32 scales. Decoding (1..8 rows) runs the
-native int8 matrix-vector kernel (``kernels.c``: ``olmo_hf_gemv_int8``), which reads one byte per weight instead
-of bf16's two; larger products (prefill) widen the int8 weight to bf16 (exact) into a reused buffer and run
-``F.linear`` on it, then scale: torchao's own arithmetic for these weights, on oneDNN's bf16 GEMM (AMX where the
-CPU has it), because PyTorch's fused ``_weight_int8pack_mm`` is ~8x slower than the bf16 GEMM at 128 rows here
-(docs/quantization.md).
+``(out_features, in_features)`` row-major data (``qdata``, not copied for a single layer; the rows of q/k/v or
+gate/up concatenated for a fused matrix) and its scales (float16 per group, or float32 per row). Decoding (1..8
+rows) runs the native int8 matrix-vector kernels (``kernels.c``: ``olmo_hf_gemv_int8_grouped`` /
+``olmo_hf_gemv_int8``), which read 1.0625 (groups of 32) or 1 byte per weight instead of bf16's two; larger products
+(prefill) widen the weight to bf16 as torchao dequantizes it (group-wise ``bf16(q * scale)``; per row ``bf16(q)``,
+the scale after the product) into a reused buffer, or per band on AMX tiles, and multiply: torchao's own
+arithmetic for these weights, on oneDNN's bf16 GEMM (AMX where the CPU has it), because PyTorch's fused
+``_weight_int8pack_mm`` is ~8x slower than the bf16 GEMM at 128 rows here (docs/quantization.md).
 
 ``lm_head`` (int8 too with ``quantization_config("int8")``) becomes an Int8PackedLinear as well; its prefill product
 widens the int8 matrix in slices of at most ``_WIDEN_MAX_ELEMENTS``. The int8 input embedding keeps torchao's
 tensor but gets a lookup that dequantizes only the rows it reads (:func:`patch_int8_embedding`; torchao's
 ``F.embedding`` dequantizes the whole table on every call).
 
-``state_dict()`` / ``save_pretrained`` write exactly what the unoptimised torchao model writes (``weight`` is a
-torchao ``Int8Tensor`` again: the original one for a single layer, one rebuilt from the rows of a fused matrix),
+``state_dict()`` / ``save_pretrained`` write exactly what the unoptimised torchao model writes (``weight`` is
+torchao's tensor again: the original one for a single layer, one rebuilt from the rows of a fused matrix),
 and :func:`olmo_hf.fast.undo` puts the original Parameter objects back with their very values.
 """
 
