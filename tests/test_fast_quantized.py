@@ -183,6 +183,17 @@ def test_int8_linears_become_fast_path_layers_holding_torchao_data(checkpoint, g
 
 
 @LAYOUTS
+def test_a_member_of_a_fused_int8_matrix_called_alone_gives_its_own_product(checkpoint, group_size):
+    plain, fast = load_int8(checkpoint, group_size), optimize_for_cpu_inference(load_int8(checkpoint, group_size))
+    x = torch.randn(1, 20, 64, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)  # 20 rows: prefill
+    with torch.no_grad():
+        for name in ("self_attn.k_proj", "mlp.up_proj"):
+            member = fast.model.layers[1].get_submodule(name)
+            assert member.extra_repr().count("of a fused matrix") == 1
+            assert torch.equal(member(x), plain.model.layers[1].get_submodule(name)(x)), name
+
+
+@LAYOUTS
 def test_int8_embedding_lookup_dequantizes_the_rows_as_torchao_does(checkpoint, group_size):
     model = load_int8(checkpoint, group_size)
     embedding = model.model.embed_tokens

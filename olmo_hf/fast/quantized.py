@@ -353,7 +353,7 @@ def pack_int8(state, parent: nn.Module, names: list[str], on_done=None) -> None:
                 if getattr(w, "zero_point", None) is not None and w.zero_point.dim() == w.scale.dim():
                     w.zero_point = w.zero_point[:0].clone()
     for i, (name, lin) in enumerate(zip(names, linears)):
-        setattr(parent, name, Int8PackedLinear(lin, packed, members[i][2] if fused else None, i))
+        setattr(parent, name, Int8PackedLinear(lin, packed, members[i][3] if fused else None, i))
         state.replaced.append((parent, name, lin))
     if on_done is not None:
         on_done(packed)
