@@ -41,7 +41,7 @@ def weight_bytes(model) -> dict:
         if packed is None or getattr(module, "_rows", None) not in (None, (0, module.out_features)):
             continue  # count each fused matrix once, from its first member
         if hasattr(packed, "qdata"):
-            int8 += packed.qdata.numel() + packed.scale.numel() * 4
+            int8 += packed.qdata.numel() + packed.scale.numel() * packed.scale.element_size()
         elif hasattr(packed, "nbytes"):
             int4 += packed.nbytes()
         else:
