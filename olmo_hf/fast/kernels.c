@@ -1214,6 +1214,18 @@ void olmo_hf_int8_widen_row_grouped(const int8_t* src, const uint16_t* ws, long 
 #if defined(__AVX512BF16__)
     /* a group at a time, its scale converted once; vcvtneps2bf16 rounds to nearest even, and flushes only denormal
        inputs, which these products never are (|q| >= 1 times a float16 scale >= 2^-24, or exactly 0) */
+    if (G == 32 && k0 % 32 == 0) /* the default layout: 16 scales at a time (vcvtph2ps: exact), two chunks each */
+        for (; k + 512 <= k1; k += 512) {
+            const __m512 s16 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(ws + k / 32)));
+            for (int j = 0; j < 16; ++j) {
+                const __m512 s = _mm512_permutexvar_ps(_mm512_set1_epi32(j), s16);
+                const long kk = k + 32 * j;
+                _mm256_storeu_si256((__m256i*)(dst + kk - k0),
+                                    (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(i8x16_to_f32(src + kk), s)));
+                _mm256_storeu_si256((__m256i*)(dst + kk + 16 - k0),
+                                    (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(i8x16_to_f32(src + kk + 16), s)));
+            }
+        }
     while (k + 16 <= k1) {
         const long end = (k / G + 1) * G < k1 ? (k / G + 1) * G : k1;
         const __m512 s = _mm512_set1_ps(i8g_f16_to_f32(ws[k / G]));
