@@ -97,7 +97,6 @@ def int8_group_size(weight) -> int | None:
         and weight.activation_quantization is None  # weight-only
         and scale.dtype == torch.float16  # the kernels' scales (bf16 ones come with bf16 quantization arithmetic)
         and group % 32 == 0 and k % group == 0 and (group <= 128 or group % 128 == 0)
-        and group < k  # one group per row is the per-row layout: Int8Tensor's
         and not bool(zero_point.any())  # symmetric
     )
     return group if ok else None
