@@ -3,8 +3,9 @@
 
 Our model classes need nothing special: every method below goes through ``from_pretrained(...,
 quantization_config=...)`` and replaces (bitsandbytes) or re-types (torchao) the ``nn.Linear`` weights of the
-attention and MLP blocks. ``"int8"`` (and ``"int4"`` on CPU) also quantize ``lm_head`` (int8 per output channel)
-and the input embedding (int8 per row), as llama.cpp's Q8_0 files do, unless ``quantize_embeddings=False``; the
+attention and MLP blocks. ``"int8"`` (and ``"int4"`` on CPU) also quantize ``lm_head`` and the input embedding
+(``"int8"``: in its own layout; ``"int4"``: int8 per row), as llama.cpp's Q8_0 files do, unless
+``quantize_embeddings=False``; the
 other methods keep both in full precision. A classifier's ``score`` is never quantized, and the norms are
 untouched modules that compute in float32 (see ``olmo_hf.modules``)::
 
@@ -23,8 +24,9 @@ Method names (case-insensitive; ``_`` and ``-`` are interchangeable), for :func:
 ``"bnb-4bit"``          bitsandbytes 4-bit, NF4 + double quant, bf16 compute (CPU and CUDA). Aliases
                         ``"bnb-nf4"``, ``"nf4"``, ``"4bit"``; ``"bnb-fp4"`` / ``"fp4"`` select FP4.
 ``"bnb-8bit"``          bitsandbytes LLM.int8() (CPU and CUDA). Aliases ``"bnb-int8"``, ``"8bit"``, ``"llm-int8"``.
-``"int8"``              torchao int8 weight-only, per-channel (CPU and CUDA); ``lm_head`` and the embedding
-                        int8 per row too. Aliases ``"int8_weight_only"``, ``"int8wo"``.
+``"int8"``              torchao int8 weight-only in groups of 32 with float16 scales (llama.cpp Q8_0's layout,
+                        8.5 bits per weight; CPU and CUDA), ``lm_head`` and the embedding too;
+                        ``group_size=None``: one scale per row. Aliases ``"int8_weight_only"``, ``"int8wo"``.
 ``"int8-dynamic"``      torchao int8 dynamic-activation int8-weight (CPU and CUDA). Aliases
                         ``"int8_dynamic_activation_int8_weight"``, ``"int8dq"``.
 ``"int4"``              torchao int4 weight-only, per-group. CUDA: ``Int4WeightOnlyConfig`` (group_size 128)
@@ -82,6 +84,8 @@ __all__ = [
     "DEFAULT_MODULES_TO_NOT_CONVERT",
     "for_tied_embeddings",
     "linear_config",
+    "int8_group_config",
+    "INT8_GROUP_SIZE",
 ]
 
 # Kept in full precision: the sequence-classification head by every method, the LM head by the bitsandbytes
@@ -90,6 +94,11 @@ __all__ = [
 DEFAULT_MODULES_TO_NOT_CONVERT = ("lm_head", "score")
 
 _INT4_GROUP_SIZES = (32, 64, 128, 256)  # torchao Int4WeightOnlyConfig's supported group sizes
+# "int8": one float16 scale per INT8_GROUP_SIZE consecutive weights of a row (8.5 bits per weight, llama.cpp Q8_0's
+# layout), chosen by measured quality: the smallest group whose logits are no further from bf16 than llama.cpp's Q8_0
+# on the demo model and on a random OLMo-2-1B-shaped one (groups of 64 were not; docs/quantization.md, "Group-wise
+# int8")
+INT8_GROUP_SIZE = 32
 _INT4_CUDA_LAYOUTS = ("tile_packed_to_4d", "plain", "preshuffled", "plain_int32")
 _INT4_CPU_LAYOUTS = ("unpacked_to_int8",)
 
@@ -222,10 +231,12 @@ def quantization_config(name: str, *, device: str | torch.device | None = None, 
             - ``"bnb-8bit"`` (aliases ``"bnb-int8"``, ``"8bit"``, ``"llm-int8"``): ``BitsAndBytesConfig(
               load_in_8bit=True)``. Option ``threshold`` (LLM.int8 outlier threshold, default 6.0).
             - ``"int8"`` (aliases ``"int8_weight_only"``, ``"int8wo"``): ``TorchAoConfig(FqnToConfig(...))``
-              applying ``Int8WeightOnlyConfig()`` to the projections and ``Int8WeightOnlyConfig(PerRow())`` to
-              ``lm_head`` and the input embedding. Options ``group_size`` (default None = per output channel; the
-              projections only), ``quantize_embeddings`` (default True; False keeps ``lm_head`` and the embedding
-              in the load dtype; ``modules_to_not_convert=["lm_head"]`` keeps only the head).
+              applying :func:`int8_group_config` (``IntxWeightOnlyConfig`` int8, ``PerGroup(32)``, symmetric
+              without clipping, float16 scales) to the projections, ``lm_head`` and the input embedding. Options
+              ``group_size`` (default 32, a multiple of 32; None: ``Int8WeightOnlyConfig(PerRow())`` for all three,
+              one scale per output channel / per token), ``quantize_embeddings`` (default True; False keeps
+              ``lm_head`` and the embedding in the load dtype; ``modules_to_not_convert=["lm_head"]`` keeps only the
+              head). Groups of 32 were chosen by measured quality (docs/quantization.md, "Group-wise int8").
             - ``"int8-dynamic"`` (aliases ``"int8_dynamic_activation_int8_weight"``, ``"int8dq"``):
               ``TorchAoConfig(Int8DynamicActivationInt8WeightConfig())``.
             - ``"int4"`` (aliases ``"int4_weight_only"``, ``"int4wo"``): option ``group_size`` (32, 64, 128 or
@@ -299,9 +310,14 @@ def quantization_config(name: str, *, device: str | torch.device | None = None, 
     if not isinstance(quantize_embeddings, bool):
         raise ValueError(f"`quantize_embeddings` must be True or False, got {quantize_embeddings!r}.")
     if method == "int8":
-        group_size = options.get("group_size")
-        granularity = PerRow() if group_size is None else PerGroup(int(group_size))
-        return _torchao_config(ao.Int8WeightOnlyConfig(granularity=granularity), extra, quantize_embeddings)
+        group_size = options.get("group_size", INT8_GROUP_SIZE)
+        if group_size is None:  # one scale per row (the layout before group-wise scales)
+            return _torchao_config(ao.Int8WeightOnlyConfig(granularity=PerRow()), extra, quantize_embeddings)
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 32 or group_size % 32:
+            raise ValueError(f"`group_size` for 'int8' must be a positive multiple of 32 (default {INT8_GROUP_SIZE}) "
+                             f"or None for one scale per row, got {group_size!r}.")
+        grouped = int8_group_config(group_size)
+        return _torchao_config(grouped, extra, quantize_embeddings, embedding_config=grouped)
     if method == "int8-dynamic":
         return TorchAoConfig(ao.Int8DynamicActivationInt8WeightConfig(), modules_to_not_convert=skip)
 
@@ -356,11 +372,28 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(p == name or p.endswith("." + name) for p in patterns)
 
 
-def _torchao_config(linear_config, extra: list[str], quantize_embeddings: bool):
+def int8_group_config(group_size: int = INT8_GROUP_SIZE):
+    """torchao's group-wise int8 weight-only config of ``quantization_config("int8")``: ``IntxWeightOnlyConfig(
+    weight_dtype=torch.int8, granularity=PerGroup(group_size), mapping_type=SYMMETRIC_NO_CLIPPING_ERR,
+    scale_dtype=torch.float16)``. Symmetric with the largest magnitude of each group exactly representable (as
+    llama.cpp's Q8_0 grid; plain SYMMETRIC maps it to 127.5 and clips it); float16 scales as Q8_0's (torchao then
+    quantizes with the rounded scale, in float32 arithmetic: a bf16 model times a float16 scale promotes to float32;
+    with bf16 scales it would compute w / scale in bf16, rounding it to 8 significant bits before rounding it to an
+    integer: measured 10 % larger logit errors). A group whose largest magnitude is below ~127 * 2^-24 (6e-6) gets
+    scale 0 and dequantizes to zeros (float16's range)."""
+    import torchao.quantization as ao
+    from torchao.quantization.granularity import PerGroup
+
+    return ao.IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerGroup(group_size),
+                                   mapping_type=ao.MappingType.SYMMETRIC_NO_CLIPPING_ERR, scale_dtype=torch.float16)
+
+
+def _torchao_config(linear_config, extra: list[str], quantize_embeddings: bool, embedding_config=None):
     """``TorchAoConfig`` quantizing the decoder's projections with ``linear_config`` and, unless kept (option
     ``quantize_embeddings=False`` or ``lm_head`` / ``embed_tokens`` in ``modules_to_not_convert``), ``lm_head``
-    as int8 weight-only per output channel and the input embedding as int8 per row (per token): llama.cpp's
-    choice too (Q8_0 ``output.weight`` / ``token_embd.weight`` in a Q8_0 file, Q6_K output in a Q4_0 file).
+    and the input embedding with ``embedding_config`` (default: int8 weight-only per output channel / per row,
+    i.e. per token): llama.cpp's choice too (Q8_0 ``output.weight`` / ``token_embd.weight`` in a Q8_0 file, Q6_K
+    output in a Q4_0 file).
 
     Expressed with torchao's ``FqnToConfig`` (module name -> config), so that each part gets its own config and
     anything else (norms, a classifier's ``score``) stays as loaded; Transformers' ``include_input_output_embeddings``
@@ -371,7 +404,7 @@ def _torchao_config(linear_config, extra: list[str], quantize_embeddings: bool):
     from torchao.quantization.granularity import PerRow
     from transformers import TorchAoConfig
 
-    per_row = ao.Int8WeightOnlyConfig(granularity=PerRow())
+    per_row = embedding_config or ao.Int8WeightOnlyConfig(granularity=PerRow())
     parts = {_DECODER_LINEARS: linear_config}
     if quantize_embeddings and not _matches("lm_head", extra):
         parts[_LM_HEAD] = per_row
@@ -540,21 +573,24 @@ def _int8_weight_only_cpu_forward(self: nn.Linear, x: torch.Tensor) -> torch.Ten
 
 
 def int8_embedding_forward(self: nn.Embedding, input_ids: torch.Tensor) -> torch.Tensor:
-    """``F.embedding`` on an int8 per-row weight, dequantizing only the rows looked up (torchao's own embedding
-    dequantizes the whole table, ~200 M values for a 100 k vocabulary, on every call): the same values, since
-    torchao's dequantization is element-wise (``q.to(dtype) * scale``)."""
+    """``F.embedding`` on a symmetric int8 weight (one scale per row, or per group of a row), dequantizing only the
+    rows looked up (torchao's own embedding dequantizes the whole table, ~200 M values for a 100 k vocabulary, on
+    every call): the same values, since torchao's dequantization is element-wise (``q.to(dtype) * scale``)."""
     weight = self.weight
     if type(input_ids) is not torch.Tensor or input_ids.device.type != "cpu" or self.max_norm is not None:
         return F.embedding(input_ids, weight, self.padding_idx, self.max_norm, self.norm_type,
                            self.scale_grad_by_freq, self.sparse)
     dtype = weight.dtype
+    vocab, hidden = weight.qdata.shape
+    scale = weight.scale.reshape(vocab, -1)[input_ids]  # (..., groups): 1 per row, or hidden / group size
     rows = weight.qdata[input_ids].to(dtype)  # (..., hidden) int8 -> model dtype (exact)
-    scale = weight.scale.reshape(-1)[input_ids].unsqueeze(-1)  # (..., 1), in the scale's own dtype
-    return (rows * scale).to(dtype)  # torchao's dequantize_affine: (q.to(dtype) * scale).to(dtype)
+    rows = rows.view(*rows.shape[:-1], scale.shape[-1], -1) * scale.unsqueeze(-1)  # in the scale's own dtype
+    return rows.view(*input_ids.shape, hidden).to(dtype)  # torchao's dequantize_affine: (q.to(dtype) * scale).to(dtype)
 
 
 def use_cpu_int8_kernel(model: nn.Module) -> int:
-    """Run torchao int8 weight-only linears (method ``"int8"``, per-channel) through PyTorch's fused CPU kernel
+    """Run torchao int8 weight-only linears with one scale per row (method ``"int8"`` with ``group_size=None``; the
+    default group-wise layout is left as it is: ``olmo_hf.fast`` runs it) through PyTorch's fused CPU kernel
     ``torch._weight_int8pack_mm`` instead of torchao's eager path, which converts the whole int8 weight to the
     activation dtype on every call and is several times slower than the bf16 model on CPU.
 

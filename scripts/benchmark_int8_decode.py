@@ -41,7 +41,7 @@ def weight_bytes(model) -> dict:
         if packed is None or getattr(module, "_rows", None) not in (None, (0, module.out_features)):
             continue  # count each fused matrix once, from its first member
         if hasattr(packed, "qdata"):
-            int8 += packed.qdata.numel() + packed.scale.numel() * 4
+            int8 += packed.qdata.numel() + packed.scale.numel() * packed.scale.element_size()
         elif hasattr(packed, "nbytes"):
             int4 += packed.nbytes()
         else:
@@ -57,16 +57,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="decoding steps per model per round")
     p.add_argument("--llama-bench", help="llama.cpp's llama-bench binary")
     p.add_argument("--gguf", action="append", default=[], help="a GGUF of the same weights (repeatable)")
-    p.add_argument("--formats", default="bf16,int8", help="comma-separated: bf16, int8, int4 (default: %(default)s)")
+    p.add_argument("--formats", default="bf16,int8", help="comma-separated: bf16, int8 (groups of 32), int8-row (one "
+                   "scale per row: group_size=None), int4 (default: %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
     models, load_s = {}, {}
     for name in args.formats.split(","):
         t0 = time.perf_counter()
-        models[name] = olmo_hf.Olmo2ForCausalLM.from_pretrained(
-            args.model_dir, dtype=torch.bfloat16,
-            quantization_config=None if name == "bf16" else quantization_config(name, device="cpu"))
+        config = (None if name == "bf16" else quantization_config("int8", device="cpu", group_size=None)
+                  if name == "int8-row" else quantization_config(name, device="cpu"))
+        models[name] = olmo_hf.Olmo2ForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16,
+                                                                quantization_config=config)
         load_s[name] = time.perf_counter() - t0
     print("from_pretrained: " + ", ".join(f"{name} {s:.1f} s" for name, s in load_s.items()), flush=True)
     footprint = {name: memory_footprint(model) for name, model in models.items()}  # before: packed weights are

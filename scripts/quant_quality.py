@@ -25,10 +25,10 @@ Our formats: ``bf16`` (fast path; sanity), ``bf16-eager`` (the default reference
 computed in float32, eager: how far the bf16 reference itself is from exact arithmetic), ``int8``
 (``quantization_config("int8", device="cpu")`` + ``olmo_hf.fast.optimize_for_cpu_inference``), ``int4``
 (``quantization_config("int4", device="cpu")`` + the fast path, skipped with the reason when the fast path
-refuses it; ``int4-gN``: group size N; ``int8-eager-gN``: torchao's per-group int8, which the fast path refuses;
-``FORMAT@key=value+key=value`` passes options to ``quantization_config``,
-e.g. ``int8@quantize_embeddings=false``), ``int4-eager-gN`` (torchao int4 group size N without the fast path: the
-numbers torchao's CPU layout gives, at any speed). llama.cpp's: one row per ``--gguf NAME=PATH``, evaluated
+refuses it; ``int4-gN``: group size N; ``int8-gN``: int8 in groups of N (the default: 32); ``-eager``: without the
+fast path; ``FORMAT@key=value+key=value`` passes options to ``quantization_config``, e.g.
+``int8@quantize_embeddings=false``, ``int8@group_size=none`` (one scale per row)), ``int4-eager-gN`` (torchao
+int4 group size N without the fast path: the numbers torchao's CPU layout gives, at any speed). llama.cpp's: one row per ``--gguf NAME=PATH``, evaluated
 through llama-cpp-python (``pip install llama-cpp-python``; docs/quantization.md, "Quality against llama.cpp",
 gives the CPU build flags).
 
@@ -189,7 +189,8 @@ def load_ours(model_dir: str, fmt: str):
     options = {}
     for item in filter(None, extra.split("+")):
         key, _, value = item.partition("=")
-        options[key] = {"true": True, "false": False}.get(value.lower(), int(value) if value.isdigit() else value)
+        options[key] = {"true": True, "false": False, "none": None}.get(value.lower(),
+                                                                        int(value) if value.isdigit() else value)
     quant = re.fullmatch(r"(int8|int4)(-eager)?(?:-g(\d+))?", fmt)
     if quant:
         if quant.group(3):
@@ -301,8 +302,8 @@ def main() -> None:
     p.add_argument("--gguf", action="append", default=[], metavar="NAME=PATH",
                    help="a GGUF of the same weights (repeatable); NAME 'bf16' is the llama.cpp reference")
     p.add_argument("--formats", default="bf16,fp32,int8,int4,int4-eager-g32",
-                   help="our formats, comma-separated (bf16, bf16-eager, fp32, int8, int8-eager-gN, int4, int4-gN, "
-                   "int4-eager-gN)")
+                   help="our formats, comma-separated (bf16, bf16-eager, fp32, int8, int8-gN, int8-eager-gN, "
+                   "int8@group_size=none, int4, int4-gN, int4-eager-gN)")
     p.add_argument("--reference", choices=["bf16", "fp32"], default="bf16",
                    help="our model the rows are compared with: bf16 (eager) or fp32 (the bf16 weights in float32)")
     p.add_argument("--sequences", type=int, default=4)

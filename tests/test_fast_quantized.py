@@ -1,7 +1,9 @@
-"""The CPU fast path on torchao int8 weight-only models (olmo_hf.fast.quantized; kernels.c: olmo_hf_gemv_int8).
+"""The CPU fast path on torchao int8 weight-only models (olmo_hf.fast.quantized; kernels.c: olmo_hf_gemv_int8 for one
+scale per row, olmo_hf_gemv_int8_grouped for the default group-wise layout).
 
 The optimised model is compared with the SAME quantized model without the fast path: prefill runs torchao's own
-arithmetic (x @ bf16(q)^T, rounded, then the scale), so its logits are bit-identical; a decoding step runs the
+arithmetic (per row: x @ bf16(q)^T, rounded, then the scale; group-wise: x @ bf16(q * scale)^T), so its logits are
+bit-identical; a decoding step runs the
 native kernel (fp32 sum of x * q, one rounding after the scale) inside the bf16 fast path, whose other kernels
 also round differently from the plain modules. Measured on the tiny model below, relative L2 of the 11 decode-step
 logits: fast vs plain 0.008-0.014 (threshold 0.03); against an fp32 model holding the dequantized weights,
@@ -19,8 +21,8 @@ from transformers import AutoModelForCausalLM
 
 import olmo_hf
 from olmo_hf.fast import is_optimized, native, optimize_for_cpu_inference, status, undo
-from olmo_hf.fast.quantized import Int8PackedLinear, is_int8_embedding, is_int8_weight_only
-from olmo_hf.quantization import quantization_config
+from olmo_hf.fast.quantized import Int8PackedLinear, int8_group_size, is_int8_embedding, is_int8_weight_only
+from olmo_hf.quantization import int8_group_config, quantization_config
 
 pytest.importorskip("torchao")
 
@@ -43,9 +45,19 @@ def checkpoint(tmp_path_factory):
     return directory
 
 
-def load_int8(directory):
-    return AutoModelForCausalLM.from_pretrained(
-        directory, dtype=torch.bfloat16, quantization_config=quantization_config("int8", device="cpu")).eval()
+def load_int8(directory, group_size=32):
+    """The model quantized by quantization_config("int8") (groups of 32), or with ``group_size`` (None: per row)."""
+    config = quantization_config("int8", device="cpu", group_size=group_size)
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16, quantization_config=config).eval()
+
+
+LAYOUTS = pytest.mark.parametrize("group_size", [32, None], ids=["groups of 32", "per row"])
+
+
+def _dequantized(weight) -> torch.Tensor:
+    """A torchao int8 weight's values in float64, unrounded (q * scale, per row or per group)."""
+    scale = weight.scale.double().reshape(weight.qdata.shape[0], -1)
+    return weight.qdata.double() * scale.repeat_interleave(weight.qdata.shape[1] // scale.shape[1], dim=1)
 
 
 IDS = torch.tensor([[5, 17, 99, 3, 42, 8, 77, 64, 12, 30, 101]])
@@ -90,19 +102,70 @@ def test_int8_to_bf16_widening_is_exact():
 
 
 @needs_kernels
+@pytest.mark.parametrize("n, k, group", [(64, 64, 32), (37, 96, 32), (3, 64, 32), (130, 2048, 32), (9, 256, 64),
+                                         (8, 384, 128), (5, 512, 256)])
+def test_grouped_int8_kernel_is_the_float64_product_up_to_rounding(n, k, group):
+    gen = torch.Generator().manual_seed(n * k)
+    q = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    scale = (torch.rand(n, k // group, generator=gen) / 100).half()
+    weight = q.double() * scale.double().repeat_interleave(group, dim=1)  # unrounded
+    for rows in range(1, 9):
+        x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+        exact = x.double() @ weight.T
+        out = native._native_int8_grouped_matmul(x, q, scale).double()
+        # x is rounded to int16 per unit of min(group, 128) values (at most half a step per element); fp32 sums;
+        # one bf16 rounding of the result
+        unit = min(group, 128)
+        step = x.double().abs().view(rows, -1, unit).amax(-1).repeat_interleave(unit, -1) / 32767
+        magnitude = x.double().abs() @ weight.abs().T
+        bound = exact.abs() * 2**-8 + (step / 2) @ weight.abs().T + 1e-6 * magnitude
+        assert ((out - exact).abs() <= bound).all(), (rows, n, k, group)
+
+
+@needs_kernels
+def test_grouped_int8_kernel_reads_row_slices_and_strided_rows():
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randint(-127, 128, (40, 96), generator=gen, dtype=torch.int8)
+    scale = torch.rand(40, 3, generator=gen).half()
+    x = torch.randn(3, 2, 192, generator=gen).to(torch.bfloat16)[..., ::2]  # (3, 2, 96), row stride 2
+    ref = x.double() @ (q[8:20].double() * scale[8:20].double().repeat_interleave(32, dim=1)).T
+    out = native._native_int8_grouped_matmul(x, q[8:20], scale[8:20].contiguous())
+    assert out.shape == (3, 2, 12) and torch.allclose(out.double(), ref, rtol=2**-8, atol=1e-4)
+
+
+@needs_kernels
+def test_grouped_int8_widening_is_torchaos_dequantization_bit_for_bit():
+    """bf16(q * scale) as IntxUnpackedToInt8Tensor.dequantize computes it (float16 scales: the product is exact in
+    float32, rounded once); weights spanning 2^-14..2^4 so that products land on bf16 rounding ties, in many binades
+    and on subnormal float16 scales."""
+    from torchao.quantization.quant_api import _intx_weight_only_quantize_tensor
+
+    gen = torch.Generator().manual_seed(3)
+    hp = (torch.randn(48, 256, generator=gen) * 2.0 ** torch.randint(-14, 4, (48, 1), generator=gen)).bfloat16()
+    weight = _intx_weight_only_quantize_tensor(hp, int8_group_config(32))
+    assert int8_group_size(weight) == 32
+    expected = weight.dequantize()
+    assert torch.equal(native._native_int8_grouped_to_bf16(weight.qdata, weight.scale), expected)
+    assert torch.equal(native.int8_grouped_reference(weight.qdata, weight.scale), expected)
+
+
+@needs_kernels
 def test_kernel_plan_measures_the_int8_kernels():
     notes = {}
     lib = native._native_kernel()
     decided = native._measure_int8(lib, torch.Generator().manual_seed(0), notes)
-    assert set(decided) == {"int8_gemv_max_rows", "int8_convert"}
+    assert set(decided) == {"int8_gemv_max_rows", "int8_grouped_gemv_max_rows", "int8_convert"}
     assert notes["int8_gemv_1"].startswith("int8 matrix-vector (1 row): ")
     assert "torch._weight_int8pack_mm" in notes["int8_gemv_1"]
+    assert decided["int8_grouped_gemv_max_rows"] == 8  # no PyTorch kernel to compare with: always on
+    assert notes["int8_grouped_gemv"].startswith("int8 group-wise matrix-vector (1-8 rows): on")
     assert notes["int8_convert"].startswith("int8 -> bf16 widening before a GEMM: ")
 
 
 # ----------------------------------------------------------------------------------------------- the model
-def test_int8_linears_become_fast_path_layers_holding_torchao_data(checkpoint):
-    model = load_int8(checkpoint)
+@LAYOUTS
+def test_int8_linears_become_fast_path_layers_holding_torchao_data(checkpoint, group_size):
+    model = load_int8(checkpoint, group_size)
     o_proj_qdata = model.model.layers[0].self_attn.o_proj.weight.qdata
     optimize_for_cpu_inference(model)
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
@@ -110,14 +173,29 @@ def test_int8_linears_become_fast_path_layers_holding_torchao_data(checkpoint):
         assert type(layer) is Int8PackedLinear
     assert attn.o_proj._packed.qdata is o_proj_qdata  # a single layer keeps torchao's int8 tensor: no copy
     assert attn.__dict__["_fast_qkv"].qdata.shape == (64 + 2 * 32, 64)  # fused q/k/v: one int8 matrix
+    qkv_scale = attn.__dict__["_fast_qkv"].scale  # float16 per group of 32, or float32 per row
+    assert (qkv_scale.shape, qkv_scale.dtype) == (((128, 2), torch.float16) if group_size else ((128,), torch.float32))
     assert mlp.__dict__["_fast_gate_up"].qdata.dtype == torch.int8
+    assert model.lm_head._packed.group == (group_size or 0)
     assert type(model.lm_head) is Int8PackedLinear  # quantization_config("int8") quantizes lm_head too
     assert "forward" in model.model.embed_tokens.__dict__  # the int8 embedding's row-wise lookup
     assert "model optimised" in str(status(model))
 
 
-def test_int8_embedding_lookup_dequantizes_the_rows_as_torchao_does(checkpoint):
-    model = load_int8(checkpoint)
+@LAYOUTS
+def test_a_member_of_a_fused_int8_matrix_called_alone_gives_its_own_product(checkpoint, group_size):
+    plain, fast = load_int8(checkpoint, group_size), optimize_for_cpu_inference(load_int8(checkpoint, group_size))
+    x = torch.randn(1, 20, 64, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)  # 20 rows: prefill
+    with torch.no_grad():
+        for name in ("self_attn.k_proj", "mlp.up_proj"):
+            member = fast.model.layers[1].get_submodule(name)
+            assert member.extra_repr().count("of a fused matrix") == 1
+            assert torch.equal(member(x), plain.model.layers[1].get_submodule(name)(x)), name
+
+
+@LAYOUTS
+def test_int8_embedding_lookup_dequantizes_the_rows_as_torchao_does(checkpoint, group_size):
+    model = load_int8(checkpoint, group_size)
     embedding = model.model.embed_tokens
     assert is_int8_embedding(embedding)
     with torch.no_grad():
@@ -151,8 +229,9 @@ def test_tied_int8_model_keeps_its_bf16_embedding_and_head_in_the_fast_path(tmp_
 
 
 @needs_kernels
-def test_prefill_widening_the_int8_weight_in_slices_is_bit_identical(checkpoint, monkeypatch):
-    plain, fast = load_int8(checkpoint), optimize_for_cpu_inference(load_int8(checkpoint))
+@LAYOUTS
+def test_prefill_widening_the_int8_weight_in_slices_is_bit_identical(checkpoint, monkeypatch, group_size):
+    plain, fast = load_int8(checkpoint, group_size), optimize_for_cpu_inference(load_int8(checkpoint, group_size))
     monkeypatch.setattr(olmo_hf.fast.quantized, "_WIDEN_MAX_ELEMENTS", 40 * 64)  # lm_head (128 x 64) in 4 slices
     plan = olmo_hf.fast.native.kernel_plan()  # the widening path, not the AMX product that reads int8 directly
     monkeypatch.setattr(olmo_hf.fast.native, "_PLAN", dataclasses.replace(plan, int8_gemm_amx=False))
@@ -161,8 +240,9 @@ def test_prefill_widening_the_int8_weight_in_slices_is_bit_identical(checkpoint,
 
 
 @needs_kernels
-def test_int8_model_gives_the_quantized_models_tokens_and_logits(checkpoint):
-    plain, fast = load_int8(checkpoint), optimize_for_cpu_inference(load_int8(checkpoint))
+@LAYOUTS
+def test_int8_model_gives_the_quantized_models_tokens_and_logits(checkpoint, group_size):
+    plain, fast = load_int8(checkpoint, group_size), optimize_for_cpu_inference(load_int8(checkpoint, group_size))
     with torch.no_grad():
         assert torch.equal(fast(IDS).logits, plain(IDS).logits)  # prefill: torchao's arithmetic, bit for bit
     kwargs = dict(max_new_tokens=12, do_sample=False, output_logits=True, return_dict_in_generate=True)
@@ -171,8 +251,8 @@ def test_int8_model_gives_the_quantized_models_tokens_and_logits(checkpoint):
     exact = olmo_hf.Olmo2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     with torch.no_grad():
         for name, module in plain.named_modules():  # the fp32 model with the dequantized int8 weights
-            if is_int8_weight_only(module):
-                exact.get_submodule(name).weight.copy_(module.weight.qdata.float() * module.weight.scale.float())
+            if is_int8_weight_only(module) or is_int8_embedding(module):
+                exact.get_submodule(name).weight.copy_(_dequantized(module.weight))
         reference = exact(out_plain.sequences).logits[0, IDS.shape[1]:]  # (decoding steps, vocab)
     fast_err, plain_err = [], []
     for i in range(1, len(out_fast.logits)):  # decoding steps: the native int8 kernel
@@ -182,8 +262,9 @@ def test_int8_model_gives_the_quantized_models_tokens_and_logits(checkpoint):
     assert sum(fast_err) <= 1.5 * sum(plain_err)
 
 
-def test_undo_restores_the_torchao_model_exactly(checkpoint):
-    model = load_int8(checkpoint)
+@LAYOUTS
+def test_undo_restores_the_torchao_model_exactly(checkpoint, group_size):
+    model = load_int8(checkpoint, group_size)
     params = dict(model.named_parameters())
     before = {name: (p.qdata.clone(), p.scale.clone()) for name, p in params.items() if hasattr(p, "qdata")}
     with torch.no_grad():
@@ -200,8 +281,9 @@ def test_undo_restores_the_torchao_model_exactly(checkpoint):
         assert torch.equal(model(IDS).logits, ref)
 
 
-def test_save_pretrained_after_optimising_writes_the_torchao_checkpoint(checkpoint, tmp_path):
-    plain, fast = load_int8(checkpoint), optimize_for_cpu_inference(load_int8(checkpoint))
+@LAYOUTS
+def test_save_pretrained_after_optimising_writes_the_torchao_checkpoint(checkpoint, tmp_path, group_size):
+    plain, fast = load_int8(checkpoint, group_size), optimize_for_cpu_inference(load_int8(checkpoint, group_size))
     plain.save_pretrained(tmp_path / "plain")
     fast.save_pretrained(tmp_path / "fast")
     written = load_file(tmp_path / "fast" / "model.safetensors")
@@ -213,17 +295,27 @@ def test_save_pretrained_after_optimising_writes_the_torchao_checkpoint(checkpoi
         assert torch.equal(reloaded(IDS).logits, plain(IDS).logits)
 
 
-def test_other_quantization_and_per_group_int8_are_refused_naming_them(checkpoint):
+def test_other_quantization_and_other_int8_layouts_are_refused_naming_them(checkpoint):
+    import torchao.quantization as ao
+    from torchao.quantization.granularity import PerGroup
+    from transformers import TorchAoConfig
+
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint, dtype=torch.bfloat16, quantization_config=quantization_config("int8-dynamic", device="cpu"))
     with pytest.raises(ValueError, match="Int8DynamicActivationInt8WeightConfig.*int8 weight-only"):
         optimize_for_cpu_inference(model)
     assert not is_optimized(model)
-    per_group = AutoModelForCausalLM.from_pretrained(
-        checkpoint, dtype=torch.bfloat16, quantization_config=quantization_config("int8", device="cpu", group_size=32))
-    with pytest.raises(ValueError, match=r"q_proj\.weight is a Int8Tensor \(only torchao int8 weight-only per-channel"):
-        optimize_for_cpu_inference(per_group)
-    assert not is_optimized(per_group)
+    others = {  # torchao's own per-group Int8Tensor; group-wise int8 with bf16 scales (torchao's default dtype)
+        "Int8Tensor": ao.Int8WeightOnlyConfig(granularity=PerGroup(32)),
+        "IntxUnpackedToInt8Tensor": ao.IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerGroup(32)),
+    }
+    for kind, config in others.items():
+        other = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16,
+                                                     quantization_config=TorchAoConfig(config))
+        with pytest.raises(ValueError, match=rf"q_proj\.weight is a {kind} \(only torchao int8 weight-only weights, "
+                                             r"per channel or per group of 32-128 with float16 scales"):
+            optimize_for_cpu_inference(other)
+        assert not is_optimized(other)
 
 
 def test_deepcopy_of_an_optimised_int8_model_gives_the_same_logits(checkpoint):

@@ -104,6 +104,25 @@ def test_the_emulated_int8_widening_is_exact(harness, tmp_path):
     assert torch.equal(_from_bf16_bits(tmp_path / "out", (3, 251)), q.to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("n,k,group", [(1, 64, 32), (5, 96, 32), (37, 256, 64), (64, 2048, 32), (6, 512, 256)])
+def test_the_emulated_grouped_int8_product_and_widening_are_torchaos_dequantization(harness, tmp_path, n, k, group):
+    """Group-wise int8 (the default of quantization_config("int8")): the widening bit for bit torchao's bf16(q *
+    scale), the product within bf16 rounding of x @ the unrounded weight in float64."""
+    _, cmd = harness
+    gen = torch.Generator().manual_seed(n * 1000 + k)
+    q = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    scale = (torch.rand(n, k // group, generator=gen) / 64).half()
+    for m in (1, 3, 8):
+        x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+        (tmp_path / "in").write_bytes(_bf16_bits(x).tobytes() + q.numpy().tobytes() + scale.numpy().tobytes())
+        done = _run(cmd, "int8_grouped", m, n, k, group, tmp_path / "in", tmp_path / "out")
+        assert done.returncode == 0, done.stderr
+        both = _from_bf16_bits(tmp_path / "out", (m * n + n * k,))
+        assert torch.equal(both[m * n :].view(n, k), native.int8_grouped_reference(q, scale))
+        ref = x.double() @ (q.double() * scale.double().repeat_interleave(group, dim=1)).T
+        torch.testing.assert_close(both[: m * n].view(m, n).double(), ref, rtol=2**-7, atol=1e-4 * k**0.5)
+
+
 @pytest.mark.parametrize("n,k,group,asymmetric", [(5, 64, 32, False), (37, 192, 64, True), (64, 2048, 64, True),
                                                   (8, 256, 128, False)])
 def test_the_emulated_int4_product_and_widening_are_the_nibble_layouts(harness, tmp_path, n, k, group, asymmetric):

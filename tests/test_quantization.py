@@ -46,7 +46,8 @@ CPU_CASES = [
     ("bnb-fp4", {"double_quant": False}, torch.bfloat16),
     ("bnb-4bit", {"compute_dtype": torch.float32}, torch.float32),
     ("bnb-8bit", {}, torch.bfloat16),
-    ("int8", {}, torch.bfloat16),
+    ("int8", {}, torch.bfloat16),  # groups of 32
+    ("int8", {"group_size": None}, torch.bfloat16),  # one scale per row
     ("int8-dynamic", {}, torch.bfloat16),
     ("int4", {}, torch.bfloat16),
     ("int4_weight_only", {"group_size": 64}, torch.float32),
@@ -123,10 +124,14 @@ def _canonical(name: str) -> str:
         ("bnb-8bit", {"threshold": 4.0}, lambda c: c.load_in_8bit and c.llm_int8_threshold == 4.0),
         ("llm_int8", {}, lambda c: c.load_in_8bit),
         ("int8", {}, lambda c: isinstance(c, TorchAoConfig)
-         and isinstance(Q.linear_config(c), ao.Int8WeightOnlyConfig)),
+         and isinstance(Q.linear_config(c), ao.IntxWeightOnlyConfig) and Q.linear_config(c).weight_dtype == torch.int8
+         and Q.linear_config(c).granularity.group_size == 32 and Q.linear_config(c).scale_dtype == torch.float16
+         and Q.linear_config(c).mapping_type == ao.MappingType.SYMMETRIC_NO_CLIPPING_ERR),
         ("int8_weight_only", {"group_size": 64},
-         lambda c: isinstance(Q.linear_config(c), ao.Int8WeightOnlyConfig)
+         lambda c: isinstance(Q.linear_config(c), ao.IntxWeightOnlyConfig)
          and Q.linear_config(c).granularity.group_size == 64),
+        ("int8", {"group_size": None}, lambda c: isinstance(Q.linear_config(c), ao.Int8WeightOnlyConfig)
+         and isinstance(Q.linear_config(c).granularity, PerRow)),
         ("int8_dynamic_activation_int8_weight", {},
          lambda c: isinstance(c.quant_type, ao.Int8DynamicActivationInt8WeightConfig)),
         ("int8-dynamic", {}, lambda c: isinstance(c.quant_type, ao.Int8DynamicActivationInt8WeightConfig)),
@@ -146,11 +151,14 @@ def test_quantization_config_names(name, options, check):
     bitsandbytes = isinstance(config, BitsAndBytesConfig)
     skipped = config.llm_int8_skip_modules if bitsandbytes else config.modules_to_not_convert
     assert "score" in skipped  # a classifier's head is always kept in full precision
-    if _canonical(name) in ("int8", "int4"):  # lm_head and the input embedding: int8 per row (llama.cpp's choice)
+    if _canonical(name) in ("int8", "int4"):  # lm_head and the input embedding quantized too (llama.cpp's choice)
         table = config.quant_type.fqn_to_config
         assert config.include_input_output_embeddings
         for key in (Q._LM_HEAD, Q._INPUT_EMBEDDING):
-            assert isinstance(table[key], ao.Int8WeightOnlyConfig) and isinstance(table[key].granularity, PerRow)
+            if _canonical(name) == "int8":  # as the projections: groups, or one scale per row
+                assert table[key] == Q.linear_config(config)
+            else:  # int4: int8 per row
+                assert isinstance(table[key], ao.Int8WeightOnlyConfig) and isinstance(table[key].granularity, PerRow)
     else:
         assert "lm_head" in skipped
 
@@ -165,7 +173,7 @@ def test_lm_head_and_embedding_can_be_kept_in_full_precision(options):
     keep_embedding = keep_all or options.get("modules_to_not_convert") == "embed_tokens"
     assert (Q._LM_HEAD in table) is not keep_head
     assert (Q._INPUT_EMBEDDING in table) is not keep_embedding
-    assert isinstance(table[Q._DECODER_LINEARS], ao.Int8WeightOnlyConfig)
+    assert table[Q._DECODER_LINEARS] == Q.int8_group_config(32)
 
 
 def test_default_device_is_detected(monkeypatch):
@@ -190,6 +198,8 @@ def test_default_device_is_detected(monkeypatch):
         ("bnb-4bit", {"device": "mps"}, r"supports device 'cpu' or 'cuda'"),
         ("int4", {"device": "cpu", "group_size": 100}, r"group_size.*\(32, 64, 128, 256\)"),
         ("int8", {"device": "cpu", "bits": 4}, r"Unknown option\(s\) \['bits'\].*accepted: group_size"),
+        ("int8", {"device": "cpu", "group_size": 48}, r"`group_size` for 'int8' must be a positive multiple of 32 "
+                                                      r"\(default 32\) or None for one scale per row, got 48"),
         ("fp4", {"device": "cpu", "quant_type": "nf4"}, r"fixes quant_type='fp4'; use 'bnb-4bit'"),
         ("bnb-4bit", {"device": "cpu", "quant_type": "int4"}, r"'nf4' or 'fp4'"),
         ("bnb-4bit", {"device": "cpu", "compute_dtype": "int8"}, r"compute_dtype.*bfloat16, float32, float16"),
@@ -229,8 +239,10 @@ def test_quantized_model_runs_is_accurate_and_round_trips(olmo2, tmp_path, name,
         assert type(proj.weight).__module__.startswith("torchao")
     assert type(model.lm_head) is nn.Linear
     if method in ("int8", "int4"):
+        grouped = method == "int8" and "group_size" not in options  # int8's default: groups of 32, as projections
         for weight in (model.lm_head.weight, model.model.embed_tokens.weight):
-            assert type(weight) is ao.Int8Tensor and list(weight.block_size) == [1, 256]
+            assert type(weight) is (ao.IntxUnpackedToInt8Tensor if grouped else ao.Int8Tensor)
+            assert list(weight.block_size) == [1, 32 if grouped else 256]
     else:
         assert type(model.lm_head.weight) is nn.Parameter
         assert type(model.model.embed_tokens.weight) is nn.Parameter
@@ -297,7 +309,8 @@ def test_int8_lm_head_and_embedding_round_trip_and_can_be_kept(olmo2, tmp_path):
     kept = _load(directory, "int8", quantize_embeddings=False)
     assert type(kept.lm_head.weight) is nn.Parameter and type(kept.model.embed_tokens.weight) is nn.Parameter
     head_only = _load(directory, "int8", modules_to_not_convert=["embed_tokens"])
-    assert type(head_only.lm_head.weight) is ao.Int8Tensor and type(head_only.model.embed_tokens.weight) is nn.Parameter
+    assert type(head_only.lm_head.weight) is ao.IntxUnpackedToInt8Tensor
+    assert type(head_only.model.embed_tokens.weight) is nn.Parameter
     for model in (kept, head_only):
         with torch.no_grad():
             logits = model(ids).logits
@@ -367,7 +380,7 @@ def test_save_refuses_unserializable_quantization(olmo2, tmp_path):
 # ----------------------------------------------------------------------------------------------- CPU int8 kernel
 def test_cpu_int8_kernel(olmo2, tmp_path):
     directory, ids, ref = olmo2
-    model = _load(directory, "int8")
+    model = _load(directory, "int8", group_size=None)  # torch's fused kernel takes one scale per row
     with torch.no_grad():
         torchao_logits = model(ids).logits
     assert Q.use_cpu_int8_kernel(model) == 16  # 7 projections x 2 layers, lm_head, and the embedding
@@ -380,11 +393,12 @@ def test_cpu_int8_kernel(olmo2, tmp_path):
     with torch.no_grad():
         assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path)(ids).logits, torchao_logits)
     assert Q.use_cpu_int8_kernel(_load(directory, "int8-dynamic")) == 0  # only weight-only int8 is switched
+    assert Q.use_cpu_int8_kernel(_load(directory, "int8")) == 0  # group-wise: the fast path's kernels only
 
 
 def test_cpu_int8_kernel_embedding_lookup_equals_torchaos(olmo2):
     directory, ids, _ = olmo2
-    model = _load(directory, "int8")
+    model = _load(directory, "int8", group_size=None)
     embedding = model.model.embed_tokens
     with torch.no_grad():
         expected = embedding(ids)  # torchao dequantizes the whole table
@@ -433,12 +447,15 @@ def test_memory_footprint_counts_stored_bytes(olmo2):
     directory, _, _ = olmo2
     bf16 = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
     assert bf16.get_memory_footprint() == Q.memory_footprint(bf16) == PreTrainedModel.get_memory_footprint(bf16)
-    int8 = _load(directory, "int8")
+    int8 = _load(directory, "int8", group_size=None)
     proj_params = sum(p.numel() for n, p in bf16.named_parameters() if n.endswith("proj.weight"))
     int8_params = proj_params + bf16.lm_head.weight.numel() + bf16.model.embed_tokens.weight.numel()
     assert PreTrainedModel.get_memory_footprint(int8) == bf16.get_memory_footprint()  # Transformers' miscount
     saved = bf16.get_memory_footprint() - int8.get_memory_footprint()
     assert 0.95 * int8_params < saved < int8_params  # one byte saved per projection, lm_head and embedding weight
+    # groups of 32 (the default): per 32 weights a float16 scale and torchao's int8 zero point (all zero)
+    grouped = bf16.get_memory_footprint() - _load(directory, "int8").get_memory_footprint()
+    assert grouped == int8_params - int8_params // 32 * (2 + 1)
     nf4 = _load(directory, "bnb-4bit", double_quant=False)
     absmax_bytes = 4 * proj_params // 64  # one float32 absmax per 64-weight block
     assert nf4.get_memory_footprint() >= PreTrainedModel.get_memory_footprint(nf4) + absmax_bytes

@@ -169,8 +169,9 @@ def resolve_fast(fast: bool | None, device: torch.device, device_flag: str, quan
         from ..quantization import linear_config  # the projections' config (lm_head has its own)
 
         quant_type = linear_config(quantization_config)
-        taken = type(quant_type).__name__ == "Int8WeightOnlyConfig" or (
-            type(quant_type).__name__ == "IntxWeightOnlyConfig" and getattr(quant_type, "weight_dtype", None) == torch.int4)
+        taken = type(quant_type).__name__ == "Int8WeightOnlyConfig" or (  # int8 per row; group-wise int8 and int4:
+            type(quant_type).__name__ == "IntxWeightOnlyConfig"
+            and getattr(quant_type, "weight_dtype", None) in (torch.int4, torch.int8))
     if quantization_config is not None and not taken:
         if fast:
             raise CliError("--fast cannot be combined with --quantize: the CPU fast path packs plain bf16/fp32 "

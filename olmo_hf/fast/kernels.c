@@ -343,7 +343,9 @@ int olmo_hf_gemv_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, long l
 /* y = x @ W^T for any number of rows of x (prefill products), W the plain row-major weight as nn.Linear holds it
    (OLMO_HF_W_BF16), torchao's int8 weight-only data with per-row fp32 scales (OLMO_HF_W_INT8: y =
    bf16(bf16(x @ q^T) * bf16(scale)), torchao's own roundings), or an int4 matrix in the fast path's nibble layout
-   (OLMO_HF_W_INT4: widened per band exactly as torchao dequantizes, then y = bf16(x @ W^T)). Why not F.linear: oneDNN's GEMM behind it reorders
+   (OLMO_HF_W_INT4: widened per band exactly as torchao dequantizes, then y = bf16(x @ W^T)), or torchao's group-wise
+   int8 with its fp16 group scales (OLMO_HF_W_INT8_GROUPED: widened per band to bf16(q * scale) as torchao
+   dequantizes, then y = bf16(x @ W^T)). Why not F.linear: oneDNN's GEMM behind it reorders
    the plain weight into its blocked layout on every call (an unpacked weight is not cached), which on two cores
    costs more than the products themselves at 128 rows (~100-250 GFLOP/s measured, against a few TFLOP/s of tiles).
    Here the weight is read once per call, as it is:
@@ -358,6 +360,8 @@ int olmo_hf_gemv_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, long l
 #define OLMO_HF_W_BF16 0
 #define OLMO_HF_W_INT8 1
 #define OLMO_HF_W_INT4 2  /* olmo_hf.fast.int4's nibble layout: scale = its bf16 group scales, offset its offsets */
+#define OLMO_HF_W_INT8_GROUPED 3  /* torchao's group-wise int8: scale = its fp16 group scales (N, K / group) */
+void olmo_hf_int8_widen_row_grouped(const int8_t* src, const uint16_t* ws, long G, long k0, long k1, uint16_t* dst);
 void olmo_hf_int4_widen_row(const uint8_t* src, const uint16_t* ws, const int8_t* wo, long G, long k0, long k1,
                             uint16_t* dst);  /* the int4 section below */
 
@@ -393,6 +397,8 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
     if (M < 1 || N < 1 || K < 32 || K % 32) return -1;
     if (kind == OLMO_HF_W_INT4) {
         if (!scale || group < 32 || (group != 32 && group % 64) || K % group || ldw < (K + 63) / 64 * 32) return -1;
+    } else if (kind == OLMO_HF_W_INT8_GROUPED) {
+        if (!scale || group < 32 || group % 32 || K % group || ldw < K) return -1;
     } else if ((kind != OLMO_HF_W_BF16 && kind != OLMO_HF_W_INT8) || ldw < K || (kind == OLMO_HF_W_INT8 && !scale)) {
         return -1;
     }
@@ -403,7 +409,7 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
     long KC = (512L * 1024 / 2 / Mp) / 64 * 64;
     if (KC < 64) KC = 64;
     if (KC > K) KC = K;
-    const long ng = kind == OLMO_HF_W_INT4 ? K / group : 0;
+    const long ng = kind == OLMO_HF_W_INT4 || kind == OLMO_HF_W_INT8_GROUPED ? K / group : 0;
     const long ldb = KC + 32;  /* band buffer row stride: not a multiple of 4 KiB (rows 4 KiB apart share L1 sets) */
     /* xp: Mp / 16 tiles of (J, 16, 2) bf16: tile t, pair j, row m -> x[16 t + m, 2j], x[16 t + m, 2j + 1] */
     uint32_t* xp = (uint32_t*)aligned_alloc(64, (size_t)Mp * K * 2);
@@ -450,6 +456,11 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
                     if (kind == OLMO_HF_W_INT4) {
                         olmo_hf_int4_widen_row((const uint8_t*)w + (n0 + r) * ldw, (const uint16_t*)scale + (n0 + r) * ng,
                                                offset ? offset + (n0 + r) * ng : NULL, group, k0, k0 + kc, dst);
+                        continue;
+                    }
+                    if (kind == OLMO_HF_W_INT8_GROUPED) {  /* torchao's bf16(q * scale) */
+                        olmo_hf_int8_widen_row_grouped((const int8_t*)w + (n0 + r) * ldw,
+                                                       (const uint16_t*)scale + (n0 + r) * ng, group, k0, k0 + kc, dst);
                         continue;
                     }
                     const int8_t* src = (const int8_t*)w + (n0 + r) * ldw + k0;
@@ -843,11 +854,13 @@ int olmo_hf_prefill_attention_bf16(const uint16_t* q, long qsb, long qsh, long q
    position one band (NR rows) ahead: 1.35x at one thread here (9.0 -> 12.2 GB/s, torch.sum: 12.7 GB/s). */
 #define I8_QB 128 /* x quantization block (elements); int32 sums of a block cannot overflow: 128 * 32767 * 128 */
 
-/* x (M rows, stride ldx, bf16) -> xq (M rows of Kp int16, zero padded) and sx (M rows of nb block scales). */
-static void quantize_x_int16(const uint16_t* x, long ldx, long M, long K, long Kp, long nb, int16_t* xq, float* sx) {
+/* x (M rows, stride ldx, bf16) -> xq (M rows of Kp int16, zero padded) and sx (M rows of nb scales, one per block
+   of B elements). */
+static void quantize_x_int16_blocks(const uint16_t* x, long ldx, long M, long K, long Kp, long B, long nb, int16_t* xq,
+                                    float* sx) {
     for (long m = 0; m < M; ++m) {
         for (long b = 0; b < nb; ++b) {
-            const long k0 = b * I8_QB, k1 = k0 + I8_QB < K ? k0 + I8_QB : K;
+            const long k0 = b * B, k1 = k0 + B < K ? k0 + B : K;
             float mx = 0.f;
             for (long k = k0; k < k1; ++k) { const float v = fabsf(bf16_to_f32(x[m * ldx + k])); if (v > mx) mx = v; }
             const float inv = mx > 0.f ? 32767.f / mx : 0.f;
@@ -857,6 +870,7 @@ static void quantize_x_int16(const uint16_t* x, long ldx, long M, long K, long K
         for (long k = K; k < Kp; ++k) xq[m * Kp + k] = 0;
     }
 }
+#define quantize_x_int16(x, ldx, M, K, Kp, nb, xq, sx) quantize_x_int16_blocks(x, ldx, M, K, Kp, I8_QB, nb, xq, sx)
 
 #if defined(__AVX512BF16__)
 #define I8_STEP 32
@@ -1048,6 +1062,238 @@ int olmo_hf_int8_to_bf16(const int8_t* q, long ldq, long N, long K, uint16_t* ou
 #endif
         for (; k < K; ++k) dst[k] = f32_to_bf16((float)src[k]);
     }
+    return 0;
+}
+
+/* -------------------------------------------------------------------------------- group-wise int8 (the default) */
+/* y[m, n] = bf16(sum_g ws[n, g] * sum_{k in group g} x[m, k] * q[n, k]) for M <= 8 rows of bf16 x: q the plain
+   (N, K) row-major int8 weight of torchao's tensor (no copy), ws its fp16 group scales (N, K / G) (torchao's own: one
+   per G consecutive weights of a row), the weight w[n, k] = q[n, k] * ws[n, k / G] (symmetric: no zero point).
+   Bits per weight 8 + 16 / G (8.5 at G = 32: llama.cpp's Q8_0, whose blocks are 32 int8 and an fp16 scale).
+   Each band's scales are converted to fp32 once (vcvtph2ps), into a buffer on the thread's stack.
+   As the per-row kernel: x is rounded to int16 per unit of U = min(G, 128) elements (|x| max -> 32767), weights are
+   sign-extended to int16 in registers and multiplied in pairs into int32 (vpmaddwd), and each unit's int32 sums are
+   converted to fp32 once and scaled by sx[unit] * ws[group] into fp32 accumulators; with G = 32 that is one
+   conversion and one FMA per 32 weights (one vpmaddwd) on top of the per-row kernel's work, which stays far below
+   the memory stream on these cores. Needs G % 32 == 0, K % G == 0, and G <= 128 or G % 128 == 0. */
+#define I8G_UNIT(G) ((G) < I8_QB ? (G) : I8_QB)
+
+#if defined(__AVX512BF16__)
+#define GEMV_I8G_MICRO(MM)                                                                                    \
+static inline void gemv_i8g_micro_##MM(const int16_t* xq, long Kp, const float* sx, long nu, long U,        \
+                                       const int8_t* w, long ldw, const float* ws, long ng, long G,         \
+                                       float out[4][NR]) {                                                  \
+    __m512 acc[MM][NR];                                                                                     \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();               \
+    for (long u = 0; u < nu; ++u) {                                                                         \
+        const long k0 = u * U, g = k0 / G;                                                                  \
+        __m512i ia[MM][NR];                                                                                 \
+        _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) ia[m][r] = _mm512_setzero_si512();         \
+        for (long k = k0; k < k0 + U; k += 32) {                                                            \
+            __m512i wv[NR];                                                                                 \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                          \
+                if (!(k & 63)) _mm_prefetch((const char*)(w + (r + NR) * ldw + k), _MM_HINT_T0);            \
+                wv[r] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + r * ldw + k)));        \
+            }                                                                                               \
+            _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                          \
+                const __m512i xv = _mm512_loadu_si512((const void*)(xq + m * Kp + k));                      \
+                _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                        \
+                    ia[m][r] = _mm512_add_epi32(ia[m][r], _mm512_madd_epi16(wv[r], xv));                    \
+            }                                                                                               \
+        }                                                                                                   \
+        _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                              \
+            const float s = sx[m * nu + u];                                                                 \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                            \
+                acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[m][r]), _mm512_set1_ps(s * ws[r * ng + g]), \
+                                            acc[m][r]);                                                     \
+        }                                                                                                   \
+    }                                                                                                       \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]);   \
+}
+GEMV_I8G_MICRO(1) GEMV_I8G_MICRO(2)
+#elif defined(__AVX2__) /* 16 weights per step (U is a multiple of 32: no tails) */
+static inline void gemv_i8g_micro_1(const int16_t* xq, long Kp, const float* sx, long nu, long U, const int8_t* w,
+                                    long ldw, const float* ws, long ng, long G, float out[4][NR]) {
+    (void)Kp;
+    __m256 acc[NR];
+    for (int r = 0; r < NR; ++r) acc[r] = _mm256_setzero_ps();
+    for (long u = 0; u < nu; ++u) {
+        const long k0 = u * U, g = k0 / G;
+        __m256i ia[NR];
+        for (int r = 0; r < NR; ++r) ia[r] = _mm256_setzero_si256();
+        for (long k = k0; k < k0 + U; k += 16) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + k));
+            for (int r = 0; r < NR; ++r) {
+                if (!(k & 63)) _mm_prefetch((const char*)(w + (r + NR) * ldw + k), _MM_HINT_T0);
+                const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w + r * ldw + k)));
+                ia[r] = _mm256_add_epi32(ia[r], _mm256_madd_epi16(wv, xv));
+            }
+        }
+        for (int r = 0; r < NR; ++r)
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[r]), _mm256_set1_ps(sx[u] * ws[r * ng + g]), acc[r]);
+    }
+    for (int r = 0; r < NR; ++r) out[0][r] = hsum256(acc[r]);
+}
+#else /* NEON: 16 weights per step, widened to int16 and multiplied into int32 lanes by vmlal_s16 */
+static inline void gemv_i8g_micro_1(const int16_t* xq, long Kp, const float* sx, long nu, long U, const int8_t* w,
+                                    long ldw, const float* ws, long ng, long G, float out[4][NR]) {
+    (void)Kp;
+    float32x4_t acc[NR];
+    for (int r = 0; r < NR; ++r) acc[r] = vdupq_n_f32(0.f);
+    for (long u = 0; u < nu; ++u) {
+        const long k0 = u * U, g = k0 / G;
+        int32x4_t ia[NR];
+        for (int r = 0; r < NR; ++r) ia[r] = vdupq_n_s32(0);
+        for (long k = k0; k < k0 + U; k += 16) {
+            const int16x8_t x0 = vld1q_s16(xq + k), x1 = vld1q_s16(xq + k + 8);
+            for (int r = 0; r < NR; ++r) {
+                if (!(k & 63)) __builtin_prefetch(w + (r + NR) * ldw + k);
+                const int8x16_t wv = vld1q_s8(w + r * ldw + k);
+                const int16x8_t w0 = vmovl_s8(vget_low_s8(wv)), w1 = vmovl_high_s8(wv);
+                ia[r] = vmlal_s16(ia[r], vget_low_s16(w0), vget_low_s16(x0));
+                ia[r] = vmlal_high_s16(ia[r], w0, x0);
+                ia[r] = vmlal_s16(ia[r], vget_low_s16(w1), vget_low_s16(x1));
+                ia[r] = vmlal_high_s16(ia[r], w1, x1);
+            }
+        }
+        for (int r = 0; r < NR; ++r) acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(ia[r]), sx[u] * ws[r * ng + g]);
+    }
+    for (int r = 0; r < NR; ++r) out[0][r] = vaddvq_f32(acc[r]);
+}
+#endif
+
+/* fp16 (IEEE binary16 bits) -> fp32, exactly (subnormals included). */
+static inline float i8g_f16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) { const float f = (float)m * 0x1p-24f; return sign ? -f : f; }
+    const uint32_t u = sign | (e == 31 ? 0x7f800000u | (m << 13) : ((e + 112) << 23) | (m << 13));
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* out[0 .. n) = the fp16 values h[0 .. n) as fp32 (vcvtph2ps / fcvtl where the variant has it). */
+static void i8g_scales_to_f32(const uint16_t* h, long n, float* out) {
+    long i = 0;
+#if defined(__AVX512BF16__)
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(h + i))));
+#elif defined(__AVX2__) && defined(__F16C__)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))));
+#elif defined(__aarch64__)
+    for (; i + 4 <= n; i += 4) vst1q_f32(out + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h + i))));
+#endif
+    for (; i < n; ++i) out[i] = i8g_f16_to_f32(h[i]);
+}
+
+/* x_bf16 (M, K) row stride ldx; q (N, K) int8 row stride ldw; wh (N, K / G) fp16, contiguous; y (M, N) bf16 row
+   stride ldy. */
+int olmo_hf_gemv_int8_grouped(const uint16_t* x_bf16, long ldx, const int8_t* q, long ldw, const uint16_t* wh, long G,
+                              long N, long K, uint16_t* y, long ldy, long M, int nthreads) {
+    if (M < 1 || M > 8 || K < 1 || N < 1 || ldw < K || G < 32 || G % 32 || K % G || (G > I8_QB && G % I8_QB))
+        return -1;
+    const long U = I8G_UNIT(G), nu = K / U, ng = K / G;
+    int16_t* xq = (int16_t*)aligned_alloc(64, sizeof(int16_t) * M * K);
+    float* sx = (float*)malloc(sizeof(float) * M * nu);
+    if (!xq || !sx) { free(xq); free(sx); return -2; }
+    quantize_x_int16_blocks(x_bf16, ldx, M, K, K, U, nu, xq, sx);
+    const long NB = (N + NR - 1) / NR;
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (long nband = 0; nband < NB; ++nband) {
+        const long n0 = nband * NR;
+        const long base = n0 + NR <= N ? n0 : (N >= NR ? N - NR : 0);  /* as in olmo_hf_gemv_int8 */
+        const long rows = N >= NR ? NR : N;
+        float out[4][NR], ws[NR * ng];  /* the band's scales as fp32 */
+        i8g_scales_to_f32(wh + base * ng, rows * ng, ws);
+        for (long m0 = 0; m0 < M; m0 += I8_MAX_MM) {
+            const long mm = M - m0 < I8_MAX_MM ? M - m0 : I8_MAX_MM;
+            if (rows == NR) {
+#if I8_MAX_MM > 1
+                if (mm == 2) gemv_i8g_micro_2(xq + m0 * K, K, sx + m0 * nu, nu, U, q + base * ldw, ldw, ws, ng, G, out);
+                else
+#endif
+                gemv_i8g_micro_1(xq + m0 * K, K, sx + m0 * nu, nu, U, q + base * ldw, ldw, ws, ng, G, out);
+            } else { /* N < NR: one row at a time, scalar, same arithmetic */
+                for (long m = 0; m < mm; ++m)
+                    for (long r = 0; r < rows; ++r) {
+                        float s = 0.f;
+                        for (long u = 0; u < nu; ++u) {
+                            long t = 0;
+                            for (long k = u * U; k < (u + 1) * U; ++k) t += (long)xq[(m0 + m) * K + k] * q[r * ldw + k];
+                            s += (float)t * (sx[(m0 + m) * nu + u] * ws[r * ng + u * U / G]);
+                        }
+                        out[m][r] = s;
+                    }
+            }
+            for (long m = 0; m < mm; ++m)
+                for (long r = n0 - base; r < rows; ++r) y[(m0 + m) * ldy + base + r] = f32_to_bf16(out[m][r]);
+        }
+    }
+    free(xq); free(sx);
+    return 0;
+}
+
+/* Values k0..k1-1 of one group-wise int8 row (src: the row, ws: its fp16 group scales) into dst[0 .. k1 - k0):
+   dst = bf16(q * ws[k / G]) rounded to nearest even, torchao's own dequantization (q.to(bf16) times the fp16 scale,
+   computed in fp32 where the product is exact, then .to(bf16)), so F.linear on it is bit for bit torchao's linear. k0, k1 multiples of 16 and
+   G a multiple of 32 (no 16 values straddle two groups). Also the band decoder of the AMX product. */
+void olmo_hf_int8_widen_row_grouped(const int8_t* src, const uint16_t* ws, long G, long k0, long k1, uint16_t* dst) {
+    long k = k0;
+#if defined(__AVX512BF16__)
+    /* a group at a time, its scale converted once; vcvtneps2bf16 rounds to nearest even, and flushes only denormal
+       inputs, which these products never are (|q| >= 1 times a float16 scale >= 2^-24, or exactly 0) */
+    if (G == 32 && k0 % 32 == 0) /* the default layout: 16 scales at a time (vcvtph2ps: exact), two chunks each */
+        for (; k + 512 <= k1; k += 512) {
+            const __m512 s16 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(ws + k / 32)));
+            for (int j = 0; j < 16; ++j) {
+                const __m512 s = _mm512_permutexvar_ps(_mm512_set1_epi32(j), s16);
+                const long kk = k + 32 * j;
+                _mm256_storeu_si256((__m256i*)(dst + kk - k0),
+                                    (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(i8x16_to_f32(src + kk), s)));
+                _mm256_storeu_si256((__m256i*)(dst + kk + 16 - k0),
+                                    (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(i8x16_to_f32(src + kk + 16), s)));
+            }
+        }
+    while (k + 16 <= k1) {
+        const long end = (k / G + 1) * G < k1 ? (k / G + 1) * G : k1;
+        const __m512 s = _mm512_set1_ps(i8g_f16_to_f32(ws[k / G]));
+        for (; k + 16 <= end; k += 16)
+            _mm256_storeu_si256((__m256i*)(dst + k - k0),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(i8x16_to_f32(src + k), s)));
+    }
+#elif defined(__AVX2__)
+    for (; k + 8 <= k1; k += 8) {
+        const __m256 s = _mm256_set1_ps(i8g_f16_to_f32(ws[k / G]));
+        const __m256i u = _mm256_castps_si256(_mm256_mul_ps(i8x8_to_f32(src + k), s));
+        const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
+                                            _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)))), 16);
+        _mm_storeu_si128((__m128i*)(dst + k - k0),
+                         _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+    }
+#else
+    for (; k + 8 <= k1; k += 8) {
+        const int16x8_t v = vmovl_s8(vld1_s8(src + k));
+        const float32x4_t s = vdupq_n_f32(i8g_f16_to_f32(ws[k / G]));
+        uint32x4_t lo = vreinterpretq_u32_f32(vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(v))), s));
+        uint32x4_t hi = vreinterpretq_u32_f32(vmulq_f32(vcvtq_f32_s32(vmovl_high_s16(v)), s));
+        lo = vaddq_u32(lo, vaddq_u32(vdupq_n_u32(0x7fff), vandq_u32(vshrq_n_u32(lo, 16), vdupq_n_u32(1))));
+        hi = vaddq_u32(hi, vaddq_u32(vdupq_n_u32(0x7fff), vandq_u32(vshrq_n_u32(hi, 16), vdupq_n_u32(1))));
+        vst1q_u16(dst + k - k0, vcombine_u16(vshrn_n_u32(lo, 16), vshrn_n_u32(hi, 16)));
+    }
+#endif
+    for (; k < k1; ++k) dst[k - k0] = f32_to_bf16((float)src[k] * i8g_f16_to_f32(ws[k / G]));
+}
+
+/* out (N, K) bf16 contiguous = the group-wise int8 q (N, K) row stride ldq widened with its fp16 scales ws (N, K / G),
+   as olmo_hf_int8_widen_row_grouped. */
+int olmo_hf_int8_grouped_to_bf16(const int8_t* q, long ldq, const uint16_t* ws, long G, long N, long K, uint16_t* out,
+                                 int nthreads) {
+    if (N < 1 || K < 1 || ldq < K || G < 32 || G % 32 || K % G) return -1;
+    const long ng = K / G;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (N * K >= (1L << 18))
+    for (long n = 0; n < N; ++n) olmo_hf_int8_widen_row_grouped(q + n * ldq, ws + n * ng, G, 0, K, out + n * K);
     return 0;
 }
 

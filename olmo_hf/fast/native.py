@@ -157,6 +157,13 @@ class _NativeLib:
         self.int8_to_bf16 = lib.olmo_hf_int8_to_bf16
         self.int8_to_bf16.argtypes = [c_ptr, c_long, c_long, c_long, c_ptr, c_int]
         self.int8_to_bf16.restype = c_int
+        self.gemv_int8_grouped = lib.olmo_hf_gemv_int8_grouped  # torchao group-wise int8 (the default "int8")
+        self.gemv_int8_grouped.argtypes = [c_ptr, c_long, c_ptr, c_long, c_ptr, c_long, c_long, c_long, c_ptr, c_long,
+                                           c_long, c_int]
+        self.gemv_int8_grouped.restype = c_int
+        self.int8_grouped_to_bf16 = lib.olmo_hf_int8_grouped_to_bf16
+        self.int8_grouped_to_bf16.argtypes = [c_ptr, c_long, c_ptr, c_long, c_long, c_long, c_ptr, c_int]
+        self.int8_grouped_to_bf16.restype = c_int
         self.gemv_int4 = lib.olmo_hf_gemv_int4  # torchao int4 weight-only, in our nibble layout (olmo_hf.fast.int4)
         self.gemv_int4.argtypes = [c_ptr, c_long, c_ptr, c_long, c_ptr, c_ptr, c_long, c_long, c_long, c_ptr, c_long,
                                    c_long, c_int]
@@ -320,6 +327,17 @@ def _self_test(native: _NativeLib) -> str:
             return f"int8 matrix-vector product {m}x{k} @ {k}x{n}"
         if not torch.equal(_native_int8_to_bf16(q, native), q.to(torch.bfloat16)):
             return f"int8 -> bf16 conversion of {n}x{k}"
+        if k % 32 == 0:  # group-wise int8 (groups of 32 or 64)
+            group = 64 if k % 64 == 0 else 32
+            own = torch.Generator().manual_seed(n)  # gen's draws stay those of the tests below
+            gscale = (torch.rand(n, k // group, generator=own) / 64).half()
+            weight = int8_grouped_reference(q, gscale)
+            if not torch.equal(_native_int8_grouped_to_bf16(q, gscale, native), weight):
+                return f"group-wise int8 -> bf16 widening of {n}x{k}"
+            out = _native_int8_grouped_matmul(x, q, gscale, native).float()
+            exact = F.linear(x.float(), q.float() * gscale.float().repeat_interleave(group, dim=1))  # unrounded
+            if not torch.allclose(out, exact, atol=1e-2 * k**0.5, rtol=1e-2):
+                return f"group-wise int8 matrix-vector product {m}x{k} @ {k}x{n}"
     if why := _int4_self_test(native, gen):
         return why
     if not native.full:
@@ -436,23 +454,63 @@ def _native_int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Ten
     return out.view(*x.shape[:-1], n)
 
 
+def int8_grouped_reference(qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The bf16 weight of a group-wise int8 matrix as torchao dequantizes it (``IntxUnpackedToInt8Tensor``, symmetric,
+    float16 scales): ``bf16(q * scale)``, the product in float32 (exact: 8 x 11 significant bits), rounded once, as
+    torchao's ``q.to(bf16) * scale`` (which promotes to float32) and then ``.to(bf16)`` compute it."""
+    group = qweight.shape[1] // scale.shape[1]
+    return (qweight.float() * scale.float().repeat_interleave(group, dim=1)).to(torch.bfloat16)
+
+
+def _native_int8_grouped_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                                native: _NativeLib | None = None) -> torch.Tensor:
+    """``x @ W.T`` for a group-wise int8 weight W = q * scale (per group of in / scale.shape[1] values of a row) over
+    the last dimension of bf16 ``x`` (at most ``_NATIVE_MAX_ROWS`` rows), in bf16: ``qweight`` int8 (out, in) with
+    unit stride along ``in``, ``scale`` its float16 group scales, contiguous (out, in / group)."""
+    native = native or _native
+    n, k = qweight.shape
+    x2d, out = _rows_and_output(x, n, k)
+    if native.gemv_int8_grouped(x2d.data_ptr(), x2d.stride(0), qweight.data_ptr(), qweight.stride(0), scale.data_ptr(),
+                                k // scale.shape[1], n, k, out.data_ptr(), n, x2d.shape[0],
+                                torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native group-wise int8 matrix-vector kernel rejected its arguments")
+    return out.view(*x.shape[:-1], n)
+
+
+def _native_int8_grouped_to_bf16(qweight: torch.Tensor, scale: torch.Tensor, native: _NativeLib | None = None,
+                                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`int8_grouped_reference` (bit for bit) by the native widening, into ``out`` (a contiguous bf16 tensor of
+    at least ``qweight.numel()`` elements) when given."""
+    native = native or _native
+    n, k = qweight.shape
+    out = torch.empty((n, k), dtype=torch.bfloat16) if out is None else out.view(-1)[: n * k].view(n, k)
+    if native.int8_grouped_to_bf16(qweight.data_ptr(), qweight.stride(0), scale.data_ptr(), k // scale.shape[1], n, k,
+                                   out.data_ptr(), torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native group-wise int8 -> bf16 widening rejected its arguments")
+    return out
+
+
 # kernels.c: the kinds of weight olmo_hf_gemm_amx reads
-_W_BF16, _W_INT8, _W_INT4 = 0, 1, 2
+_W_BF16, _W_INT8, _W_INT4, _W_INT8_GROUPED = 0, 1, 2, 3
 
 
 def _native_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
-                 native: _NativeLib | None = None, *, int4: tuple[torch.Tensor | None, int, int] | None = None
-                 ) -> torch.Tensor:
+                 native: _NativeLib | None = None, *, int4: tuple[torch.Tensor | None, int, int] | None = None,
+                 int8_group: int = 0) -> torch.Tensor:
     """``x @ W.T`` over the last dimension of bf16 ``x`` (any number of rows: prefill) on AMX tiles, reading the
     weight once as it is: ``weight`` a bf16 (out, in) matrix; or int8 with its float32 per-row ``scale`` (torchao's
     arithmetic: ``bf16(bf16(x @ q.T) * bf16(scale))``); or, with ``int4=(offset, in_features, group)``, the
     nibble-layout int4 matrix of ``olmo_hf.fast.int4`` with its bf16 group ``scale`` (widened as torchao
-    dequantizes). Unit stride along ``in``, ``in % 32 == 0``."""
+    dequantizes); or, with ``int8_group=G``, group-wise int8 with its float16 group ``scale`` (out, in / G), widened
+    as torchao dequantizes (:func:`int8_grouped_reference`). Unit stride along ``in``, ``in % 32 == 0``."""
     native = native or _native
     n = weight.shape[0]
     if int4 is not None:
         offset, k, group = int4
         kind, extra = _W_INT4, (None if offset is None else offset.data_ptr(), group)
+    elif int8_group:
+        k = weight.shape[1]
+        kind, extra = _W_INT8_GROUPED, (None, int8_group)
     else:
         k = weight.shape[1]
         kind, extra = (_W_INT8 if weight.dtype == torch.int8 else _W_BF16), (None, 0)
@@ -643,8 +701,10 @@ class KernelPlan:
     """Which native kernels run on this machine, and why (measured at first use, see :func:`kernel_plan`).
 
     ``gemv_max_rows``: products of 1..gemv_max_rows rows take the native matrix-vector kernel (0: none do);
-    ``int8_gemv_max_rows``: the same for the int8 weight-only kernel (``olmo_hf.fast.quantized``);
-    ``int8_convert``: int8 weights are widened to bf16 for larger products by the native conversion kernel;
+    ``int8_gemv_max_rows``: the same for the int8 weight-only kernel (``olmo_hf.fast.quantized``, one scale per row);
+    ``int8_grouped_gemv_max_rows``: the same for group-wise int8 (the default of ``quantization_config("int8")``);
+    ``int8_convert``: int8 weights (per row or group-wise) are widened to bf16 for larger products by the native
+    conversion kernels;
     ``int4_gemv_max_rows`` / ``int4_convert``: the same for int4 weights (``olmo_hf.fast.int4``);
     ``gemm_amx`` / ``int8_gemm_amx`` / ``int4_gemm_amx``: larger (prefill) bf16 / int8 / int4 products run on AMX
     tiles (``_native_gemm``) instead of F.linear (after widening, for int8 / int4);
@@ -658,6 +718,7 @@ class KernelPlan:
     elementwise: bool = False  # decoding steps (up to _NATIVE_MAX_ROWS tokens)
     elementwise_prefill: bool = False  # larger inputs (measured at 128 tokens)
     int8_gemv_max_rows: int = 0
+    int8_grouped_gemv_max_rows: int = 0
     int8_convert: bool = False
     int4_gemv_max_rows: int = 0
     int4_convert: bool = False
@@ -836,7 +897,13 @@ def _measure_int8(native: _NativeLib, gen: torch.Generator, notes: dict) -> dict
     nat, ref = _median_times([lambda: [_native_int8_to_bf16(w, native, buffer) for w in weights],
                               lambda: [w.to(torch.bfloat16) for w in weights]])
     convert, notes["int8_convert"] = decide_part("int8 -> bf16 widening before a GEMM", nat, ref, "Tensor.to")
-    return {"int8_gemv_max_rows": max_rows, "int8_convert": convert}
+    # group-wise (the default layout): no PyTorch kernel takes it, so the alternative is widening the whole matrix and
+    # F.linear on every call (torchao's eager path), several times the kernel's time (8192 x 2048, 1 row: 1.5 ms
+    # against ~5 ms of widening alone); not measured, so that the plan's measurement does not grow
+    grouped_rows = _NATIVE_MAX_ROWS
+    notes["int8_grouped_gemv"] = ("int8 group-wise matrix-vector (1-8 rows): on (unmeasured: without it every product "
+                                  "widens the whole matrix, as torchao does)")
+    return {"int8_gemv_max_rows": max_rows, "int8_grouped_gemv_max_rows": grouped_rows, "int8_convert": convert}
 
 
 def _measure_int4(native: _NativeLib, gen: torch.Generator, notes: dict) -> dict:
@@ -923,7 +990,8 @@ def _make_plan() -> KernelPlan:
                           gemv_amx_from_rows=_FORCED_AMX_FROM_ROWS if native.amx else 0, decode_attention=native.full,
                           prefill_attention=native.full, elementwise=native.full,
                           elementwise_prefill=native.full,
-                          int8_gemv_max_rows=_NATIVE_MAX_ROWS, int8_convert=True,
+                          int8_gemv_max_rows=_NATIVE_MAX_ROWS, int8_grouped_gemv_max_rows=_NATIVE_MAX_ROWS,
+                          int8_convert=True,
                           gemm_amx=native.amx and native.gemm_amx is not None,
                           int8_gemm_amx=native.amx and native.gemm_amx is not None,
                           int4_gemm_amx=native.amx and native.gemm_amx is not None,

@@ -1,27 +1,29 @@
 # Copyright 2026 The olmo_hf authors. Licensed under the Apache License, Version 2.0.
-"""The fast path for int8 weight-only models (torchao ``Int8WeightOnlyConfig``, per output channel: what
-``olmo_hf.quantization.quantization_config("int8")`` returns)::
+"""The fast path for int8 weight-only models: what ``olmo_hf.quantization.quantization_config("int8")`` returns
+(torchao ``IntxWeightOnlyConfig`` int8 in groups of 32 with float16 scales; with ``group_size=None``
+``Int8WeightOnlyConfig``, one float32 scale per output channel)::
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16,
                                                  quantization_config=quantization_config("int8"))
     olmo_hf.fast.optimize_for_cpu_inference(model)   # int8 linears -> Int8PackedLinear
 
 Each such ``nn.Linear`` becomes an :class:`Int8PackedLinear` reading an :class:`_Int8Packed`: torchao's own int8
-``(out_features, in_features)`` row-major data (``Int8Tensor.qdata``, not copied for a single layer; the rows of
-q/k/v or gate/up concatenated for a fused matrix) and its per-row float32 scales. Decoding (1..8 rows) runs the
-native int8 matrix-vector kernel (``kernels.c``: ``olmo_hf_gemv_int8``), which reads one byte per weight instead
-of bf16's two; larger products (prefill) widen the int8 weight to bf16 (exact) into a reused buffer and run
-``F.linear`` on it, then scale: torchao's own arithmetic for these weights, on oneDNN's bf16 GEMM (AMX where the
-CPU has it), because PyTorch's fused ``_weight_int8pack_mm`` is ~8x slower than the bf16 GEMM at 128 rows here
-(docs/quantization.md).
+``(out_features, in_features)`` row-major data (``qdata``, not copied for a single layer; the rows of q/k/v or
+gate/up concatenated for a fused matrix) and its scales (float16 per group, or float32 per row). Decoding (1..8
+rows) runs the native int8 matrix-vector kernels (``kernels.c``: ``olmo_hf_gemv_int8_grouped`` /
+``olmo_hf_gemv_int8``), which read 1.0625 (groups of 32) or 1 byte per weight instead of bf16's two; larger products
+(prefill) widen the weight to bf16 as torchao dequantizes it (group-wise ``bf16(q * scale)``; per row ``bf16(q)``,
+the scale after the product) into a reused buffer, or per band on AMX tiles, and multiply: torchao's own
+arithmetic for these weights, on oneDNN's bf16 GEMM (AMX where the CPU has it), because PyTorch's fused
+``_weight_int8pack_mm`` is ~8x slower than the bf16 GEMM at 128 rows here (docs/quantization.md).
 
 ``lm_head`` (int8 too with ``quantization_config("int8")``) becomes an Int8PackedLinear as well; its prefill product
 widens the int8 matrix in slices of at most ``_WIDEN_MAX_ELEMENTS``. The int8 input embedding keeps torchao's
 tensor but gets a lookup that dequantizes only the rows it reads (:func:`patch_int8_embedding`; torchao's
 ``F.embedding`` dequantizes the whole table on every call).
 
-``state_dict()`` / ``save_pretrained`` write exactly what the unoptimised torchao model writes (``weight`` is a
-torchao ``Int8Tensor`` again: the original one for a single layer, one rebuilt from the rows of a fused matrix),
+``state_dict()`` / ``save_pretrained`` write exactly what the unoptimised torchao model writes (``weight`` is
+torchao's tensor again: the original one for a single layer, one rebuilt from the rows of a fused matrix),
 and :func:`olmo_hf.fast.undo` puts the original Parameter objects back with their very values.
 """
 
@@ -37,7 +39,8 @@ from torch import nn
 from ..compat import has_int8_weight_only_mm, int8_weight_only_mm
 from ..quantization import int8_embedding_forward, linear_config
 from . import native
-from .native import _can_use_native_gemm, _native_gemm, _native_int8_matmul, _native_int8_to_bf16
+from .native import (_can_use_native_gemm, _native_gemm, _native_int8_grouped_matmul, _native_int8_grouped_to_bf16,
+                     _native_int8_matmul, _native_int8_to_bf16, int8_grouped_reference)
 from .packing import PackedLinear, refuse_gradients_and_export
 
 __all__ = ["Int8PackedLinear", "is_int8_weight_only", "is_int8_embedding", "unsupported_quantization"]
@@ -51,39 +54,64 @@ def _int8_tensor_class():
     return Int8Tensor
 
 
-def _int8_per_row(weight) -> bool:
-    """Whether ``weight`` is a torchao ``Int8Tensor`` on CPU with one symmetric scale per row."""
-    cls = _int8_tensor_class()
-    if cls is None or not isinstance(weight, cls):
-        return False
-    qdata, scale = weight.qdata, weight.scale
-    zero_point = getattr(weight, "zero_point", None)
-    return (
-        qdata.dim() == 2
+def _intx_tensor_class():
+    try:
+        from torchao.quantization import IntxUnpackedToInt8Tensor
+    except ImportError:  # torchao missing or too old
+        return None
+    return IntxUnpackedToInt8Tensor
+
+
+def int8_group_size(weight) -> int | None:
+    """The layout of a torchao int8 weight-only ``weight`` the fast path takes: 0 for an ``Int8Tensor`` with one
+    symmetric scale per row (``quantization_config("int8", group_size=None)``), G for an int8
+    ``IntxUnpackedToInt8Tensor`` with one symmetric float16 scale per G consecutive values of a row (the default of
+    ``quantization_config("int8")``; G a multiple of 32 dividing the row, at most 128 or a multiple of 128: what the
+    kernels take); None for anything else. 2-D, on CPU, weight-only."""
+    int8_cls, intx_cls = _int8_tensor_class(), _intx_tensor_class()
+    if int8_cls is not None and isinstance(weight, int8_cls):
+        qdata, scale = weight.qdata, weight.scale
+        zero_point = getattr(weight, "zero_point", None)
+        ok = (
+            qdata.dim() == 2
+            and qdata.dtype == torch.int8
+            and qdata.device.type == "cpu"
+            and list(weight.block_size) == [1, qdata.shape[1]]  # one scale per row
+            and scale.numel() == qdata.shape[0]
+            and (zero_point is None or not bool(zero_point.any()))  # symmetric
+            and weight.act_quant_kwargs is None  # weight-only
+            and getattr(weight, "act_pre_scale", None) is None
+        )
+        return 0 if ok else None
+    if intx_cls is None or not isinstance(weight, intx_cls):
+        return None
+    qdata, scale, zero_point = weight.qdata, weight.scale, weight.zero_point
+    block = list(weight.block_size)
+    if qdata.dim() != 2 or len(block) != 2 or block[0] != 1:
+        return None
+    group, k = int(block[1]), qdata.shape[1]
+    ok = (
+        weight.target_dtype == torch.int8
         and qdata.dtype == torch.int8
         and qdata.device.type == "cpu"
-        and list(weight.block_size) == [1, qdata.shape[1]]  # one scale per row
-        and scale.numel() == qdata.shape[0]
-        and (zero_point is None or not bool(zero_point.any()))  # symmetric
+        and weight.activation_quantization is None  # weight-only
+        and scale.dtype == torch.float16  # the kernels' scales (bf16 ones come with bf16 quantization arithmetic)
+        and group % 32 == 0 and k % group == 0 and (group <= 128 or group % 128 == 0)
+        and not bool(zero_point.any())  # symmetric
     )
+    return group if ok else None
 
 
 def is_int8_weight_only(module: nn.Module) -> bool:
-    """Whether ``module`` is an ``nn.Linear`` with a torchao int8 weight-only, per-output-channel, symmetric
-    ``Int8Tensor`` weight on CPU: the layers the fast path takes."""
-    weight = getattr(module, "weight", None)
-    return (
-        type(module) is nn.Linear
-        and _int8_per_row(weight)
-        and weight.act_quant_kwargs is None  # weight-only
-        and getattr(weight, "act_pre_scale", None) is None
-    )
+    """Whether ``module`` is an ``nn.Linear`` with a torchao int8 weight-only, symmetric weight on CPU, one scale per
+    row or per group (:func:`int8_group_size`): the layers the fast path takes."""
+    return type(module) is nn.Linear and int8_group_size(getattr(module, "weight", None)) is not None
 
 
 def is_int8_embedding(module: nn.Module) -> bool:
-    """Whether ``module`` is an ``nn.Embedding`` with a torchao int8 per-row (per-token), symmetric ``Int8Tensor``
-    weight on CPU (``quantization_config("int8")`` quantizes the input embedding so)."""
-    return type(module) is nn.Embedding and _int8_per_row(getattr(module, "weight", None))
+    """Whether ``module`` is an ``nn.Embedding`` with a torchao int8 symmetric weight on CPU, per row (per token) or
+    per group (:func:`int8_group_size`; ``quantization_config("int8")`` quantizes the input embedding so)."""
+    return type(module) is nn.Embedding and int8_group_size(getattr(module, "weight", None)) is not None
 
 
 def unsupported_quantization(model: nn.Module) -> str | None:
@@ -107,8 +135,8 @@ def unsupported_quantization(model: nn.Module) -> str | None:
             return f"{name} is a bitsandbytes {kind}"
         for pname, p in module.named_parameters(recurse=False):
             if type(p) not in (nn.Parameter, torch.Tensor) or hasattr(type(p), "__tensor_flatten__"):
-                return (f"{name}.{pname} is a {type(p).__name__} (only torchao int8 weight-only per-channel and int4 "
-                        "weight-only per-group weights)")
+                return (f"{name}.{pname} is a {type(p).__name__} (only torchao int8 weight-only weights, per channel "
+                        "or per group of 32-128 with float16 scales, and int4 weight-only per-group weights)")
     return None
 
 
@@ -142,27 +170,31 @@ def _scratch(numel: int) -> torch.Tensor:
 
 class _Int8Packed:
     """One int8 weight-only matrix of the fast path (``_Packed``'s counterpart), shared by the Int8PackedLinear(s)
-    that read it: ``qdata`` (out_features, in_features) int8, row-major; ``scale`` (out_features,) float32;
-    ``dtype`` the model's compute dtype (the torchao tensor's logical dtype). ``sources`` keeps, for each member,
-    what rebuilds its torchao ``Int8Tensor``: (the tensor itself, or None for a fused member, its flatten
-    metadata and rows)."""
+    that read it: ``qdata`` (out_features, in_features) int8, row-major; ``group`` 0 and ``scale`` (out_features,)
+    float32 (one scale per row: torchao ``Int8Tensor``), or ``group`` G and ``scale`` (out_features, in_features / G)
+    float16 (group-wise: torchao ``IntxUnpackedToInt8Tensor``); ``dtype`` the model's compute dtype (the torchao
+    tensor's logical dtype). ``members`` keeps, for each member, what rebuilds its torchao tensor: (the tensor itself,
+    or None for a fused member, its class, flatten metadata, rows, scale shape and zero-point dtype)."""
 
-    __slots__ = ("qdata", "scale", "dtype", "out_features", "in_features", "members", "__weakref__")
+    __slots__ = ("qdata", "scale", "group", "dtype", "out_features", "in_features", "members", "__weakref__")
 
-    def __init__(self, qdata: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, members: list) -> None:
+    def __init__(self, qdata: torch.Tensor, scale: torch.Tensor, group: int, dtype: torch.dtype,
+                 members: list) -> None:
         self.qdata = qdata if qdata.is_contiguous() else qdata.contiguous()  # (out_features, in_features) int8
-        self.scale = scale.reshape(-1).float().contiguous()  # (out_features,) float32
-        self.dtype = dtype
         self.out_features, self.in_features = qdata.shape
+        self.group = group
+        shape = (-1,) if not group else (self.out_features, self.in_features // group)
+        # (out,) float32, or (out, in / group) float16
+        self.scale = (scale.half() if group else scale.float()).reshape(shape).contiguous()
+        self.dtype = dtype
         self.members = members
 
     def member_weight(self, index: int):
-        """Member ``index``'s torchao ``Int8Tensor`` (the original for a single layer; rebuilt from its rows of
-        the fused matrix otherwise: the same values)."""
-        original, meta, (lo, hi), scale_shape, zp_dtype = self.members[index]
+        """Member ``index``'s torchao tensor (the original for a single layer; rebuilt from its rows of the fused
+        matrix otherwise: the same values)."""
+        original, cls, meta, (lo, hi), scale_shape, zp_dtype = self.members[index]
         if original is not None:
             return original
-        cls = _int8_tensor_class()
         inner = {"qdata": self.qdata[lo:hi].clone(), "scale": self.scale[lo:hi].reshape(scale_shape).clone()}
         if zp_dtype is not None:
             inner["zero_point"] = torch.zeros(scale_shape, dtype=zp_dtype)
@@ -170,7 +202,17 @@ class _Int8Packed:
 
     def dense(self) -> torch.Tensor:
         """The weight as the model's dtype, dequantized (what torchao's ``dequantize`` gives)."""
+        if self.group:
+            return int8_grouped_reference(self.qdata, self.scale).to(self.dtype)
         return (self.qdata.float() * self.scale[:, None]).to(self.dtype)
+
+    def _widened(self, lo: int, hi: int) -> torch.Tensor:
+        """Rows lo..hi of the weight as bf16 in the per-thread buffer: bf16(q) per row (the scale comes after the
+        product), or torchao's bf16(q * scale) group-wise."""
+        part = self.qdata[lo:hi]
+        if self.group:
+            return _native_int8_grouped_to_bf16(part, self.scale[lo:hi], None, _scratch(part.numel()))
+        return _native_int8_to_bf16(part, None, _scratch(part.numel()))
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ dequantized(W).T (+ bias)`` over the last dimension of ``x`` (inference only: no autograd)."""
@@ -178,6 +220,8 @@ class _Int8Packed:
         plan = native_plan_for(x)
         usable = plan is not None
         few_rows = x.numel() <= native._NATIVE_MAX_ROWS * x.shape[-1]
+        if self.group:
+            return self._grouped_matmul(x, bias, plan)
         if usable and plan.int8_gemv_max_rows and x.numel() <= plan.int8_gemv_max_rows * x.shape[-1]:
             out = _native_int8_matmul(x, self.qdata, self.scale)
         elif few_rows and x.device.type == "cpu" and has_int8_weight_only_mm() and type(x) is torch.Tensor:
@@ -187,36 +231,53 @@ class _Int8Packed:
         elif usable and plan.int8_gemm_amx and _can_use_native_gemm(x, self.in_features):
             out = _native_gemm(x, self.qdata, self.scale)  # prefill on AMX tiles, widening per band in L2
         elif usable and plan.int8_convert:
-            # torchao's arithmetic (x @ bf16(q)^T, rounded, then times the bf16 scale) with q widened natively, at
-            # most _WIDEN_MAX_ELEMENTS at a time (lm_head: a 100 k vocabulary would need a 400 MB buffer)
-            step = max(1, _WIDEN_MAX_ELEMENTS // self.in_features)
-            if step >= self.out_features:
-                weight = _native_int8_to_bf16(self.qdata, None, _scratch(self.qdata.numel()))
-                out = F.linear(x, weight)
-            else:
-                out = x.new_empty(*x.shape[:-1], self.out_features)
-                for lo in range(0, self.out_features, step):
-                    part = self.qdata[lo : lo + step]
-                    weight = _native_int8_to_bf16(part, None, _scratch(part.numel()))
-                    out[..., lo : lo + part.shape[0]] = F.linear(x, weight)
+            # torchao's arithmetic (x @ bf16(q)^T, rounded, then times the bf16 scale) with q widened natively
+            out = self._sliced_linear(x)
             out = out * self.scale.to(x.dtype)
         else:
             out = F.linear(x, self.qdata.to(x.dtype)) * self.scale.to(x.dtype)
         return out if bias is None else out + bias
 
+    def _grouped_matmul(self, x: torch.Tensor, bias: torch.Tensor | None, plan) -> torch.Tensor:
+        """Group-wise int8: the native matrix-vector kernel for decoding; for larger products torchao's arithmetic,
+        ``F.linear(x, bf16(q * scale))``, on AMX tiles widening per band, or after a native widening."""
+        if plan is not None and x.numel() <= plan.int8_grouped_gemv_max_rows * x.shape[-1]:
+            out = _native_int8_grouped_matmul(x, self.qdata, self.scale)
+        elif plan is not None and plan.int8_gemm_amx and _can_use_native_gemm(x, self.in_features):
+            out = _native_gemm(x, self.qdata, self.scale, int8_group=self.group)
+        elif plan is not None and plan.int8_convert:
+            out = self._sliced_linear(x)
+        else:
+            out = F.linear(x, self.dense().to(x.dtype))
+        return out if bias is None else out + bias
+
+    def _sliced_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """``F.linear(x, widened W)`` with W widened natively at most ``_WIDEN_MAX_ELEMENTS`` at a time (lm_head: a
+        100 k vocabulary would need a 400 MB buffer)."""
+        step = max(1, _WIDEN_MAX_ELEMENTS // self.in_features)
+        if step >= self.out_features:
+            return F.linear(x, self._widened(0, self.out_features))
+        out = x.new_empty(*x.shape[:-1], self.out_features)
+        for lo in range(0, self.out_features, step):
+            hi = min(lo + step, self.out_features)
+            out[..., lo:hi] = F.linear(x, self._widened(lo, hi))
+        return out
+
     def restore_member(self, weight, index: int) -> None:
-        """Give member ``index``'s original ``Int8Tensor`` ``weight`` its rows back (a fused member's data was
+        """Give member ``index``'s original torchao tensor ``weight`` its rows back (a fused member's data was
         emptied when packing; a single layer's never was)."""
-        original, _, (lo, hi), scale_shape, _ = self.members[index]
+        original, _, _, (lo, hi), scale_shape, zp_dtype = self.members[index]
         if original is None:
             weight.qdata = self.qdata[lo:hi].clone()
             weight.scale = self.scale[lo:hi].reshape(scale_shape).clone().to(weight.scale.dtype)
+            if zp_dtype is not None and weight.zero_point.numel() == 0:  # emptied when packing: all zeros
+                weight.zero_point = torch.zeros(scale_shape, dtype=zp_dtype)
 
     def __getstate__(self):  # copy.deepcopy / pickle: carry the int8 data, scales and the members' metadata
-        return {name: getattr(self, name) for name in ("qdata", "scale", "dtype", "members")}
+        return {name: getattr(self, name) for name in ("qdata", "scale", "group", "dtype", "members")}
 
     def __setstate__(self, state):
-        self.__init__(state["qdata"], state["scale"], state["dtype"], state["members"])
+        self.__init__(state["qdata"], state["scale"], state["group"], state["dtype"], state["members"])
 
 
 class QuantizedPackedLinear(PackedLinear):
@@ -261,7 +322,7 @@ class Int8PackedLinear(QuantizedPackedLinear):
 def _member(weight, rows: tuple[int, int], fused: bool) -> tuple:
     _, meta = weight.__tensor_flatten__()
     zero_point = getattr(weight, "zero_point", None)
-    return (None if fused else weight, meta, rows, tuple(weight.scale.shape),
+    return (None if fused else weight, type(weight), meta, rows, tuple(weight.scale.shape),
             None if zero_point is None else zero_point.dtype)
 
 
@@ -271,23 +332,27 @@ def pack_int8(state, parent: nn.Module, names: list[str], on_done=None) -> None:
     linears = [getattr(parent, n) for n in names]
     weights = [lin.weight for lin in linears]
     fused = len(linears) > 1
+    group = int8_group_size(weights[0])
     with torch.no_grad():
         if fused:
             qdata = torch.cat([w.qdata for w in weights], dim=0)  # (sum of out_features, in_features)
-            scale = torch.cat([w.scale.reshape(-1).float() for w in weights])
+            # (sum of out_features,) or (sum of out_features, in_features / group)
+            scale = torch.cat([w.scale.reshape(w.qdata.shape[0], -1) for w in weights])
         else:
             qdata, scale = weights[0].qdata, weights[0].scale
         members, row = [], 0
         for w in weights:
             members.append(_member(w, (row, row + w.qdata.shape[0]), fused))
             row += w.qdata.shape[0]
-        packed = _Int8Packed(qdata, scale, weights[0].dtype, members)
+        packed = _Int8Packed(qdata, scale, group, weights[0].dtype, members)
         if fused:  # the fused copy replaces the members' data (undo gives it back, see _restore_source)
-            for w in weights:
-                w.qdata = torch.empty((0, w.qdata.shape[1]), dtype=torch.int8)
-                w.scale = torch.empty(0, dtype=w.scale.dtype)
+            for w in weights:  # (shapes consistent for torchao's checks: no rows, the same columns)
+                w.qdata = w.qdata[:0].clone()
+                w.scale = w.scale[:0].clone()
+                if getattr(w, "zero_point", None) is not None and w.zero_point.dim() == w.scale.dim():
+                    w.zero_point = w.zero_point[:0].clone()
     for i, (name, lin) in enumerate(zip(names, linears)):
-        setattr(parent, name, Int8PackedLinear(lin, packed, members[i][2] if fused else None, i))
+        setattr(parent, name, Int8PackedLinear(lin, packed, members[i][3] if fused else None, i))
         state.replaced.append((parent, name, lin))
     if on_done is not None:
         on_done(packed)
@@ -311,7 +376,9 @@ def pack_quantized_group(state, parent: nn.Module, names: list[str], fuse: bool,
 
 def pack_int8_group(state, parent: nn.Module, names: list[str], fuse: bool, on_fused=None) -> None:
     """Pack those of ``parent``'s linears ``names`` that are int8 weight-only: as one fused matrix when ``fuse``
-    and all of them are (same input width, no bias; ``on_fused`` installs it), else one by one."""
+    and all of them are (same input width and layout, no bias; ``on_fused`` installs it), else one by one."""
+    if fuse and all(is_int8_weight_only(getattr(parent, n)) for n in names):
+        fuse = len({int8_group_size(getattr(parent, n).weight) for n in names}) == 1
     pack_quantized_group(state, parent, names, fuse, on_fused, is_int8_weight_only, pack_int8)
 
 

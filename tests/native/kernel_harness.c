@@ -11,6 +11,8 @@
    kernel_harness int4 M N K G OFFSETS IN OUT     IN: x (M x K bf16), w (N x Kp/2 uint8, olmo_hf.fast.int4's nibble
                                                  layout), ws (N x K/G bf16), then wo (N x K/G int8) if OFFSETS is 1
                                                  OUT: y (M x N bf16), then the widened weight (N x K bf16)
+   kernel_harness int8_grouped M N K G IN OUT     IN: x (M x K bf16), q (N x K int8), ws (N x K/G fp16)
+                                                 OUT: y (M x N bf16), then the widened weight (N x K bf16)
    Exit status: 0, or 1 on bad arguments/files, or the kernel's own negative status negated. */
 #include <stdint.h>
 #include <stdio.h>
@@ -22,6 +24,9 @@ int olmo_hf_gemv_bf16(const uint16_t*, long, const uint16_t*, long, long, long, 
 int olmo_hf_gemv_int8(const uint16_t*, long, const int8_t*, long, const float*, long, long, uint16_t*, long, long,
                       int);
 int olmo_hf_int8_to_bf16(const int8_t*, long, long, long, uint16_t*, int);
+int olmo_hf_gemv_int8_grouped(const uint16_t*, long, const int8_t*, long, const uint16_t*, long, long, long,
+                              uint16_t*, long, long, int);
+int olmo_hf_int8_grouped_to_bf16(const int8_t*, long, const uint16_t*, long, long, long, uint16_t*, int);
 int olmo_hf_gemv_int4(const uint16_t*, long, const uint8_t*, long, const uint16_t*, const int8_t*, long, long, long,
                       uint16_t*, long, long, int);
 int olmo_hf_int4_to_bf16(const uint8_t*, long, const uint16_t*, const int8_t*, long, long, long, uint16_t*, int);
@@ -79,6 +84,19 @@ int main(int argc, char** argv) {
         if (!rc) rc = olmo_hf_int4_to_bf16(w, Kp / 2, ws, wo, N, K, G, out + M * N, threads);
         if (rc) return -rc;
         write_all(argv[8], out, (M * N + N * K) * 2);
+        return 0;
+    }
+    if (argc == 8 && !strcmp(argv[1], "int8_grouped")) {
+        const long M = atol(argv[2]), N = atol(argv[3]), K = atol(argv[4]), G = atol(argv[5]);
+        const size_t xb = M * K * 2, wb = N * K, sb = N * (K / G) * 2;
+        char* in = read_all(argv[6], xb + wb + sb);
+        const int8_t* q = (const int8_t*)(in + xb);
+        const uint16_t* ws = (const uint16_t*)(in + xb + wb);
+        uint16_t* out = calloc(M * N + N * K, 2);
+        int rc = olmo_hf_gemv_int8_grouped((uint16_t*)in, K, q, K, ws, G, N, K, out, N, M, threads);
+        if (!rc) rc = olmo_hf_int8_grouped_to_bf16(q, K, ws, G, N, K, out + M * N, threads);
+        if (rc) return -rc;
+        write_all(argv[7], out, (M * N + N * K) * 2);
         return 0;
     }
     fprintf(stderr, "usage: see the comment at the top of kernel_harness.c\n");
