@@ -114,11 +114,12 @@ def test_a_hook_on_a_sublayer_sees_every_step(checkpoints, monkeypatch):
     assert _same(fused, modules)
 
 
-def test_int8_weights_take_the_per_module_path(checkpoints, monkeypatch):
+@pytest.mark.parametrize("group_size", [32, None], ids=["group-wise", "per-row"])
+def test_one_call_step_takes_int8_weights_bit_for_bit(checkpoints, monkeypatch, group_size):
     _needs_kernels()
-    model = _load(checkpoints["olmo2"], olmo_hf.quantization_config("int8", device="cpu"))
-    fused_calls, fused, modules = _generate_both_ways(model, monkeypatch)
-    assert fused_calls == 0
+    config = olmo_hf.quantization_config("int8", device="cpu", group_size=group_size)
+    fused_calls, fused, modules = _generate_both_ways(_load(checkpoints["olmo2"], config), monkeypatch)
+    assert fused_calls == (NEW_TOKENS - 1) * SHAPE["num_hidden_layers"]
     assert _same(fused, modules)
 
 

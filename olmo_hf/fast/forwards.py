@@ -222,7 +222,8 @@ def _fast_attention_forward(
 # ------------------------------------------------------------------------------------- one call per decoder layer
 def _matrix_desc(packed, rows: int, plan, native) -> MatrixDesc | None:
     """kernels.c's view of a packed matrix for a product of ``rows`` rows: what its own ``matmul`` would run (the
-    bf16 or int4 matrix-vector kernel), or None where that would be anything else (the module path runs then)."""
+    bf16, int4 or int8 matrix-vector kernel), or None where that would be anything else (the module path runs
+    then)."""
     if packed is None or packed.dtype != torch.bfloat16:
         return None
     tensor = getattr(packed, "tensor", None)
@@ -238,7 +239,14 @@ def _matrix_desc(packed, rows: int, plan, native) -> MatrixDesc | None:
         offset = None if packed.offset is None else packed.offset.data_ptr()
         return MatrixDesc(2, 0, nibbles.data_ptr(), nibbles.stride(0), packed.scale.data_ptr(), offset, packed.group,
                           packed.out_features, packed.in_features)
-    return None  # int8: its own path
+    qdata = getattr(packed, "qdata", None)
+    if qdata is not None:  # int8 (_Int8Packed.matmul): group-wise, or one scale per row
+        group = getattr(packed, "group", 0)
+        if not 0 < rows <= (plan.int8_grouped_gemv_max_rows if group else plan.int8_gemv_max_rows):
+            return None
+        return MatrixDesc(3 if group else 1, 0, qdata.data_ptr(), qdata.stride(0), packed.scale.data_ptr(), None,
+                          group, *qdata.shape)
+    return None
 
 
 # layer -> ((rows, plan), LayerDesc or None). Outside the module (a weak key): a deepcopy of the model must not
@@ -288,7 +296,7 @@ def _fused_decode_step(layer: Olmo2DecoderLayer, x: torch.Tensor, args: tuple, k
     """One decoding step of the layer in one native call (kernels.c ``olmo_hf_decode_layer``: the same kernels as
     the per-module forwards, in the same order), or None where the per-module path must run: anything but 1..8
     unpadded sequences at one new position each, with sdpa, the native decode attention and element-wise kernels
-    on, a plain DynamicCache, bf16 / int4 products on the matrix-vector kernels, and no hooks."""
+    on, a plain DynamicCache, bf16 / int8 / int4 products on the matrix-vector kernels, and no hooks."""
     plan = native_module._PLAN
     if args or plan is None or not (plan.decode_attention and plan.elementwise):
         return None

@@ -1829,11 +1829,12 @@ int olmo_hf_int4_to_bf16(const uint8_t* w, long ldw, const uint16_t* ws, const i
      h = x + norm_attn(a @ Wo^T); out = h + norm_ff(down(silu(gate(h)) * up(h)))
    for B rows of x (a batch, one position each, all at the same position pos of the key/value buffers). */
 typedef struct {
-    int kind;          /* 0: bf16 (plain rows), 2: int4 nibble layout (olmo_hf.fast.int4) */
+    int kind;          /* 0: bf16 (plain rows), 1: int8 with a float32 scale per row, 2: int4 nibble layout
+                          (olmo_hf.fast.int4), 3: int8 with a float16 scale per group of `group` */
     int amx;           /* bf16: the rows in multiples of 16 on the AMX matrix-vector kernel (as _native_matmul) */
     const void* w;
     long ldw;
-    const void* scale; /* int4: bf16 group scales */
+    const void* scale; /* int8: float32 per row; int4: bf16 per group; grouped int8: float16 per group */
     const int8_t* offset;
     long group, N, K;
 } olmo_hf_matrix;
@@ -1850,9 +1851,15 @@ typedef struct {
 } olmo_hf_layer;
 
 static int layer_matmul(const olmo_hf_matrix* W, const uint16_t* x, long ldx, long M, uint16_t* y, long ldy, int nt) {
+    if (W->kind == 1)
+        return olmo_hf_gemv_int8(x, ldx, (const int8_t*)W->w, W->ldw, (const float*)W->scale, W->N, W->K, y, ldy, M,
+                                 nt);
     if (W->kind == 2)
         return olmo_hf_gemv_int4(x, ldx, (const uint8_t*)W->w, W->ldw, (const uint16_t*)W->scale, W->offset, W->N,
                                  W->K, W->group, y, ldy, M, nt);
+    if (W->kind == 3)
+        return olmo_hf_gemv_int8_grouped(x, ldx, (const int8_t*)W->w, W->ldw, (const uint16_t*)W->scale, W->group,
+                                         W->N, W->K, y, ldy, M, nt);
     if (W->kind != 0) return -1;
     const uint16_t* w = (const uint16_t*)W->w;
     long n_amx = 0;
