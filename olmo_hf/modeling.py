@@ -236,8 +236,9 @@ class _OlmoFamilyPreTrainedModel(PreTrainedModel):
         if getattr(model, "is_quantized", False):
             # bitsandbytes 4-bit on CPU repacks weights at the first forward; undo that before any state_dict() /
             # save_pretrained() so that a checkpoint never differs from the model in memory.
-            from .quantization import protect_state_dict, release_checkpoint_pages
+            from .quantization import check_int8_group_scales, protect_state_dict, release_checkpoint_pages
 
+            check_int8_group_scales(model)  # no silently wrong weight: torchao's float16-scale limit
             protect_state_dict(model)
             release_checkpoint_pages(model)  # the bf16 pages read to quantize stay resident otherwise
         return (model, info) if want_info else model

@@ -26,7 +26,8 @@ Method names (case-insensitive; ``_`` and ``-`` are interchangeable), for :func:
 ``"bnb-8bit"``          bitsandbytes LLM.int8() (CPU and CUDA). Aliases ``"bnb-int8"``, ``"8bit"``, ``"llm-int8"``.
 ``"int8"``              torchao int8 weight-only in groups of 32 with float16 scales (llama.cpp Q8_0's layout,
                         8.5 bits per weight; CPU and CUDA), ``lm_head`` and the embedding too;
-                        ``group_size=None``: one scale per row. Aliases ``"int8_weight_only"``, ``"int8wo"``.
+                        ``group_size=None``: one scale per row (alias ``"int8-row"``). Aliases
+                        ``"int8_weight_only"``, ``"int8wo"``.
 ``"int8-dynamic"``      torchao int8 dynamic-activation int8-weight (CPU and CUDA). Aliases
                         ``"int8_dynamic_activation_int8_weight"``, ``"int8dq"``.
 ``"int4"``              torchao int4 weight-only, per-group. CUDA: ``Int4WeightOnlyConfig`` (group_size 128)
@@ -127,9 +128,9 @@ METHODS: dict[str, _Method] = {
     ),
     "int8": _Method(
         "torchao",
-        "torchao int8 weight-only (per-channel, or per-group with group_size)",
+        "torchao int8 weight-only (groups of 32 with float16 scales; group_size=None: one float32 scale per row)",
         ("group_size", "modules_to_not_convert", "quantize_embeddings"),
-        {"int8-weight-only": {}, "int8wo": {}},
+        {"int8-weight-only": {}, "int8wo": {}, "int8-row": {"group_size": None}},
     ),
     "int8-dynamic": _Method(
         "torchao",
@@ -380,12 +381,44 @@ def int8_group_config(group_size: int = INT8_GROUP_SIZE):
     quantizes with the rounded scale, in float32 arithmetic: a bf16 model times a float16 scale promotes to float32;
     with bf16 scales it would compute w / scale in bf16, rounding it to 8 significant bits before rounding it to an
     integer: measured 10 % larger logit errors). A group whose largest magnitude is below ~127 * 2^-24 (6e-6) gets
-    scale 0 and dequantizes to zeros (float16's range)."""
+    scale 0 and dequantizes to zeros (float16's range). torchao 0.18 computes ``1 / scale`` in float16, which
+    overflows for scales of 2^-16 and below (a group whose largest magnitude is under ~1.9e-3): such a group's
+    values would come out as +-its largest magnitude; :func:`check_int8_group_scales` refuses such a model after
+    loading."""
     import torchao.quantization as ao
     from torchao.quantization.granularity import PerGroup
 
     return ao.IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerGroup(group_size),
                                    mapping_type=ao.MappingType.SYMMETRIC_NO_CLIPPING_ERR, scale_dtype=torch.float16)
+
+
+# torchao 0.18 quantizes a group as round(w * (1 / scale)) with 1 / scale in float16: infinite for scale <= 2^-16
+_FP16_RECIPROCAL_OVERFLOW = 2.0**-16
+
+
+def check_int8_group_scales(model: nn.Module) -> None:
+    """Raise ``ValueError`` naming the first int8 weight with float16 group scales that torchao could not quantize:
+    a group with a nonzero scale of 2^-16 or less (its largest magnitude under ~1.9e-3), whose values torchao 0.18
+    turned into +-that magnitude (see :func:`int8_group_config`). Per-row int8 (``group_size=None``) has float32
+    scales and no such limit."""
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        qdata, scale = getattr(weight, "qdata", None), getattr(weight, "scale", None)
+        if qdata is None or scale is None or scale.dtype != torch.float16 or qdata.dtype != torch.int8:
+            continue
+        scale = scale.reshape(qdata.shape[0], -1).float()
+        tiny = (scale > 0) & (scale <= _FP16_RECIPROCAL_OVERFLOW)
+        if not bool(tiny.any()):
+            continue
+        groups = qdata.reshape(*scale.shape, -1)
+        bad = int((tiny & (groups != 0).any(-1)).sum())
+        if bad:
+            raise ValueError(
+                f"{name}.weight has {bad} group(s) of {groups.shape[-1]} weights whose largest magnitude is below "
+                "~1.9e-3, which torchao's float16 group scales cannot quantize (their values would come out as "
+                "+-that magnitude); load with quantization_config(\"int8\", group_size=None) (olmo-hf: --quantize "
+                "int8-row; a float32 scale per row) instead."
+            )
 
 
 def _torchao_config(linear_config, extra: list[str], quantize_embeddings: bool, embedding_config=None):

@@ -459,3 +459,23 @@ def test_memory_footprint_counts_stored_bytes(olmo2):
     nf4 = _load(directory, "bnb-4bit", double_quant=False)
     absmax_bytes = 4 * proj_params // 64  # one float32 absmax per 64-weight block
     assert nf4.get_memory_footprint() >= PreTrainedModel.get_memory_footprint(nf4) + absmax_bytes
+
+
+def test_int8_groups_too_small_for_float16_scales_are_refused_not_garbled(tmp_path):
+    """torchao 0.18 quantizes with 1 / scale in float16, infinite for groups whose largest magnitude is under ~1.9e-3:
+    loading refuses such a checkpoint with the remedy instead of giving +-max for every value of the group."""
+    torch.manual_seed(0)
+    model = Olmo2ForCausalLM(Olmo2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=2, pad_token_id=0, eos_token_id=1))
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[3, :32] = torch.linspace(-5e-4, 6e-4, 32)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.down_proj\.weight has 1 group\(s\) of 32 .*"
+                                         r"group_size=None"):
+        AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16,
+                                             quantization_config=Q.quantization_config("int8", device="cpu"))
+    per_row = AutoModelForCausalLM.from_pretrained(  # "int8-row" = "int8" with group_size=None
+        tmp_path, dtype=torch.bfloat16, quantization_config=Q.quantization_config("int8-row", device="cpu"))
+    assert type(per_row.model.layers[0].mlp.down_proj.weight).__name__ == "Int8Tensor"  # torchao's per-row int8
+    row = per_row.model.layers[0].mlp.down_proj.weight.dequantize()[3, :32].float()
+    assert (row - torch.linspace(-5e-4, 6e-4, 32)).abs().max() < 1e-3  # the values, to per-row int8 precision
