@@ -402,3 +402,11 @@ def test_status_of_a_float32_model_says_the_native_kernels_do_not_apply(monkeypa
     report = fast.status(model)
     assert any("float32 (the native kernels are bf16 only)" in line for line in report.skipped)
     fast.undo(model)
+
+
+def test_the_amx_prefill_product_takes_at_most_the_rows_it_was_measured_at(monkeypatch):
+    """Measured (and enabled) at 128 rows; it falls behind oneDNN on larger products, which keep F.linear."""
+    dense = torch.randn(64, 64).to(torch.bfloat16)
+    assert native._can_use_native_gemm(torch.randn(1, 128, 64).to(torch.bfloat16), 64)
+    assert not native._can_use_native_gemm(torch.randn(2, 65, 64).to(torch.bfloat16), 64)
+    assert not native._can_use_native_gemm(dense[:, :63].contiguous(), 63)  # K % 32 != 0

@@ -522,10 +522,17 @@ def _native_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | No
     return out.view(*x.shape[:-1], n)
 
 
+# The AMX product is measured (and may be enabled) at 128 rows; it is not blocked for L1, and against oneDNN it
+# falls behind as rows grow (AMX Xeon, 2 threads, 4 matrices of the 1B shape: x1.14 at 128 rows, x0.98 at 256,
+# x0.78 at 512), so larger products (long prompts, batched prefill) keep F.linear.
+_GEMM_AMX_MAX_ROWS = 128
+
+
 def _can_use_native_gemm(x: torch.Tensor, k: int) -> bool:
-    """Whether a product of ``x`` (bf16, more rows than the matrix-vector kernels take) may run on AMX tiles."""
+    """Whether a product of ``x`` (bf16, more rows than the matrix-vector kernels take, at most
+    ``_GEMM_AMX_MAX_ROWS``) may run on AMX tiles."""
     return k % 32 == 0 and x.dtype == torch.bfloat16 and type(x) is torch.Tensor and x.device.type == "cpu" \
-        and not torch.compiler.is_compiling()
+        and x.numel() <= _GEMM_AMX_MAX_ROWS * x.shape[-1] and not torch.compiler.is_compiling()
 
 
 def _native_int8_to_bf16(qweight: torch.Tensor, native: _NativeLib | None = None,
