@@ -1360,6 +1360,18 @@ static inline float int4_offset_term(const uint16_t* ws, const int8_t* wo, const
 #endif
 }
 
+/* y[m, base + r] = bf16(out[m][r] - offset term) for the rows r0..rows-1 of a band (the earlier ones belong to the
+   band before it) and mm rows of x (xsum: their group sums, row stride ng). */
+static inline void int4_store_band(float out[4][NR], long mm, long r0, long rows, long base, const uint16_t* ws,
+                                   const int8_t* wo, const float* xsum, long ng, uint16_t* y, long ldy) {
+    for (long m = 0; m < mm; ++m)
+        for (long r = r0; r < rows; ++r) {
+            const long n = base + r;
+            const float c = int4_offset_term(ws + n * ng, wo ? wo + n * ng : NULL, xsum + m * ng, ng);
+            y[m * ldy + n] = f32_to_bf16(out[m][r] - c);
+        }
+}
+
 #if defined(__AVX512BF16__)
 #define I4_MAX_MM 2
 /* out[m][r] = sum_g sx[m, g] ws[r, g] (xq[m, group g] . u[r, group g]) for MM rows of x and NR rows of w. */
@@ -1582,12 +1594,7 @@ static int gemv_int4_vnni8(const uint16_t* x_bf16, long ldx, const uint8_t* w, l
                     for (long r = 0; r < rows; ++r)
                         out[m][r] = gemv_i4v8_row_scalar(xq + (m0 + m) * Kq, sx + (m0 + m) * ng, ng, w + (base + r) * ldw,
                                                          ws + (base + r) * ng, G);
-            for (long m = 0; m < mm; ++m)
-                for (long r = n0 - base; r < rows; ++r) {
-                    const long n = base + r;
-                    const float c = int4_offset_term(ws + n * ng, wo ? wo + n * ng : NULL, xsum + (m0 + m) * ng, ng);
-                    y[(m0 + m) * ldy + n] = f32_to_bf16(out[m][r] - c);
-                }
+            int4_store_band(out, mm, n0 - base, rows, base, ws, wo, xsum + m0 * ng, ng, y + m0 * ldy, ldy);
         }
     }
     free(xq); free(sx);
@@ -1747,12 +1754,7 @@ int olmo_hf_gemv_int4(const uint16_t* x_bf16, long ldx, const uint8_t* w, long l
                         out[m][r] = gemv_i4_row_scalar(xq + (m0 + m) * Kp, sx + (m0 + m) * ng, ng, w + (base + r) * ldw,
                                                        ws + (base + r) * ng, G);
             }
-            for (long m = 0; m < mm; ++m)
-                for (long r = n0 - base; r < rows; ++r) {
-                    const long n = base + r;
-                    const float c = int4_offset_term(ws + n * ng, wo ? wo + n * ng : NULL, xsum + (m0 + m) * ng, ng);
-                    y[(m0 + m) * ldy + n] = f32_to_bf16(out[m][r] - c);
-                }
+            int4_store_band(out, mm, n0 - base, rows, base, ws, wo, xsum + m0 * ng, ng, y + m0 * ldy, ldy);
         }
     }
     free(xq); free(sx);
