@@ -187,6 +187,19 @@ def load_state_dict_pre_hooks(module: torch.nn.Module) -> list[Callable]:
     return list(getattr(module, "_load_state_dict_pre_hooks", {}).values())
 
 
+def has_forward_hooks(modules) -> bool:
+    """Whether a forward (pre-)hook would run around any of ``modules`` (their own ``_forward_hooks`` /
+    ``_forward_pre_hooks``, or torch's global module hooks). True where torch keeps them elsewhere (unknown: the
+    caller must then call the modules)."""
+    from torch.nn.modules import module as torch_module
+
+    global_hooks = (getattr(torch_module, "_global_forward_hooks", None),
+                    getattr(torch_module, "_global_forward_pre_hooks", None))
+    if any(h is None or h for h in global_hooks):
+        return True
+    return any(getattr(m, "_forward_hooks", True) or getattr(m, "_forward_pre_hooks", True) for m in modules)
+
+
 def has_int8_weight_only_mm() -> bool:
     return hasattr(torch, "_weight_int8pack_mm")
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from ..compat import attn_implementation, tensor_version
+from ..compat import attn_implementation, has_forward_hooks, tensor_version
 from ..modeling import Olmo2DecoderLayer
 from ..modules import (
     Olmo2Attention,
@@ -282,14 +282,9 @@ def _layer_desc(layer: Olmo2DecoderLayer, rows: int, plan, native) -> LayerDesc 
 
 def _hooked(layer: Olmo2DecoderLayer) -> bool:
     """Whether hooks watch a module the one-call step would not call (then the per-module path runs)."""
-    from torch.nn.modules import module as torch_module
-
-    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
-        return True
     attn, mlp = layer.self_attn, layer.mlp
-    return any(m._forward_hooks or m._forward_pre_hooks for m in (
-        attn, attn.o_proj, attn.q_norm, attn.k_norm, mlp, mlp.down_proj, layer.post_attention_layernorm,
-        layer.post_feedforward_layernorm))
+    return has_forward_hooks((attn, attn.o_proj, attn.q_norm, attn.k_norm, mlp, mlp.down_proj,
+                              layer.post_attention_layernorm, layer.post_feedforward_layernorm))
 
 
 def _fused_decode_step(layer: Olmo2DecoderLayer, x: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor | None:
