@@ -10,6 +10,8 @@ better for rates, < 1 for times and memory).
 Measured, per implementation:
 - ``from_pretrained`` wall time (and, for ours with ``--fast``, the time of the fast-path call on top);
 - prefill tokens/s: one forward over the prompt with a fresh cache (batch 1), ``logits_to_keep=1``;
+  ``--prefill-samples`` per round and implementation, taken back to back (A B B A ...) so that each pair of
+  samples sees the same state of a shared machine;
 - time to first token: ``generate(max_new_tokens=1)`` (batch 1);
 - decode tokens/s at batch 1 and batch 8: ``generate`` of ``--new-tokens`` greedy tokens, timed per step by a
   logits processor (first logits -> last logits; the prefill is excluded);
@@ -797,11 +799,16 @@ def run_timed(args) -> dict:
     tokens = {}
     for r in range(args.repeats):
         order = ("builtin", "ours") if r % 2 == 0 else ("ours", "builtin")
+        # Prefill samples of the two implementations back to back (A B B A ...), so that each pair sees the same
+        # machine: a shared host's state changes over seconds (the decode samples below take tens of seconds).
+        for j in range(args.prefill_samples):
+            for impl in (order if j % 2 == 0 else order[::-1]):
+                m = models[impl]
+                t, fload = measured(lambda: timed_prefill(m, b1, args), args, f"{impl} prefill")
+                add(impl, "prefill_tps", args.prompt_len / t)
+                add(impl, "foreign_load_prefill", fload)
         for impl in order:
             m = models[impl]
-            t, fload = measured(lambda: timed_prefill(m, b1, args), args, f"{impl} prefill")
-            add(impl, "prefill_tps", args.prompt_len / t)
-            add(impl, "foreign_load_prefill", fload)
             g, fload = measured(lambda: timed_generate(m, b1, 1, args), args, f"{impl} ttft")
             add(impl, "ttft_s", g["ttft_s"])
             # the bandwidth right before each decode sample: the roofline of THAT sample (the bus is shared too)
@@ -816,7 +823,8 @@ def run_timed(args) -> dict:
             add(impl, "foreign_load_b8", fload)
             tokens[impl] = (g1["tokens"].cpu(), g8["tokens"].cpu())
             fl = samples[impl]["foreign_load_b1"][-1]
-            log(f"repeat {r + 1}/{args.repeats} {impl:7s}: prefill {samples[impl]['prefill_tps'][-1]:.1f} tok/s, "
+            pre = median(samples[impl]["prefill_tps"][-args.prefill_samples:])
+            log(f"repeat {r + 1}/{args.repeats} {impl:7s}: prefill {pre:.1f} tok/s, "
                 f"decode b1 {samples[impl]['decode_b1_tps'][-1]:.2f} tok/s, b8 {samples[impl]['decode_b8_tps'][-1]:.2f}"
                 f" tok/s (others' load during b1: {'?' if fl is None else f'{fl:.2f}'} cores)")
         ggufs = args.llama_cpp_ggufs if r % 2 == 0 else args.llama_cpp_ggufs[::-1]
@@ -1063,6 +1071,8 @@ def parse_args(argv=None):
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prefill-samples", type=int, default=3,
+                   help="prefill samples per round and implementation, taken back to back (default: 3)")
     p.add_argument("--load-repeats", type=int, default=3)
     p.add_argument("--check-tokens", type=int, default=None,
                    help="greedy tokens for the float32 check (default: --new-tokens)")
