@@ -187,6 +187,27 @@ def test_decode_attention_runs_only_if_faster_at_a_short_and_a_long_context(fres
     assert "128 keys): on" in plan.notes["decode_attention"] and "512 keys): off" in plan.notes["decode_attention"]
 
 
+def test_decode_attention_is_timed_against_transformers_sdpa_attention_function(fresh_native, monkeypatch):
+    # what the attention block runs in its place: the "sdpa" entry of Transformers' attention functions (torch's
+    # kernel and the transposes around it), called as an attention block calls it
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    lib = native._native_kernel()
+    if lib is None or not lib.full:
+        pytest.skip("needs the AVX512-BF16 kernels")
+    monkeypatch.setattr(lib, "amx", False)
+    sdpa, called = ALL_ATTENTION_FUNCTIONS["sdpa"], []
+
+    def spy(module, q, k, v, mask, **kwargs):
+        called.append((module.num_key_value_groups, tuple(q.shape), k.shape[2], mask, kwargs["scaling"]))
+        return sdpa(module, q, k, v, mask, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", spy)  # this instance's local override
+    monkeypatch.setattr(native, "_median_times", lambda fns, **_: [(fn(), 1.0)[1] for fn in fns])  # each once
+    native._measure_plan(lib)
+    assert called == [(1, (1, 16, 1, 128), 128, None, 0.088)] * 4 + [(1, (1, 16, 1, 128), 512, None, 0.088)] * 4
+
+
 def test_a_product_slower_at_one_row_is_never_used(fresh_native, monkeypatch):
     lib = native._native_kernel()
     if lib is None or not lib.full:

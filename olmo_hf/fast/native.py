@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..compat import attn_implementation
 from ..modules import rotate_half
@@ -796,6 +797,13 @@ def _median_times(fns, repeats: int = 7, warmup: int = 2) -> list[float]:
     return best[0]
 
 
+class _SdpaCaller(torch.nn.Module):
+    """The attributes Transformers' attention functions read from the attention block that calls them."""
+
+    num_key_value_groups = 1
+    is_causal = True
+
+
 def decide_part(name: str, native_s: float, torch_s: float, baseline: str) -> tuple[bool, str]:
     """Enable a part only where it beats what PyTorch does in its place; the note gives the measured speeds."""
     ratio = torch_s / native_s if native_s > 0 else float("inf")
@@ -832,14 +840,17 @@ def _measure_plan(native: _NativeLib) -> KernelPlan:
     del weights
     if native.full:
         # Decoding attention reads each layer's keys and values once per step: 4 caches (layers) per call, so that
-        # not everything is served from L2, at a short and a longer context; on only where faster at both.
+        # not everything is served from L2, at a short and a longer context; on only where faster at both. Against
+        # what the attention block runs in its place: Transformers' "sdpa" attention function (torch's kernel and
+        # the transposes around it); at 512 keys both kernels stream at the memory's pace, and against the bare
+        # torch kernel the decision was a coin toss (x1.01-1.09), which also decides the one-call layer step.
         q = torch.randn(1, 16, 1, 128, generator=gen).to(torch.bfloat16)
+        sdpa, block = ALL_ATTENTION_FUNCTIONS["sdpa"], _SdpaCaller()
         decode_on, decode_notes = True, []
         for keys in (128, 512):
             caches = [torch.randn(2, 1, 16, keys, 128, generator=gen).to(torch.bfloat16) for _ in range(4)]
             nat, ref = _median_times([lambda: [_native_attention(native, q, kv[0], kv[1], 0.088) for kv in caches],
-                                      lambda: [F.scaled_dot_product_attention(q, kv[0], kv[1], scale=0.088)
-                                               for kv in caches]])
+                                      lambda: [sdpa(block, q, kv[0], kv[1], None, scaling=0.088) for kv in caches]])
             on, note = decide_part(f"decode attention (16 heads x {keys} keys)", nat, ref, "sdpa")
             decode_on, decode_notes = decode_on and on, decode_notes + [note]
         enabled["decode_attention"] = decode_on
