@@ -1114,6 +1114,35 @@ static inline void gemv_i8g_micro_##MM(const int16_t* xq, long Kp, const float* 
         _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]);   \
 }
 GEMV_I8G_MICRO(1) GEMV_I8G_MICRO(2)
+/* The default layout, G = 32 (= the x unit U): one vpmaddwd per group and row, and the group's combined scale
+   cs = sx[g] * ws[r, g] (computed per band, as the general kernel computes it) broadcast from memory into the FMA.
+   Half the instructions of the general kernel per weight, whose generic unit loop (and its per-group scalar
+   multiply and broadcast) made it compute-bound at ~16 GB/s per core. Same arithmetic, bit for bit. */
+#define GEMV_I8G32_MICRO(MM)                                                                                  \
+static inline void gemv_i8g32_micro_##MM(const int16_t* xq, long Kp, const float* cs, long ng,              \
+                                         const int8_t* w, long ldw, float out[4][NR]) {                     \
+    __m512 acc[MM][NR];                                                                                     \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();               \
+    for (long g = 0; g < ng; ++g) {                                                                         \
+        const long k = 32 * g;                                                                              \
+        __m512i wv[NR];                                                                                     \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                              \
+            if (!(g & 1)) _mm_prefetch((const char*)(w + (r + NR) * ldw + k), _MM_HINT_T0);                 \
+            wv[r] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + r * ldw + k)));            \
+        }                                                                                                   \
+        _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                              \
+            const __m512i xv = _mm512_loadu_si512((const void*)(xq + m * Kp + k));                          \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                            \
+                acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(wv[r], xv)),               \
+                                            _mm512_set1_ps(cs[(m * NR + r) * ng + g]), acc[m][r]);          \
+        }                                                                                                   \
+    }                                                                                                       \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]);   \
+}
+GEMV_I8G32_MICRO(1) GEMV_I8G32_MICRO(2)
+#define I8G_HAVE_G32 1
 #elif defined(__AVX2__) /* 16 weights per step (U is a multiple of 32: no tails) */
 static inline void gemv_i8g_micro_1(const int16_t* xq, long Kp, const float* sx, long nu, long U, const int8_t* w,
                                     long ldw, const float* ws, long ng, long G, float out[4][NR]) {
