@@ -1079,6 +1079,13 @@ int olmo_hf_int8_to_bf16(const int8_t* q, long ldq, long N, long K, uint16_t* ou
 #define I8G_UNIT(G) ((G) < I8_QB ? (G) : I8_QB)
 
 #if defined(__AVX512BF16__)
+/* wv[r] <- 32 int8 weights of row r (of NR) from k, sign-extended to int16; with pf, each row's line one band ahead
+   is prefetched (the next band starts warm) */
+#define I8G_LOAD_ROWS(wv, w, ldw, k, pf)                                                                      \
+    _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                                  \
+        if (pf) _mm_prefetch((const char*)((w) + (r + NR) * (ldw) + (k)), _MM_HINT_T0);                     \
+        wv[r] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)((w) + r * (ldw) + (k))));          \
+    }
 #define GEMV_I8G_MICRO(MM)                                                                                    \
 static inline void gemv_i8g_micro_##MM(const int16_t* xq, long Kp, const float* sx, long nu, long U,        \
                                        const int8_t* w, long ldw, const float* ws, long ng, long G,         \
@@ -1093,10 +1100,7 @@ static inline void gemv_i8g_micro_##MM(const int16_t* xq, long Kp, const float* 
             _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) ia[m][r] = _mm512_setzero_si512();         \
         for (long k = k0; k < k0 + U; k += 32) {                                                            \
             __m512i wv[NR];                                                                                 \
-            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                          \
-                if (!(k & 63)) _mm_prefetch((const char*)(w + (r + NR) * ldw + k), _MM_HINT_T0);            \
-                wv[r] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + r * ldw + k)));        \
-            }                                                                                               \
+            I8G_LOAD_ROWS(wv, w, ldw, k, !(k & 63))                                                         \
             _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                          \
                 const __m512i xv = _mm512_loadu_si512((const void*)(xq + m * Kp + k));                      \
                 _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                        \
@@ -1127,10 +1131,7 @@ static inline void gemv_i8g32_micro_##MM(const int16_t* xq, long Kp, const float
     for (long g = 0; g < ng; ++g) {                                                                         \
         const long k = 32 * g;                                                                              \
         __m512i wv[NR];                                                                                     \
-        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                              \
-            if (!(g & 1)) _mm_prefetch((const char*)(w + (r + NR) * ldw + k), _MM_HINT_T0);                 \
-            wv[r] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + r * ldw + k)));            \
-        }                                                                                                   \
+        I8G_LOAD_ROWS(wv, w, ldw, k, !(g & 1))                                                              \
         _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                              \
             const __m512i xv = _mm512_loadu_si512((const void*)(xq + m * Kp + k));                          \
             _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                            \
@@ -1238,6 +1239,16 @@ int olmo_hf_gemv_int8_grouped(const uint16_t* x_bf16, long ldx, const int8_t* q,
         i8g_scales_to_f32(wh + base * ng, rows * ng, ws);
         for (long m0 = 0; m0 < M; m0 += I8_MAX_MM) {
             const long mm = M - m0 < I8_MAX_MM ? M - m0 : I8_MAX_MM;
+#ifdef I8G_HAVE_G32
+            if (rows == NR && G == 32) {  /* U == G: unit g is group g */
+                float cs[I8_MAX_MM * NR * ng];
+                for (long m = 0; m < mm; ++m)
+                    for (long r = 0; r < NR; ++r)
+                        for (long g = 0; g < ng; ++g) cs[(m * NR + r) * ng + g] = sx[(m0 + m) * nu + g] * ws[r * ng + g];
+                if (mm == 2) gemv_i8g32_micro_2(xq + m0 * K, K, cs, ng, q + base * ldw, ldw, out);
+                else gemv_i8g32_micro_1(xq + m0 * K, K, cs, ng, q + base * ldw, ldw, out);
+            } else
+#endif
             if (rows == NR) {
 #if I8_MAX_MM > 1
                 if (mm == 2) gemv_i8g_micro_2(xq + m0 * K, K, sx + m0 * nu, nu, U, q + base * ldw, ldw, ws, ng, G, out);
