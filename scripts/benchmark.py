@@ -10,7 +10,7 @@ better for rates, < 1 for times and memory).
 Measured, per implementation:
 - ``from_pretrained`` wall time (and, for ours with ``--fast``, the time of the fast-path call on top);
 - prefill tokens/s: one forward over the prompt with a fresh cache (batch 1), ``logits_to_keep=1``;
-  ``--prefill-samples`` per round and implementation, taken back to back (A B B A ...) so that each pair of
+  ``--prefill-samples`` per round and implementation, taken back to back (A B, B A, ...) so that each pair of
   samples sees the same state of a shared machine;
 - time to first token: ``generate(max_new_tokens=1)`` (batch 1);
 - decode tokens/s at batch 1 and batch 8: ``generate`` of ``--new-tokens`` greedy tokens, timed per step by a
@@ -799,7 +799,7 @@ def run_timed(args) -> dict:
     tokens = {}
     for r in range(args.repeats):
         order = ("builtin", "ours") if r % 2 == 0 else ("ours", "builtin")
-        # Prefill samples of the two implementations back to back (A B B A ...), so that each pair sees the same
+        # Prefill samples of the two implementations back to back (A B, B A, ...), so that each pair sees the same
         # machine: a shared host's state changes over seconds (the decode samples below take tens of seconds).
         for j in range(args.prefill_samples):
             for impl in (order if j % 2 == 0 else order[::-1]):
