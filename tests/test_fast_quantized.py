@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import olmo_hf
-from olmo_hf.fast import is_optimized, native, optimize_for_cpu_inference, status, undo
+from olmo_hf.fast import int8_layout, is_optimized, native, optimize_for_cpu_inference, quantized, status, undo
 from olmo_hf.fast.quantized import Int8PackedLinear, int8_group_size, is_int8_embedding, is_int8_weight_only
 from olmo_hf.quantization import int8_group_config, quantization_config
 
@@ -51,7 +51,15 @@ def load_int8(directory, group_size=32):
     return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16, quantization_config=config).eval()
 
 
-LAYOUTS = pytest.mark.parametrize("group_size", [32, None], ids=["groups of 32", "per row"])
+@pytest.fixture(params=[(32, True), (32, False), (None, False)],
+                ids=["groups of 32, blocked", "groups of 32, torchao's layout", "per row"])
+def group_size(request, monkeypatch):
+    """The int8 layouts of the model tests: groups of 32 in the blocked layout (where this CPU runs it: AVX512-VNNI)
+    and in torchao's layout (what the other CPUs get), and one scale per row."""
+    group, blocked = request.param
+    if not blocked:
+        monkeypatch.setattr(quantized, "blocked_layout_for", lambda group: False)
+    return group
 
 
 def _dequantized(weight) -> torch.Tensor:
@@ -149,6 +157,81 @@ def test_grouped_int8_widening_is_torchaos_dequantization_bit_for_bit():
     assert torch.equal(native.int8_grouped_reference(weight.qdata, weight.scale), expected)
 
 
+# ----------------------------------------------------------------------------------------------- the blocked layout
+needs_blocked = pytest.mark.skipif(not (native._native_kernel() and native._native_kernel().int8_blocked),
+                                   reason="no blocked int8 kernel here (needs the AVX512 variant and AVX512-VNNI)")
+BLOCKED_SHAPES = [(64, 64, 32), (37, 96, 32), (3, 64, 32), (130, 2048, 32), (6, 2528, 32), (9, 1216, 64),
+                  (5, 96 * 17, 96), (8, 128 * 19, 128)]  # partial last blocks of 2, 3, 15, 3 (of 16) groups
+
+
+@pytest.mark.parametrize("n, k, group", BLOCKED_SHAPES)
+def test_blocked_int8_layout_unpacks_to_torchaos_data_exactly(n, k, group):
+    gen = torch.Generator().manual_seed(n + k)
+    q = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    scale = torch.randn(n, k // group, generator=gen).half()
+    blocks = int8_layout.pack_int8_blocked(q, scale, group)
+    assert blocks.shape == (n, int8_layout.row_bytes(k, group)) and blocks.shape[1] % 64 == 0
+    assert int8_layout.row_bytes(2048, 32) == 2048 + 2 * 64  # at real widths: torchao's bytes, scales included
+    qdata, unpacked_scale = int8_layout.unpack_int8_blocked(blocks, k, group)
+    assert torch.equal(qdata, q) and torch.equal(unpacked_scale, scale)
+
+
+def test_blocked_int8_layout_puts_four_values_of_sixteen_groups_in_each_64_bytes():
+    q = torch.arange(512).remainder(256).sub(128).to(torch.int8).view(1, 512)  # value i = i - 128 (mod 256)
+    blocks = int8_layout.pack_int8_blocked(q, torch.ones(1, 16).half(), 32)
+    first = blocks[0, 64:128].view(torch.uint8).long()  # after one header line: chunk 0 of block 0
+    # group g, value j of the chunk: element 32 g + j, stored as u = q + 128 = (32 g + j) mod 256
+    assert first.tolist() == [(32 * g + j) % 256 for g in range(16) for j in range(4)]
+
+
+@needs_blocked
+@pytest.mark.parametrize("n, k, group", BLOCKED_SHAPES)
+def test_blocked_int8_kernel_is_the_float64_product_up_to_rounding(n, k, group):
+    gen = torch.Generator().manual_seed(n * k)
+    q = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    scale = (torch.rand(n, k // group, generator=gen) / 100).half()
+    blocks = int8_layout.pack_int8_blocked(q, scale, group)
+    weight = q.double() * scale.double().repeat_interleave(group, dim=1)  # unrounded
+    for rows in range(1, 9):
+        x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+        exact = x.double() @ weight.T
+        out = native._native_int8_blocked_matmul(x, blocks, k, group).double()
+        # x is rounded to int16 per group, its largest magnitude to 32639 (at most half a step per element); exact
+        # int32 group sums, fp32 from there; one bf16 rounding of the result
+        step = x.double().abs().view(rows, -1, group).amax(-1).repeat_interleave(group, -1) / 32639
+        magnitude = x.double().abs() @ weight.abs().T
+        bound = exact.abs() * 2**-8 + (step / 2) @ weight.abs().T + 1e-6 * magnitude
+        assert ((out - exact).abs() <= bound).all(), (rows, n, k, group)
+
+
+@needs_blocked
+def test_blocked_int8_kernel_reads_row_slices_and_strided_rows():
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randint(-127, 128, (40, 96), generator=gen, dtype=torch.int8)
+    scale = torch.rand(40, 3, generator=gen).half()
+    blocks = int8_layout.pack_int8_blocked(q, scale, 32)
+    x = torch.randn(3, 2, 192, generator=gen).to(torch.bfloat16)[..., ::2]  # (3, 2, 96), row stride 2
+    ref = x.double() @ (q[8:20].double() * scale[8:20].double().repeat_interleave(32, dim=1)).T
+    out = native._native_int8_blocked_matmul(x, blocks[8:20], 96, 32)
+    assert out.shape == (3, 2, 12) and torch.allclose(out.double(), ref, rtol=2**-8, atol=1e-4)
+
+
+@needs_blocked
+@pytest.mark.parametrize("n, k, group", BLOCKED_SHAPES)
+def test_blocked_int8_widening_is_the_grouped_widening_bit_for_bit(n, k, group):
+    gen = torch.Generator().manual_seed(n - k)
+    q = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    scale = (torch.randn(n, k // group, generator=gen) * 2.0 ** torch.randint(-14, 4, (n, 1), generator=gen)).half()
+    blocks = int8_layout.pack_int8_blocked(q, scale, group)
+    expected = native.int8_grouped_reference(q, scale)
+    assert torch.equal(native._native_int8_blocked_to_bf16(blocks, k, group), expected)
+    lib = native._native_kernel()
+    if lib.amx and lib.gemm_amx is not None:  # the AMX prefill product widens each band from the blocked rows
+        x = torch.randn(40, k, generator=gen).to(torch.bfloat16)
+        assert torch.equal(native._native_gemm(x, blocks, None, int8_group=group, blocked_in_features=k),
+                           native._native_gemm(x, q, scale, int8_group=group))
+
+
 @needs_kernels
 def test_kernel_plan_measures_the_int8_kernels():
     notes = {}
@@ -163,7 +246,6 @@ def test_kernel_plan_measures_the_int8_kernels():
 
 
 # ----------------------------------------------------------------------------------------------- the model
-@LAYOUTS
 def test_int8_linears_become_fast_path_layers_holding_torchao_data(checkpoint, group_size):
     model = load_int8(checkpoint, group_size)
     o_proj_qdata = model.model.layers[0].self_attn.o_proj.weight.qdata
@@ -171,18 +253,25 @@ def test_int8_linears_become_fast_path_layers_holding_torchao_data(checkpoint, g
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
     for layer in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
         assert type(layer) is Int8PackedLinear
-    assert attn.o_proj._packed.qdata is o_proj_qdata  # a single layer keeps torchao's int8 tensor: no copy
-    assert attn.__dict__["_fast_qkv"].qdata.shape == (64 + 2 * 32, 64)  # fused q/k/v: one int8 matrix
-    qkv_scale = attn.__dict__["_fast_qkv"].scale  # float16 per group of 32, or float32 per row
-    assert (qkv_scale.shape, qkv_scale.dtype) == (((128, 2), torch.float16) if group_size else ((128,), torch.float32))
-    assert mlp.__dict__["_fast_gate_up"].qdata.dtype == torch.int8
+    qkv = attn.__dict__["_fast_qkv"]
+    if group_size and quantized.blocked_layout_for(group_size):  # one blocked matrix each, torchao's values inside
+        assert attn.o_proj._packed.qdata is None and attn.o_proj._packed.blocks.shape == (64, 64 + 64)
+        assert torch.equal(attn.o_proj.weight.qdata, o_proj_qdata)  # rebuilt from the blocked matrix
+        assert qkv.blocks.shape == (64 + 2 * 32, 64 + 64)  # fused q/k/v: a header line of scales, 64 weights
+        assert mlp.__dict__["_fast_gate_up"].blocks.dtype == torch.int8
+    else:
+        assert attn.o_proj._packed.qdata is o_proj_qdata  # a single layer keeps torchao's int8 tensor: no copy
+        assert qkv.qdata.shape == (64 + 2 * 32, 64)  # fused q/k/v: one int8 matrix
+        qkv_scale = qkv.scale  # float16 per group of 32, or float32 per row
+        assert (qkv_scale.shape, qkv_scale.dtype) == (((128, 2), torch.float16) if group_size
+                                                      else ((128,), torch.float32))
+        assert mlp.__dict__["_fast_gate_up"].qdata.dtype == torch.int8
     assert model.lm_head._packed.group == (group_size or 0)
     assert type(model.lm_head) is Int8PackedLinear  # quantization_config("int8") quantizes lm_head too
     assert "forward" in model.model.embed_tokens.__dict__  # the int8 embedding's row-wise lookup
     assert "model optimised" in str(status(model))
 
 
-@LAYOUTS
 def test_a_member_of_a_fused_int8_matrix_called_alone_gives_its_own_product(checkpoint, group_size):
     plain, fast = load_int8(checkpoint, group_size), optimize_for_cpu_inference(load_int8(checkpoint, group_size))
     x = torch.randn(1, 20, 64, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)  # 20 rows: prefill
@@ -193,7 +282,6 @@ def test_a_member_of_a_fused_int8_matrix_called_alone_gives_its_own_product(chec
             assert torch.equal(member(x), plain.model.layers[1].get_submodule(name)(x)), name
 
 
-@LAYOUTS
 def test_int8_embedding_lookup_dequantizes_the_rows_as_torchao_does(checkpoint, group_size):
     model = load_int8(checkpoint, group_size)
     embedding = model.model.embed_tokens
@@ -229,7 +317,6 @@ def test_tied_int8_model_keeps_its_bf16_embedding_and_head_in_the_fast_path(tmp_
 
 
 @needs_kernels
-@LAYOUTS
 def test_prefill_widening_the_int8_weight_in_slices_is_bit_identical(checkpoint, monkeypatch, group_size):
     plain, fast = load_int8(checkpoint, group_size), optimize_for_cpu_inference(load_int8(checkpoint, group_size))
     monkeypatch.setattr(olmo_hf.fast.quantized, "_WIDEN_MAX_ELEMENTS", 40 * 64)  # lm_head (128 x 64) in 4 slices
@@ -240,7 +327,6 @@ def test_prefill_widening_the_int8_weight_in_slices_is_bit_identical(checkpoint,
 
 
 @needs_kernels
-@LAYOUTS
 def test_int8_model_gives_the_quantized_models_tokens_and_logits(checkpoint, group_size):
     plain, fast = load_int8(checkpoint, group_size), optimize_for_cpu_inference(load_int8(checkpoint, group_size))
     with torch.no_grad():
@@ -262,7 +348,6 @@ def test_int8_model_gives_the_quantized_models_tokens_and_logits(checkpoint, gro
     assert sum(fast_err) <= 1.5 * sum(plain_err)
 
 
-@LAYOUTS
 def test_undo_restores_the_torchao_model_exactly(checkpoint, group_size):
     model = load_int8(checkpoint, group_size)
     params = dict(model.named_parameters())
@@ -281,7 +366,6 @@ def test_undo_restores_the_torchao_model_exactly(checkpoint, group_size):
         assert torch.equal(model(IDS).logits, ref)
 
 
-@LAYOUTS
 def test_save_pretrained_after_optimising_writes_the_torchao_checkpoint(checkpoint, tmp_path, group_size):
     plain, fast = load_int8(checkpoint, group_size), optimize_for_cpu_inference(load_int8(checkpoint, group_size))
     plain.save_pretrained(tmp_path / "plain")

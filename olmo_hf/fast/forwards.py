@@ -239,6 +239,12 @@ def _matrix_desc(packed, rows: int, plan, native) -> MatrixDesc | None:
         offset = None if packed.offset is None else packed.offset.data_ptr()
         return MatrixDesc(2, 0, nibbles.data_ptr(), nibbles.stride(0), packed.scale.data_ptr(), offset, packed.group,
                           packed.out_features, packed.in_features)
+    blocks = getattr(packed, "blocks", None)
+    if blocks is not None:  # group-wise int8 in the blocked layout (_Int8Packed.matmul with _native_int8_blocked_matmul)
+        if not 0 < rows <= plan.int8_grouped_gemv_max_rows:
+            return None
+        return MatrixDesc(4, 0, blocks.data_ptr(), blocks.stride(0), None, None, packed.group, packed.out_features,
+                          packed.in_features)
     qdata = getattr(packed, "qdata", None)
     if qdata is not None:  # int8 (_Int8Packed.matmul): group-wise, or one scale per row
         group = getattr(packed, "group", 0)

@@ -244,6 +244,32 @@ int olmo_hf_gemv_bf16(const uint16_t* x_bf16, long ldx, const uint16_t* w, long 
 }
 
 #if defined(__AVX512BF16__)
+/* r[i] <- column i of the 16 x 16 matrix of 32-bit elements whose row i was r[i] */
+__attribute__((target("avx512f")))
+static inline void transpose16x16_epi32(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 4; ++i) {  /* 128-bit lanes: rows i, i + 4 -> t[i] (lanes 0, 2), t[i + 4] (lanes 1, 3) */
+        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 8; ++i) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    }
+}
+
 /* ------------------------------------------------------------------------------- matrix-vector on AMX tiles */
 /* The same product y = x @ W^T (M <= 16 rows of x, the plain row-major W) on AMX-BF16, for CPUs that have it
    (Sapphire Rapids and later Xeons). With several rows of x the AVX512 kernel above runs out of dot-product
@@ -361,35 +387,11 @@ int olmo_hf_gemv_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, long l
 #define OLMO_HF_W_INT8 1
 #define OLMO_HF_W_INT4 2  /* olmo_hf.fast.int4's nibble layout: scale = its bf16 group scales, offset its offsets */
 #define OLMO_HF_W_INT8_GROUPED 3  /* torchao's group-wise int8: scale = its fp16 group scales (N, K / group) */
+#define OLMO_HF_W_INT8_BLOCKED 4  /* group-wise int8 in the blocked layout (below): scale unused, scales in the rows */
+void olmo_hf_int8_blocked_widen_row(const int8_t* row, long G, long K, long k0, long k1, int8_t* tmp, uint16_t* dst);
 void olmo_hf_int8_widen_row_grouped(const int8_t* src, const uint16_t* ws, long G, long k0, long k1, uint16_t* dst);
 void olmo_hf_int4_widen_row(const uint8_t* src, const uint16_t* ws, const int8_t* wo, long G, long k0, long k1,
                             uint16_t* dst);  /* the int4 section below */
-
-/* r[i] <- column i of the 16 x 16 matrix of 32-bit elements whose row i was r[i] */
-__attribute__((target("avx512f")))
-static inline void transpose16x16_epi32(__m512i r[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    for (int i = 0; i < 4; ++i) {  /* 128-bit lanes: rows i, i + 4 -> t[i] (lanes 0, 2), t[i + 4] (lanes 1, 3) */
-        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
-        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
-        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
-        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
-    }
-    for (int i = 0; i < 8; ++i) {
-        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
-        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
-    }
-}
 
 __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
 int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ldw, int kind, const void* scale,
@@ -399,6 +401,8 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
         if (!scale || group < 32 || (group != 32 && group % 64) || K % group || ldw < (K + 63) / 64 * 32) return -1;
     } else if (kind == OLMO_HF_W_INT8_GROUPED) {
         if (!scale || group < 32 || group % 32 || K % group || ldw < K) return -1;
+    } else if (kind == OLMO_HF_W_INT8_BLOCKED) {
+        if (group < 32 || group > 128 || group % 32 || K % group || ldw < (2 * (K / group) + 63) / 64 * 64 + K) return -1;
     } else if ((kind != OLMO_HF_W_BF16 && kind != OLMO_HF_W_INT8) || ldw < K || (kind == OLMO_HF_W_INT8 && !scale)) {
         return -1;
     }
@@ -431,6 +435,7 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
             }
         const int me = omp_get_thread_num();
         uint16_t* buf = bufs + (size_t)me * 32 * ldb;
+        int8_t* plain = kind == OLMO_HF_W_INT8_BLOCKED ? (int8_t*)malloc(K) : NULL;  /* a blocked row, unpacked */
         float* acc = accs + (size_t)me * Mp * 32;  /* (Mp / 32) blocks of 4 tiles of 16 x 16: the C tiles' homes */
         struct amx_tile_config cfg;
         memset(&cfg, 0, sizeof cfg);
@@ -456,6 +461,11 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
                     if (kind == OLMO_HF_W_INT4) {
                         olmo_hf_int4_widen_row((const uint8_t*)w + (n0 + r) * ldw, (const uint16_t*)scale + (n0 + r) * ng,
                                                offset ? offset + (n0 + r) * ng : NULL, group, k0, k0 + kc, dst);
+                        continue;
+                    }
+                    if (kind == OLMO_HF_W_INT8_BLOCKED) {  /* the same, from the blocked layout */
+                        olmo_hf_int8_blocked_widen_row((const int8_t*)w + (n0 + r) * ldw, group, K, k0, k0 + kc, plain,
+                                                       dst);
                         continue;
                     }
                     if (kind == OLMO_HF_W_INT8_GROUPED) {  /* torchao's bf16(q * scale) */
@@ -514,6 +524,7 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
                 }
         }
         _tile_release();
+        free(plain);
     }
     free(xp); free(bufs); free(accs);
     return 0;
@@ -1338,6 +1349,245 @@ int olmo_hf_int8_grouped_to_bf16(const int8_t* q, long ldq, const uint16_t* ws, 
 }
 
 /* ===================================================================================================================
+   group-wise int8 in OUR blocked layout (olmo_hf.fast.quantized packs torchao's qdata and scales into it where
+   olmo_hf_int8_blocked_ok() says this build and CPU run it: the AVX512 variant on a CPU with AVX512-VNNI)
+   ===================================================================================================================
+   Row n of the (N, K) matrix starts at w + n * ldw (ldw >= I8B_HDR(ng) + K, ng = K / G):
+   - bytes [0, 2 ng): the row's ng float16 group scales (torchao's values), zero padded to I8B_HDR(ng) bytes, a
+     multiple of 64 (the weights start on a cache line);
+   - then its K weights, each stored as u = q ^ 0x80 = q + 128 (0..255), in blocks of 16 groups (a last block of
+     h = ng % 16 groups when that is not 0): chunk c of a block (0 <= c < G / 4, 4 h bytes) holds bytes 4c .. 4c + 3
+     of each of the block's groups, group g at byte 4 g. One 64-byte load is thus 4 weights of each of 16 groups:
+     one 32-bit lane per group, which vpdpbusd sums into that lane.
+   Decoding: each group of x (bf16) is rounded to int16 (its largest magnitude -> 32639) and split into bytes,
+   x = 256 xh + xl (xl the signed low byte, xh in -127..127), so that for one group
+       sum_k q[k] x[k] = 256 sum_k u[k] xh[k] + sum_k u[k] xl[k] - 128 sum_k x[k]
+   : two vpdpbusd per 64 weights (unsigned weight bytes times signed x bytes), the last sum once per group of x. Each
+   block's 16 exact int32 group sums are converted, times the group's sx (x's scale) and the row's float16 scale
+   from its own header: one stream per row, no separate scale stream. Against the int16 product above (one
+   vpmovsxbw, vpmaddwd, conversion and FMA per 32 weights, scales in a second array) this is a quarter of the
+   vector instructions per weight, and it streams at ~97 % of the bf16 product's rate per byte: x1.11-1.13 of the
+   int16 product from memory (32 matrices of the 1B shape, 1 and 2 threads, interleaved in one process). x's
+   rounding to 15 bits + sign loses what lies more than 2^-15 below its group's largest element, far under the
+   bf16 rounding of the result. G: 32, 64, 96 or 128 (a group's sum 256 * G * 255 * 127 must stay below 2^31). */
+#define I8B_HDR(ng) ((2 * (ng) + 63) / 64 * 64)
+#define I8B_XMAX 32639.f
+#if defined(__AVX512BF16__)
+int olmo_hf_int8_blocked_ok(void) { return __builtin_cpu_supports("avx512vnni"); }
+
+/* vpdpbusd as inline assembly: gcc 12 copies the accumulator of _mm512_dpbusd_epi32 through a second register at
+   every step of the unrolled loop (measured 1.5x slower) */
+__attribute__((target("avx512vnni"))) static inline __m512i i8b_dpbusd(__m512i acc, __m512i u8, __m512i s8) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+    return acc;
+}
+
+/* One row of x (K bf16) -> xh, xl: blocks of 16 G bytes, chunk c of block b at b * 16 G + 64 c, lane g (4 bytes)
+   the bytes of group 16 b + g (zero past the last group); cx[g] = 128 * sum of the group's int16 x, sx[g] its scale
+   (both zero past the last group, up to a multiple of 16). tmp: K int16 of scratch. */
+static void i8b_quantize_x(const uint16_t* x, long K, long G, int8_t* xh, int8_t* xl, int32_t* cx, float* sx,
+                           int16_t* tmp) {
+    const long ng = K / G, nb = (ng + 15) / 16;
+    for (long g = 0; g < ng; ++g) {
+        __m512 mx = _mm512_setzero_ps();
+        for (long k = g * G; k < (g + 1) * G; k += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(load_bf16x16(x + k)));
+        const float m = _mm512_reduce_max_ps(mx);
+        const __m512 inv = _mm512_set1_ps(m > 0.f ? I8B_XMAX / m : 0.f);
+        __m512i sum = _mm512_setzero_si512();
+        for (long k = g * G; k < (g + 1) * G; k += 16) {  /* round to nearest even, as lrintf */
+            const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(load_bf16x16(x + k), inv));
+            sum = _mm512_add_epi32(sum, v);
+            _mm256_storeu_si256((__m256i*)(tmp + k), _mm512_cvtepi32_epi16(v));
+        }
+        cx[g] = 128 * _mm512_reduce_add_epi32(sum);
+        sx[g] = m / I8B_XMAX;
+    }
+    for (long g = ng; g < 16 * nb; ++g) { cx[g] = 0; sx[g] = 0.f; }
+    for (long b = 0; b < nb; ++b) {
+        const long h = ng - 16 * b < 16 ? ng - 16 * b : 16;
+        for (long s = 0; 64 * s < G; ++s) {  /* 64 bytes (16 lanes of 4) of every group of the block per pass */
+            const long n = G - 64 * s < 64 ? G - 64 * s : 64;
+            __m512i rh[16], rl[16];
+            for (long g = 0; g < 16; ++g) {
+                if (g >= h) { rh[g] = rl[g] = _mm512_setzero_si512(); continue; }
+                const int16_t* p = tmp + (16 * b + g) * G + 64 * s;
+                const __m512i a = _mm512_loadu_si512((const void*)p);  /* values 0-31 of the pass */
+                const __m512i c = n > 32 ? _mm512_loadu_si512((const void*)(p + 32)) : _mm512_setzero_si512();
+                const __m512i al = _mm512_srai_epi16(_mm512_slli_epi16(a, 8), 8), cl = _mm512_srai_epi16(_mm512_slli_epi16(c, 8), 8);
+                const __m512i ah = _mm512_srai_epi16(_mm512_sub_epi16(a, al), 8), ch = _mm512_srai_epi16(_mm512_sub_epi16(c, cl), 8);
+                rl[g] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(al)), _mm512_cvtepi16_epi8(cl), 1);
+                rh[g] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(ah)), _mm512_cvtepi16_epi8(ch), 1);
+            }
+            transpose16x16_epi32(rh);
+            transpose16x16_epi32(rl);
+            for (long c = 0; c < n / 4; ++c) {
+                _mm512_store_si512((void*)(xh + b * 16 * G + 64 * (16 * s + c)), rh[c]);
+                _mm512_store_si512((void*)(xl + b * 16 * G + 64 * (16 * s + c)), rl[c]);
+            }
+        }
+    }
+}
+
+/* out[m][r] = sum over groups of sx[m, g] * scale[r, g] * (the group's int32 sum) for MM rows of x, NR rows of w */
+#define GEMV_I8B_MICRO(MM)                                                                                    \
+__attribute__((target("avx512vnni"))) static inline void gemv_i8b_micro_##MM(                               \
+        const int8_t* xh, const int8_t* xl, long Kx, const int32_t* cx, const float* sx, long ncx, long ng, \
+        long G, const int8_t* w, long ldw, float out[4][NR]) {                                              \
+    const long hdr = I8B_HDR(ng), nb = (ng + 15) / 16;                                                      \
+    __m512 acc[MM][NR];                                                                                     \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();               \
+    for (long o = 0; o < hdr; o += 64)  /* the next band's headers (its weights are prefetched as we go) */ \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                                \
+            _mm_prefetch((const char*)(w + (r + NR) * ldw + o), _MM_HINT_T0);                               \
+    for (long b = 0; b < nb; ++b) {                                                                         \
+        const long h = ng - 16 * b < 16 ? ng - 16 * b : 16;                                                 \
+        const __mmask64 wm = h == 16 ? ~0ull : (1ull << (4 * h)) - 1;                                       \
+        const __mmask16 hm = (__mmask16)((1u << h) - 1);                                                    \
+        const int8_t* wb = w + hdr + 16 * G * b;                                                            \
+        __m512i ah[MM][NR], al[MM][NR];                                                                     \
+        _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                          \
+                ah[m][r] = _mm512_setzero_si512();                                                          \
+                al[m][r] = _mm512_setzero_si512();                                                          \
+            }                                                                                               \
+        for (long c = 0; c < G / 4; ++c) {                                                                  \
+            __m512i wv[NR];                                                                                 \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                          \
+                _mm_prefetch((const char*)(wb + (r + NR) * ldw + 4 * h * c), _MM_HINT_T0);                  \
+                wv[r] = _mm512_maskz_loadu_epi8(wm, wb + r * ldw + 4 * h * c);                              \
+            }                                                                                               \
+            _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                          \
+                const __m512i vh = _mm512_load_si512((const void*)(xh + m * Kx + b * 16 * G + 64 * c));     \
+                const __m512i vl = _mm512_load_si512((const void*)(xl + m * Kx + b * 16 * G + 64 * c));     \
+                _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                      \
+                    ah[m][r] = i8b_dpbusd(ah[m][r], wv[r], vh);                                             \
+                    al[m][r] = i8b_dpbusd(al[m][r], wv[r], vl);                                             \
+                }                                                                                           \
+            }                                                                                               \
+        }                                                                                                   \
+        __m512 ws[NR];  /* the rows' scales of the block's groups */                                        \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                                \
+            ws[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(hm, (const uint16_t*)(w + r * ldw) + 16 * b)); \
+        _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                              \
+            const __m512i c = _mm512_loadu_si512((const void*)(cx + m * ncx + 16 * b));                     \
+            const __m512 s = _mm512_loadu_ps(sx + m * ncx + 16 * b);                                        \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                          \
+                const __m512i t = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(ah[m][r], 8), al[m][r]), c); \
+                acc[m][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(t), s), ws[r], acc[m][r]);     \
+            }                                                                                               \
+        }                                                                                                   \
+    }                                                                                                       \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]);   \
+}
+GEMV_I8B_MICRO(1) GEMV_I8B_MICRO(2)
+
+/* x_bf16 (M, K) row stride ldx; w the blocked (N, K) matrix, row stride ldw bytes; y (M, N) bf16 row stride ldy. */
+int olmo_hf_gemv_int8_blocked(const uint16_t* x_bf16, long ldx, const int8_t* w, long ldw, long G, long N, long K,
+                              uint16_t* y, long ldy, long M, int nthreads) {
+    if (M < 1 || M > 8 || N < 1 || G < 32 || G > 128 || G % 32 || K < G || K % G || ldw < I8B_HDR(K / G) + K ||
+        !olmo_hf_int8_blocked_ok())
+        return -1;
+    const long ng = K / G, nb = (ng + 15) / 16, Kx = nb * 16 * G, ncx = nb * 16;
+    int8_t* xh = (int8_t*)aligned_alloc(64, (size_t)M * Kx * 2);
+    int8_t* xl = xh + M * Kx;
+    int32_t* cx = (int32_t*)aligned_alloc(64, sizeof(int32_t) * M * ncx);
+    float* sx = (float*)aligned_alloc(64, sizeof(float) * M * ncx);
+    int16_t* tmp = (int16_t*)malloc(sizeof(int16_t) * K);
+    /* fewer rows than a band: a zero-padded copy of them (the same arithmetic; the extra rows are discarded) */
+    int8_t* small = N < NR ? (int8_t*)aligned_alloc(64, (size_t)NR * ldw) : NULL;
+    if (!xh || !cx || !sx || !tmp || (N < NR && !small)) { free(xh); free(cx); free(sx); free(tmp); free(small); return -2; }
+    for (long m = 0; m < M; ++m)
+        i8b_quantize_x(x_bf16 + m * ldx, K, G, xh + m * Kx, xl + m * Kx, cx + m * ncx, sx + m * ncx, tmp);
+    if (small) {
+        memset(small, 0, (size_t)NR * ldw);
+        memcpy(small, w, (size_t)N * ldw);
+        w = small;
+    }
+    const long NB = (N + NR - 1) / NR;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (N * K >= (1L << 18))
+    for (long nband = 0; nband < NB; ++nband) {
+        const long n0 = nband * NR;
+        const long base = n0 + NR <= N || N < NR ? n0 : N - NR;  /* as in olmo_hf_gemv_int8 */
+        const long rows = N < NR ? N : NR;
+        float out[4][NR];
+        for (long m0 = 0; m0 < M; m0 += 2) {
+            if (M - m0 >= 2)
+                gemv_i8b_micro_2(xh + m0 * Kx, xl + m0 * Kx, Kx, cx + m0 * ncx, sx + m0 * ncx, ncx, ng, G,
+                                 w + base * ldw, ldw, out);
+            else
+                gemv_i8b_micro_1(xh + m0 * Kx, xl + m0 * Kx, Kx, cx + m0 * ncx, sx + m0 * ncx, ncx, ng, G,
+                                 w + base * ldw, ldw, out);
+            for (long m = 0; m < 2 && m0 + m < M; ++m)
+                for (long r = n0 - base; r < rows; ++r) y[(m0 + m) * ldy + base + r] = f32_to_bf16(out[m][r]);
+        }
+    }
+    free(xh); free(cx); free(sx); free(tmp); free(small);
+    return 0;
+}
+
+/* Blocks b0 .. b1 - 1 of a blocked row's weights -> plain: plain[k] = q[k] (torchao's int8 values) for their k. */
+static void i8b_unpack_blocks(const int8_t* row, long G, long K, long b0, long b1, int8_t* plain) {
+    const long ng = K / G, hdr = I8B_HDR(ng);
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (long b = b0; b < b1; ++b) {
+        const long h = ng - 16 * b < 16 ? ng - 16 * b : 16;
+        const __mmask64 wm = h == 16 ? ~0ull : (1ull << (4 * h)) - 1;
+        const int8_t* src = row + hdr + 16 * G * b;
+        for (long s = 0; 64 * s < G; ++s) {
+            const long n = G - 64 * s < 64 ? G - 64 * s : 64;  /* bytes of each group in this pass */
+            __m512i r[16];
+            for (long c = 0; c < 16; ++c)
+                r[c] = 4 * c < n ? _mm512_maskz_loadu_epi8(wm, src + 4 * h * (16 * s + c)) : _mm512_setzero_si512();
+            transpose16x16_epi32(r);  /* r[g]: bytes 64 s .. 64 s + n of group g */
+            const __mmask64 sm = n == 64 ? ~0ull : (1ull << n) - 1;
+            for (long g = 0; g < h; ++g)
+                _mm512_mask_storeu_epi8(plain + (16 * b + g) * G + 64 * s, sm, _mm512_xor_si512(r[g], flip));
+        }
+    }
+}
+
+/* Values k0..k1-1 of a blocked row as bf16 into dst[0 .. k1 - k0): olmo_hf_int8_widen_row_grouped (torchao's
+   bf16(q * scale)) on the row unpacked into tmp (K bytes of scratch). k0, k1 multiples of 16. */
+void olmo_hf_int8_blocked_widen_row(const int8_t* row, long G, long K, long k0, long k1, int8_t* tmp, uint16_t* dst) {
+    i8b_unpack_blocks(row, G, K, k0 / (16 * G), (k1 + 16 * G - 1) / (16 * G), tmp);
+    olmo_hf_int8_widen_row_grouped(tmp, (const uint16_t*)row, G, k0, k1, dst);
+}
+
+/* out (N, K) bf16 contiguous = the blocked matrix widened as olmo_hf_int8_grouped_to_bf16 widens torchao's. */
+int olmo_hf_int8_blocked_to_bf16(const int8_t* w, long ldw, long G, long N, long K, uint16_t* out, int nthreads) {
+    if (N < 1 || G < 32 || G > 128 || G % 32 || K < G || K % G || ldw < I8B_HDR(K / G) + K || !olmo_hf_int8_blocked_ok())
+        return -1;
+    int status = 0;
+    #pragma omp parallel num_threads(nthreads) if (N * K >= (1L << 18))
+    {
+        int8_t* tmp = (int8_t*)malloc(K);
+        if (!tmp) {
+            #pragma omp atomic write
+            status = -2;
+        }
+        #pragma omp for schedule(static)
+        for (long n = 0; n < N; ++n)
+            if (tmp) olmo_hf_int8_blocked_widen_row(w + n * ldw, G, K, 0, K, tmp, out + n * K);
+        free(tmp);
+    }
+    return status;
+}
+#else /* the AVX2 and NEON variants keep torchao's layout (the products above) */
+int olmo_hf_int8_blocked_ok(void) { return 0; }
+int olmo_hf_gemv_int8_blocked(const uint16_t* x_bf16, long ldx, const int8_t* w, long ldw, long G, long N, long K,
+                              uint16_t* y, long ldy, long M, int nthreads) {
+    (void)x_bf16; (void)ldx; (void)w; (void)ldw; (void)G; (void)N; (void)K; (void)y; (void)ldy; (void)M; (void)nthreads;
+    return -1;
+}
+int olmo_hf_int8_blocked_to_bf16(const int8_t* w, long ldw, long G, long N, long K, uint16_t* out, int nthreads) {
+    (void)w; (void)ldw; (void)G; (void)N; (void)K; (void)out; (void)nthreads;
+    return -1;
+}
+#endif
+
+/* ===================================================================================================================
    int4 weight-only matrix-vector product and widening (olmo_hf.fast.int4: torchao IntxWeightOnlyConfig(int4) models)
    ===================================================================================================================
    The weight is OUR layout (olmo_hf/fast/int4.py packs it from torchao's one-value-per-int8-byte tensor):
@@ -1872,7 +2122,8 @@ int olmo_hf_int4_to_bf16(const uint8_t* w, long ldw, const uint16_t* ws, const i
    for B rows of x (a batch, one position each, all at the same position pos of the key/value buffers). */
 typedef struct {
     int kind;          /* 0: bf16 (plain rows), 1: int8 with a float32 scale per row, 2: int4 nibble layout
-                          (olmo_hf.fast.int4), 3: int8 with a float16 scale per group of `group` */
+                          (olmo_hf.fast.int4), 3: int8 with a float16 scale per group of `group`, 4: the same
+                          in the blocked layout (scales in the rows) */
     int amx;           /* bf16: the rows in multiples of 16 on the AMX matrix-vector kernel (as _native_matmul) */
     const void* w;
     long ldw;
@@ -1902,6 +2153,8 @@ static int layer_matmul(const olmo_hf_matrix* W, const uint16_t* x, long ldx, lo
     if (W->kind == 3)
         return olmo_hf_gemv_int8_grouped(x, ldx, (const int8_t*)W->w, W->ldw, (const uint16_t*)W->scale, W->group,
                                          W->N, W->K, y, ldy, M, nt);
+    if (W->kind == 4)
+        return olmo_hf_gemv_int8_blocked(x, ldx, (const int8_t*)W->w, W->ldw, W->group, W->N, W->K, y, ldy, M, nt);
     if (W->kind != 0) return -1;
     const uint16_t* w = (const uint16_t*)W->w;
     long n_amx = 0;

@@ -23,6 +23,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from ..compat import attn_implementation
 from ..modules import rotate_half
 from .build import load_native_library
+from .int8_layout import pack_int8_blocked
 
 # kernels.c, compiled once per machine with the flags of the instruction set this CPU has (chosen from its flags,
 # see choose_isa) into ~/.cache/olmo_hf (OLMO_HF_CACHE), self-tested before use, called through ctypes:
@@ -165,6 +166,15 @@ class _NativeLib:
         self.int8_grouped_to_bf16 = lib.olmo_hf_int8_grouped_to_bf16
         self.int8_grouped_to_bf16.argtypes = [c_ptr, c_long, c_ptr, c_long, c_long, c_long, c_ptr, c_int]
         self.int8_grouped_to_bf16.restype = c_int
+        # group-wise int8 in the blocked layout (olmo_hf.fast.int8_layout): the AVX512 variant on AVX512-VNNI CPUs
+        self.int8_blocked = bool(lib.olmo_hf_int8_blocked_ok())
+        self.gemv_int8_blocked = lib.olmo_hf_gemv_int8_blocked
+        self.gemv_int8_blocked.argtypes = [c_ptr, c_long, c_ptr, c_long, c_long, c_long, c_long, c_ptr, c_long, c_long,
+                                           c_int]
+        self.gemv_int8_blocked.restype = c_int
+        self.int8_blocked_to_bf16 = lib.olmo_hf_int8_blocked_to_bf16
+        self.int8_blocked_to_bf16.argtypes = [c_ptr, c_long, c_long, c_long, c_long, c_ptr, c_int]
+        self.int8_blocked_to_bf16.restype = c_int
         self.gemv_int4 = lib.olmo_hf_gemv_int4  # torchao int4 weight-only, in our nibble layout (olmo_hf.fast.int4)
         self.gemv_int4.argtypes = [c_ptr, c_long, c_ptr, c_long, c_ptr, c_ptr, c_long, c_long, c_long, c_ptr, c_long,
                                    c_long, c_int]
@@ -339,6 +349,13 @@ def _self_test(native: _NativeLib) -> str:
             exact = F.linear(x.float(), q.float() * gscale.float().repeat_interleave(group, dim=1))  # unrounded
             if not torch.allclose(out, exact, atol=1e-2 * k**0.5, rtol=1e-2):
                 return f"group-wise int8 matrix-vector product {m}x{k} @ {k}x{n}"
+            if native.int8_blocked:
+                blocks = pack_int8_blocked(q, gscale, group)
+                if not torch.equal(_native_int8_blocked_to_bf16(blocks, k, group, native), weight):
+                    return f"blocked int8 -> bf16 widening of {n}x{k}"
+                out = _native_int8_blocked_matmul(x, blocks, k, group, native).float()
+                if not torch.allclose(out, exact, atol=1e-2 * k**0.5, rtol=1e-2):
+                    return f"blocked int8 matrix-vector product {m}x{k} @ {k}x{n}"
     if why := _int4_self_test(native, gen):
         return why
     if not native.full:
@@ -491,27 +508,55 @@ def _native_int8_grouped_to_bf16(qweight: torch.Tensor, scale: torch.Tensor, nat
     return out
 
 
+def _native_int8_blocked_matmul(x: torch.Tensor, blocks: torch.Tensor, in_features: int, group: int,
+                                native: _NativeLib | None = None) -> torch.Tensor:
+    """:func:`_native_int8_grouped_matmul` for a matrix in the blocked layout (``olmo_hf.fast.int8_layout``:
+    ``blocks`` (out, row bytes) int8, scales inside)."""
+    native = native or _native
+    n, k = blocks.shape[0], in_features
+    x2d, out = _rows_and_output(x, n, k)
+    if native.gemv_int8_blocked(x2d.data_ptr(), x2d.stride(0), blocks.data_ptr(), blocks.stride(0), group, n, k,
+                                out.data_ptr(), n, x2d.shape[0], torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native blocked int8 matrix-vector kernel rejected its arguments")
+    return out.view(*x.shape[:-1], n)
+
+
+def _native_int8_blocked_to_bf16(blocks: torch.Tensor, in_features: int, group: int,
+                                 native: _NativeLib | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_native_int8_grouped_to_bf16` (torchao's dequantization, bit for bit) for a matrix in the blocked
+    layout, into ``out`` (a contiguous bf16 tensor of at least out x in elements) when given."""
+    native = native or _native
+    n, k = blocks.shape[0], in_features
+    out = torch.empty((n, k), dtype=torch.bfloat16) if out is None else out.view(-1)[: n * k].view(n, k)
+    if native.int8_blocked_to_bf16(blocks.data_ptr(), blocks.stride(0), group, n, k, out.data_ptr(),
+                                   torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native blocked int8 -> bf16 widening rejected its arguments")
+    return out
+
+
 # kernels.c: the kinds of weight olmo_hf_gemm_amx reads
-_W_BF16, _W_INT8, _W_INT4, _W_INT8_GROUPED = 0, 1, 2, 3
+_W_BF16, _W_INT8, _W_INT4, _W_INT8_GROUPED, _W_INT8_BLOCKED = 0, 1, 2, 3, 4
 
 
 def _native_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
                  native: _NativeLib | None = None, *, int4: tuple[torch.Tensor | None, int, int] | None = None,
-                 int8_group: int = 0) -> torch.Tensor:
+                 int8_group: int = 0, blocked_in_features: int = 0) -> torch.Tensor:
     """``x @ W.T`` over the last dimension of bf16 ``x`` (any number of rows: prefill) on AMX tiles, reading the
     weight once as it is: ``weight`` a bf16 (out, in) matrix; or int8 with its float32 per-row ``scale`` (torchao's
     arithmetic: ``bf16(bf16(x @ q.T) * bf16(scale))``); or, with ``int4=(offset, in_features, group)``, the
     nibble-layout int4 matrix of ``olmo_hf.fast.int4`` with its bf16 group ``scale`` (widened as torchao
     dequantizes); or, with ``int8_group=G``, group-wise int8 with its float16 group ``scale`` (out, in / G), widened
-    as torchao dequantizes (:func:`int8_grouped_reference`). Unit stride along ``in``, ``in % 32 == 0``."""
+    as torchao dequantizes (:func:`int8_grouped_reference`); with ``blocked_in_features=in`` too, ``weight`` is that
+    matrix in the blocked layout (``olmo_hf.fast.int8_layout``, scales inside). Unit stride along ``in``,
+    ``in % 32 == 0``."""
     native = native or _native
     n = weight.shape[0]
     if int4 is not None:
         offset, k, group = int4
         kind, extra = _W_INT4, (None if offset is None else offset.data_ptr(), group)
     elif int8_group:
-        k = weight.shape[1]
-        kind, extra = _W_INT8_GROUPED, (None, int8_group)
+        k = blocked_in_features or weight.shape[1]
+        kind, extra = (_W_INT8_BLOCKED if blocked_in_features else _W_INT8_GROUPED), (None, int8_group)
     else:
         k = weight.shape[1]
         kind, extra = (_W_INT8 if weight.dtype == torch.int8 else _W_BF16), (None, 0)
@@ -920,7 +965,9 @@ def _measure_int8(native: _NativeLib, gen: torch.Generator, notes: dict) -> dict
     # against ~5 ms of widening alone); not measured, so that the plan's measurement does not grow
     grouped_rows = _NATIVE_MAX_ROWS
     notes["int8_grouped_gemv"] = ("int8 group-wise matrix-vector (1-8 rows): on (unmeasured: without it every product "
-                                  "widens the whole matrix, as torchao does)")
+                                  "widens the whole matrix, as torchao does)"
+                                  + ("; groups of 32-128 in the blocked layout (vpdpbusd, AVX512-VNNI)"
+                                     if native.int8_blocked else ""))
     return {"int8_gemv_max_rows": max_rows, "int8_grouped_gemv_max_rows": grouped_rows, "int8_convert": convert}
 
 

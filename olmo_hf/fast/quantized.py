@@ -9,8 +9,10 @@
 
 Each such ``nn.Linear`` becomes an :class:`Int8PackedLinear` reading an :class:`_Int8Packed`: torchao's own int8
 ``(out_features, in_features)`` row-major data (``qdata``, not copied for a single layer; the rows of q/k/v or
-gate/up concatenated for a fused matrix) and its scales (float16 per group, or float32 per row). Decoding (1..8
-rows) runs the native int8 matrix-vector kernels (``kernels.c``: ``olmo_hf_gemv_int8_grouped`` /
+gate/up concatenated for a fused matrix) and its scales (float16 per group, or float32 per row). Group-wise int8 in
+groups of 32-128 is repacked instead, where the native kernels run it (AVX512-VNNI), into the blocked layout of
+``olmo_hf.fast.int8_layout`` (the same values and bytes, scales inside each row). Decoding (1..8 rows) runs the
+native int8 matrix-vector kernels (``kernels.c``: ``olmo_hf_gemv_int8_blocked`` / ``olmo_hf_gemv_int8_grouped`` /
 ``olmo_hf_gemv_int8``), which read 1.0625 (groups of 32) or 1 byte per weight instead of bf16's two; larger products
 (prefill) widen the weight to bf16 as torchao dequantizes it (group-wise ``bf16(q * scale)``; per row ``bf16(q)``,
 the scale after the product) into a reused buffer, or per band on AMX tiles, and multiply: torchao's own
@@ -23,7 +25,8 @@ tensor but gets a lookup that dequantizes only the rows it reads (:func:`patch_i
 ``F.embedding`` dequantizes the whole table on every call).
 
 ``state_dict()`` / ``save_pretrained`` write exactly what the unoptimised torchao model writes (``weight`` is
-torchao's tensor again: the original one for a single layer, one rebuilt from the rows of a fused matrix),
+torchao's tensor again: the original one for a single layer in torchao's layout, one rebuilt from the rows of a
+fused or blocked matrix),
 and :func:`olmo_hf.fast.undo` puts the original Parameter objects back with their very values.
 """
 
@@ -39,8 +42,10 @@ from torch import nn
 from ..compat import has_int8_weight_only_mm, int8_weight_only_mm
 from ..quantization import int8_embedding_forward, linear_config
 from . import native
-from .native import (_can_use_native_gemm, _native_gemm, _native_int8_grouped_matmul, _native_int8_grouped_to_bf16,
-                     _native_int8_matmul, _native_int8_to_bf16, int8_grouped_reference)
+from .int8_layout import BLOCKED_GROUPS, pack_int8_blocked, unpack_int8_blocked
+from .native import (_can_use_native_gemm, _native_gemm, _native_int8_blocked_matmul, _native_int8_blocked_to_bf16,
+                     _native_int8_grouped_matmul, _native_int8_grouped_to_bf16, _native_int8_matmul,
+                     _native_int8_to_bf16, int8_grouped_reference)
 from .packing import PackedLinear, refuse_gradients_and_export
 
 __all__ = ["Int8PackedLinear", "is_int8_weight_only", "is_int8_embedding", "unsupported_quantization"]
@@ -173,46 +178,68 @@ class _Int8Packed:
     that read it: ``qdata`` (out_features, in_features) int8, row-major; ``group`` 0 and ``scale`` (out_features,)
     float32 (one scale per row: torchao ``Int8Tensor``), or ``group`` G and ``scale`` (out_features, in_features / G)
     float16 (group-wise: torchao ``IntxUnpackedToInt8Tensor``); ``dtype`` the model's compute dtype (the torchao
-    tensor's logical dtype). ``members`` keeps, for each member, what rebuilds its torchao tensor: (the tensor itself,
-    or None for a fused member, its class, flatten metadata, rows, scale shape and zero-point dtype)."""
+    tensor's logical dtype). With ``blocked`` (group-wise, where the native kernels take it: see
+    :func:`blocked_layout_for`), the matrix is held in the blocked layout instead (``blocks``, scales inside:
+    ``olmo_hf.fast.int8_layout``) and ``qdata`` / ``scale`` are None; :meth:`plain` gives torchao's back.
+    ``members`` keeps, for each member, what rebuilds its torchao tensor: (the tensor itself, or None when it is
+    rebuilt from this matrix, its class, flatten metadata, rows, scale shape and zero-point dtype)."""
 
-    __slots__ = ("qdata", "scale", "group", "dtype", "out_features", "in_features", "members", "__weakref__")
+    __slots__ = ("qdata", "scale", "blocks", "group", "dtype", "out_features", "in_features", "members",
+                 "__weakref__")
 
     def __init__(self, qdata: torch.Tensor, scale: torch.Tensor, group: int, dtype: torch.dtype,
-                 members: list) -> None:
-        self.qdata = qdata if qdata.is_contiguous() else qdata.contiguous()  # (out_features, in_features) int8
+                 members: list, blocked: bool = False) -> None:
         self.out_features, self.in_features = qdata.shape
         self.group = group
         shape = (-1,) if not group else (self.out_features, self.in_features // group)
-        # (out,) float32, or (out, in / group) float16
+        # (out, in) int8 and (out,) float32, or (out, in / group) float16
+        self.qdata = qdata if qdata.is_contiguous() else qdata.contiguous()
         self.scale = (scale.half() if group else scale.float()).reshape(shape).contiguous()
+        self.blocks = None
+        if blocked:  # (out, row bytes) int8: torchao's values, laid out for the blocked kernel
+            self.blocks = pack_int8_blocked(self.qdata, self.scale, group)
+            self.qdata = self.scale = None
         self.dtype = dtype
         self.members = members
 
+    def plain(self, lo: int = 0, hi: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows lo..hi as torchao holds them: (qdata, scale); views of this matrix, or unpacked copies when it is
+        blocked."""
+        hi = self.out_features if hi is None else hi
+        if self.blocks is None:
+            return self.qdata[lo:hi], self.scale[lo:hi]
+        return unpack_int8_blocked(self.blocks[lo:hi], self.in_features, self.group)
+
     def member_weight(self, index: int):
-        """Member ``index``'s torchao tensor (the original for a single layer; rebuilt from its rows of the fused
-        matrix otherwise: the same values)."""
+        """Member ``index``'s torchao tensor (the original when this matrix is its data; rebuilt from its rows
+        otherwise: the same values)."""
         original, cls, meta, (lo, hi), scale_shape, zp_dtype = self.members[index]
         if original is not None:
             return original
-        inner = {"qdata": self.qdata[lo:hi].clone(), "scale": self.scale[lo:hi].reshape(scale_shape).clone()}
+        qdata, scale = self.plain(lo, hi)
+        inner = {"qdata": qdata.clone() if self.blocks is None else qdata,
+                 "scale": scale.reshape(scale_shape).clone()}
         if zp_dtype is not None:
             inner["zero_point"] = torch.zeros(scale_shape, dtype=zp_dtype)
         return cls.__tensor_unflatten__(inner, meta, None, None)
 
     def dense(self) -> torch.Tensor:
         """The weight as the model's dtype, dequantized (what torchao's ``dequantize`` gives)."""
+        qdata, scale = self.plain()
         if self.group:
-            return int8_grouped_reference(self.qdata, self.scale).to(self.dtype)
-        return (self.qdata.float() * self.scale[:, None]).to(self.dtype)
+            return int8_grouped_reference(qdata, scale).to(self.dtype)
+        return (qdata.float() * scale[:, None]).to(self.dtype)
 
     def _widened(self, lo: int, hi: int) -> torch.Tensor:
         """Rows lo..hi of the weight as bf16 in the per-thread buffer: bf16(q) per row (the scale comes after the
         product), or torchao's bf16(q * scale) group-wise."""
+        buffer = _scratch((hi - lo) * self.in_features)
+        if self.blocks is not None:
+            return _native_int8_blocked_to_bf16(self.blocks[lo:hi], self.in_features, self.group, None, buffer)
         part = self.qdata[lo:hi]
         if self.group:
-            return _native_int8_grouped_to_bf16(part, self.scale[lo:hi], None, _scratch(part.numel()))
-        return _native_int8_to_bf16(part, None, _scratch(part.numel()))
+            return _native_int8_grouped_to_bf16(part, self.scale[lo:hi], None, buffer)
+        return _native_int8_to_bf16(part, None, buffer)
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ dequantized(W).T (+ bias)`` over the last dimension of ``x`` (inference only: no autograd)."""
@@ -241,10 +268,13 @@ class _Int8Packed:
     def _grouped_matmul(self, x: torch.Tensor, bias: torch.Tensor | None, plan) -> torch.Tensor:
         """Group-wise int8: the native matrix-vector kernel for decoding; for larger products torchao's arithmetic,
         ``F.linear(x, bf16(q * scale))``, on AMX tiles widening per band, or after a native widening."""
+        blocks = self.blocks
         if plan is not None and x.numel() <= plan.int8_grouped_gemv_max_rows * x.shape[-1]:
-            out = _native_int8_grouped_matmul(x, self.qdata, self.scale)
+            out = (_native_int8_grouped_matmul(x, self.qdata, self.scale) if blocks is None
+                   else _native_int8_blocked_matmul(x, blocks, self.in_features, self.group))
         elif plan is not None and plan.int8_gemm_amx and _can_use_native_gemm(x, self.in_features):
-            out = _native_gemm(x, self.qdata, self.scale, int8_group=self.group)
+            out = (_native_gemm(x, self.qdata, self.scale, int8_group=self.group) if blocks is None
+                   else _native_gemm(x, blocks, None, int8_group=self.group, blocked_in_features=self.in_features))
         elif plan is not None and plan.int8_convert:
             out = self._sliced_linear(x)
         else:
@@ -268,16 +298,20 @@ class _Int8Packed:
         emptied when packing; a single layer's never was)."""
         original, _, _, (lo, hi), scale_shape, zp_dtype = self.members[index]
         if original is None:
-            weight.qdata = self.qdata[lo:hi].clone()
-            weight.scale = self.scale[lo:hi].reshape(scale_shape).clone().to(weight.scale.dtype)
+            qdata, scale = self.plain(lo, hi)
+            weight.qdata = qdata.clone() if self.blocks is None else qdata
+            weight.scale = scale.reshape(scale_shape).clone().to(weight.scale.dtype)
             if zp_dtype is not None and weight.zero_point.numel() == 0:  # emptied when packing: all zeros
                 weight.zero_point = torch.zeros(scale_shape, dtype=zp_dtype)
 
-    def __getstate__(self):  # copy.deepcopy / pickle: carry the int8 data, scales and the members' metadata
-        return {name: getattr(self, name) for name in ("qdata", "scale", "group", "dtype", "members")}
+    def __getstate__(self):  # copy.deepcopy / pickle: carry the int8 data (torchao's), scales and the metadata
+        qdata, scale = self.plain()
+        return {"qdata": qdata, "scale": scale, "group": self.group, "dtype": self.dtype, "members": self.members,
+                "blocked": self.blocks is not None}
 
     def __setstate__(self, state):
-        self.__init__(state["qdata"], state["scale"], state["group"], state["dtype"], state["members"])
+        self.__init__(state["qdata"], state["scale"], state["group"], state["dtype"], state["members"],
+                      state.get("blocked", False))
 
 
 class QuantizedPackedLinear(PackedLinear):
@@ -312,18 +346,30 @@ class QuantizedPackedLinear(PackedLinear):
 
 
 class Int8PackedLinear(QuantizedPackedLinear):
-    """:class:`QuantizedPackedLinear` over an int8 weight-only matrix (:class:`_Int8Packed`): a single layer keeps
-    its very torchao ``Int8Tensor``; a member of a fused matrix rebuilds its own from its rows."""
+    """:class:`QuantizedPackedLinear` over an int8 weight-only matrix (:class:`_Int8Packed`): a single layer in
+    torchao's layout keeps its very torchao tensor; a member of a fused or blocked matrix rebuilds its own from its
+    rows."""
 
     kind = "int8"
 
 
 # ----------------------------------------------------------------------------------------------- packing
-def _member(weight, rows: tuple[int, int], fused: bool) -> tuple:
+def _member(weight, rows: tuple[int, int], copied: bool) -> tuple:
     _, meta = weight.__tensor_flatten__()
     zero_point = getattr(weight, "zero_point", None)
-    return (None if fused else weight, type(weight), meta, rows, tuple(weight.scale.shape),
+    return (None if copied else weight, type(weight), meta, rows, tuple(weight.scale.shape),
             None if zero_point is None else zero_point.dtype)
+
+
+def blocked_layout_for(group: int) -> bool:
+    """Whether group-wise int8 in groups of ``group`` is packed into the blocked layout (``olmo_hf.fast.int8_layout``):
+    where this process's kernel plan runs the native group-wise product and the library has the blocked kernel
+    (the AVX512 variant on a CPU with AVX512-VNNI), for groups of 32-128."""
+    if group not in BLOCKED_GROUPS:
+        return False
+    plan = native.kernel_plan()
+    lib = native._native_kernel() if plan.isa else None
+    return bool(lib is not None and lib.int8_blocked and plan.int8_grouped_gemv_max_rows)
 
 
 def pack_int8(state, parent: nn.Module, names: list[str], on_done=None) -> None:
@@ -331,8 +377,10 @@ def pack_int8(state, parent: nn.Module, names: list[str], on_done=None) -> None:
     recording each original in ``state.replaced`` (consecutively, as undo() expects)."""
     linears = [getattr(parent, n) for n in names]
     weights = [lin.weight for lin in linears]
-    fused = len(linears) > 1
     group = int8_group_size(weights[0])
+    blocked = bool(group) and blocked_layout_for(group)
+    fused = len(linears) > 1
+    copied = fused or blocked  # the packed matrix is a copy (a blocked one even for one layer): the sources are emptied
     with torch.no_grad():
         if fused:
             qdata = torch.cat([w.qdata for w in weights], dim=0)  # (sum of out_features, in_features)
@@ -342,10 +390,10 @@ def pack_int8(state, parent: nn.Module, names: list[str], on_done=None) -> None:
             qdata, scale = weights[0].qdata, weights[0].scale
         members, row = [], 0
         for w in weights:
-            members.append(_member(w, (row, row + w.qdata.shape[0]), fused))
+            members.append(_member(w, (row, row + w.qdata.shape[0]), copied))
             row += w.qdata.shape[0]
-        packed = _Int8Packed(qdata, scale, group, weights[0].dtype, members)
-        if fused:  # the fused copy replaces the members' data (undo gives it back, see _restore_source)
+        packed = _Int8Packed(qdata, scale, group, weights[0].dtype, members, blocked)
+        if copied:  # the copy replaces the members' data (undo gives it back, see _restore_source)
             for w in weights:  # (shapes consistent for torchao's checks: no rows, the same columns)
                 w.qdata = w.qdata[:0].clone()
                 w.scale = w.scale[:0].clone()
