@@ -16,7 +16,9 @@ from transformers import AutoModelForCausalLM, TorchAoConfig
 
 import olmo_hf
 from olmo_hf.fast import is_optimized, native, optimize_for_cpu_inference, quantized, status, undo
-from olmo_hf.fast.int4 import Int4PackedLinear, is_int4_weight_only, pack_nibbles, unpack_nibbles, widen_reference
+from olmo_hf.fast import int4
+from olmo_hf.fast.int4 import (Int4PackedLinear, blocked_row_bytes, is_int4_weight_only, pack_int4_blocked, pack_nibbles,
+                               unpack_int4_blocked, unpack_nibbles, widen_reference)
 from olmo_hf.quantization import quantization_config
 
 torchao = pytest.importorskip("torchao")
@@ -93,17 +95,19 @@ def test_int4_kernel_is_the_float64_product_up_to_rounding(n, k, group, asymmetr
         lib.int4_set_vnni(1)
 
 
-def _check_int4_product(n: int, k: int, group: int, asymmetric: bool, x_levels: int) -> None:
+def _check_int4_product(n: int, k: int, group: int, asymmetric: bool, x_levels: int, blocked: bool = False) -> None:
     q, scale, zero, gen = _random_int4(n, k, group, asymmetric, n * k)
     offset = None if zero is None else zero + 8
     packed = pack_nibbles(q)
+    blocks = pack_int4_blocked(q, scale, offset, group) if blocked else None
     zp = torch.zeros(n, k // group, dtype=torch.float64) if zero is None else zero.double()
     exact_w = (q.double().view(n, -1, group) - zp[..., None]) * scale.double()[..., None]  # unrounded weights
     exact_w = exact_w.view(n, k)
     for rows in range(1, 9):
         x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
         exact = x.double() @ exact_w.T
-        out = native._native_int4_matmul(x, packed, scale, offset, k, group).double()
+        out = (native._native_int4_matmul(x, packed, scale, offset, k, group) if blocks is None
+               else native._native_int4_blocked_matmul(x, blocks, asymmetric, k, group)).double()
         # x is rounded per group, to int8 on the VNNI product, int16 elsewhere (at most half a step, max|x in
         # group| / 127 or / 32767, per element); fp32 sums of terms as large as |x| s (u + offset), u + offset <= 31;
         # one bf16 rounding of the result
@@ -112,6 +116,62 @@ def _check_int4_product(n: int, k: int, group: int, asymmetric: bool, x_levels: 
         magnitude = xabs @ (scale.double().repeat_interleave(group, -1) * 31).T
         bound = exact.abs() * 2**-8 + (step / 2) @ exact_w.abs().T + 1e-5 * magnitude
         assert ((out - exact).abs() <= bound).all(), (rows, n, k, group)
+
+
+BLOCKED_SHAPES = [(64, 64, 64, False), (37, 96, 32, True), (3, 128, 32, False), (130, 2048, 128, True),
+                  (5, 256, 64, False), (9, 320, 64, True), (6, 64 * 19, 64, True), (4, 32 * 35, 32, False)]
+needs_blocked = pytest.mark.skipif(not (native._native_kernel() and native._native_kernel().int4_blocked),
+                                   reason="no blocked int4 kernel here (needs the AVX512 variant and AVX512-VNNI)")
+
+
+@pytest.mark.parametrize("n, k, group, asymmetric", BLOCKED_SHAPES)
+def test_blocked_int4_layout_unpacks_to_the_values_scales_and_offsets_exactly(n, k, group, asymmetric):
+    q, scale, zero, _ = _random_int4(n, k, group, asymmetric, n + k)
+    offset = None if zero is None else zero + 8
+    blocks = pack_int4_blocked(q, scale, offset, group)
+    assert blocks.shape == (n, blocked_row_bytes(k, group, asymmetric)) and blocks.shape[1] % 64 == 0
+    values, unpacked_scale, unpacked_offset = unpack_int4_blocked(blocks, k, group, asymmetric)
+    assert torch.equal(values, q) and torch.equal(unpacked_scale, scale)
+    assert unpacked_offset is None if offset is None else torch.equal(unpacked_offset, offset)
+    # at real widths the same bytes as the nibbles with their scales (and offsets) beside them
+    assert blocked_row_bytes(2048, 64, True) == 1024 + 3 * 32 + 32 and blocked_row_bytes(2048, 32, False) == 1024 + 128
+
+
+def test_blocked_int4_layout_puts_eight_values_of_sixteen_groups_in_each_64_bytes():
+    q = (torch.arange(512) % 16 - 8).to(torch.int8).view(1, 512)  # value i: u = i mod 16
+    blocks = pack_int4_blocked(q, torch.ones(1, 16).bfloat16(), None, 32)
+    chunk = blocks[0, 64:128].long()  # after one header line: chunk 0 of block 0, bytes 4g + j of group g
+    expected = [(32 * g + j) % 16 | ((32 * g + 4 + j) % 16) << 4 for g in range(16) for j in range(4)]
+    assert chunk.tolist() == expected
+
+
+@needs_blocked
+@pytest.mark.parametrize("n, k, group, asymmetric", BLOCKED_SHAPES)
+def test_blocked_int4_kernel_is_the_float64_product_up_to_rounding(n, k, group, asymmetric):
+    _check_int4_product(n, k, group, asymmetric, x_levels=127, blocked=True)
+
+
+@needs_blocked
+@pytest.mark.parametrize("n, k, group, asymmetric", BLOCKED_SHAPES)
+def test_blocked_int4_widening_is_the_nibble_layouts_bit_for_bit(n, k, group, asymmetric):
+    q, scale, zero, gen = _random_int4(n, k, group, asymmetric, n - k)
+    offset = None if zero is None else zero + 8
+    blocks = pack_int4_blocked(q, scale, offset, group)
+    expected = widen_reference(pack_nibbles(q), scale, offset, k, group)
+    assert torch.equal(native._native_int4_blocked_to_bf16(blocks, asymmetric, k, group), expected)
+    lib = native._native_kernel()
+    if lib.amx and lib.gemm_amx is not None and k % 32 == 0:  # the AMX prefill product widens from the blocks
+        x = torch.randn(40, k, generator=gen).to(torch.bfloat16)
+        assert torch.equal(native._native_gemm(x, blocks, None, int4=(None, k, group, asymmetric)),
+                           native._native_gemm(x, pack_nibbles(q), scale, int4=(offset, k, group)))
+
+
+@pytest.fixture(params=["blocked", "nibble layout"])
+def int4_layout(request, monkeypatch):
+    """The model tests in both layouts: blocked (where this CPU runs it: AVX512-VNNI) and nibbles (the others)."""
+    if request.param != "blocked":
+        monkeypatch.setattr(int4, "blocked_layout_for", lambda group: False)
+    return request.param
 
 
 @needs_kernels
@@ -160,6 +220,7 @@ def test_each_kernel_variant_has_the_same_int4_product_and_widening(isa, tmp_pat
             torch.testing.assert_close(out, ref, rtol=2**-6, atol=1e-2 * ref.abs().max().item())
 
 
+@pytest.mark.usefixtures("int4_layout")
 # ----------------------------------------------------------------------------------------------- the model
 @pytest.mark.parametrize("group, asymmetric", LAYOUTS)
 def test_fast_path_takes_int4_models_with_fused_projections(checkpoint, group, asymmetric):
@@ -171,9 +232,10 @@ def test_fast_path_takes_int4_models_with_fused_projections(checkpoint, group, a
         assert type(layer) is Int4PackedLinear
     assert attn.q_proj._packed is attn.v_proj._packed is attn.__dict__["_fast_qkv"]  # one fused [q; k; v]
     assert mlp.gate_proj._packed is mlp.__dict__["_fast_gate_up"]
-    assert (attn.q_proj._packed.offset is not None) == asymmetric
+    assert attn.q_proj._packed.asymmetric == asymmetric
 
 
+@pytest.mark.usefixtures("int4_layout")
 @pytest.mark.parametrize("group, asymmetric", LAYOUTS)
 def test_prefill_logits_are_bit_identical_to_the_torchao_model(checkpoint, group, asymmetric):
     plain, fast = load_int4(checkpoint, group, asymmetric), optimize_for_cpu_inference(
@@ -182,6 +244,7 @@ def test_prefill_logits_are_bit_identical_to_the_torchao_model(checkpoint, group
         assert torch.equal(fast(IDS).logits, plain(IDS).logits)
 
 
+@pytest.mark.usefixtures("int4_layout")
 @pytest.mark.parametrize("asymmetric", [False, True])
 def test_greedy_tokens_equal_the_torchao_models(checkpoint, asymmetric):
     plain, fast = load_int4(checkpoint, 32, asymmetric), optimize_for_cpu_inference(
@@ -192,6 +255,7 @@ def test_greedy_tokens_equal_the_torchao_models(checkpoint, asymmetric):
     assert torch.equal(out, ref)
 
 
+@pytest.mark.usefixtures("int4_layout")
 @needs_kernels
 def test_decode_step_logits_are_close_to_the_torchao_models(checkpoint):
     from transformers import DynamicCache
@@ -206,6 +270,7 @@ def test_decode_step_logits_are_close_to_the_torchao_models(checkpoint):
     assert _rel(logits[1], logits[0]) < DECODE_LOGITS_REL
 
 
+@pytest.mark.usefixtures("int4_layout")
 def test_save_pretrained_of_the_optimised_model_reloads_to_the_same_logits(checkpoint, tmp_path):
     plain, fast = load_int4(checkpoint, 32, True), optimize_for_cpu_inference(load_int4(checkpoint, 32, True))
     fast.save_pretrained(tmp_path)
@@ -215,6 +280,7 @@ def test_save_pretrained_of_the_optimised_model_reloads_to_the_same_logits(check
         assert torch.equal(reloaded(IDS).logits, plain(IDS).logits)
 
 
+@pytest.mark.usefixtures("int4_layout")
 def test_state_dict_of_the_optimised_model_is_torchaos(checkpoint):
     plain, fast = load_int4(checkpoint, 64, True), optimize_for_cpu_inference(load_int4(checkpoint, 64, True))
     expected, got = plain.state_dict(), fast.state_dict()
@@ -229,6 +295,7 @@ def test_state_dict_of_the_optimised_model_is_torchaos(checkpoint):
             assert torch.equal(got[key], value), key
 
 
+@pytest.mark.usefixtures("int4_layout")
 def test_undo_restores_every_parameter_exactly(checkpoint):
     model = load_int4(checkpoint, 32, True)
     before = {name: (p, p.qdata.clone(), p.scale.clone(), p.zero_point.clone()) if hasattr(p, "qdata")
@@ -245,6 +312,7 @@ def test_undo_restores_every_parameter_exactly(checkpoint):
             assert got.dtype == expected.dtype and torch.equal(got, expected), name
 
 
+@pytest.mark.usefixtures("int4_layout")
 def test_deepcopy_of_an_optimised_model_gives_the_same_logits(checkpoint):
     fast = optimize_for_cpu_inference(load_int4(checkpoint, 64, False))
     twin = copy.deepcopy(fast)
@@ -257,6 +325,7 @@ def test_packed_weights_take_half_the_bytes_of_int8_and_torchaos_bytes_are_relea
     # against int8 in torchao's layout: the blocked one pads each row's scales to a 64-byte line (nothing at the
     # widths of real models, twice the bytes at this tiny model's 64)
     monkeypatch.setattr(quantized, "blocked_layout_for", lambda group: False)
+    monkeypatch.setattr(int4, "blocked_layout_for", lambda group: False)  # the nibble layout's bytes
     int8 = optimize_for_cpu_inference(AutoModelForCausalLM.from_pretrained(
         checkpoint, dtype=torch.bfloat16, quantization_config=quantization_config("int8", device="cpu")).eval())
     model = load_int4(checkpoint, 64, False)

@@ -232,6 +232,11 @@ def _matrix_desc(packed, rows: int, plan, native) -> MatrixDesc | None:
             return None
         amx = int(0 < plan.gemv_amx_from_rows <= rows and native.amx)
         return MatrixDesc(0, amx, tensor.data_ptr(), tensor.stride(0), None, None, 0, *tensor.shape)
+    if hasattr(packed, "asymmetric") and packed.blocks is not None:  # int4, blocked (_native_int4_blocked_matmul)
+        if not 0 < rows <= plan.int4_gemv_max_rows:
+            return None
+        return MatrixDesc(6 if packed.asymmetric else 5, 0, packed.blocks.data_ptr(), packed.blocks.stride(0), None,
+                          None, packed.group, packed.out_features, packed.in_features)
     nibbles = getattr(packed, "packed", None)
     if nibbles is not None and hasattr(packed, "group"):  # int4 (_Int4Packed.matmul with _native_int4_matmul)
         if not 0 < rows <= plan.int4_gemv_max_rows:

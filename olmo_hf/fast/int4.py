@@ -40,7 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .native import _can_use_native_gemm, _native_gemm, _native_int4_matmul, _native_int4_to_bf16
+from . import native
+from .native import (_can_use_native_gemm, _native_gemm, _native_int4_blocked_matmul, _native_int4_blocked_to_bf16,
+                     _native_int4_matmul, _native_int4_to_bf16)
 from .packing import refuse_gradients_and_export
 from .quantized import QuantizedPackedLinear, _scratch, native_plan_for, pack_quantized_group
 
@@ -119,32 +121,102 @@ def widen_reference(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Ten
     return (u * scale.float()[..., None]).to(dtype).view(n, k)
 
 
+# The blocked layout (kernels.c: olmo_hf_gemv_int4_blocked, where the CPU has AVX512-VNNI): per row, its bf16 scales,
+# then (asymmetric) its int8 offsets, padded to 64 bytes; then its values u = q + 8 in blocks of 16 groups: chunk c
+# of a block holds, for each group g, values 8c..8c+3 in the low nibbles and 8c+4..8c+7 in the high nibbles of
+# bytes 4g..4g+3 (one 32-bit lane per group); padded to 64 bytes. The same bytes per weight as the nibble layout
+# with its scales and offsets beside it (plus the padding to a line at the end of each row's header and values).
+BLOCKED_GROUPS = (32, 64, 128)
+
+
+def blocked_header_bytes(groups: int, asymmetric: bool) -> int:
+    return ((3 if asymmetric else 2) * groups + 63) // 64 * 64
+
+
+def blocked_row_bytes(k: int, group: int, asymmetric: bool) -> int:
+    return blocked_header_bytes(k // group, asymmetric) + (k // 2 + 63) // 64 * 64
+
+
+def pack_int4_blocked(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, group: int) -> torch.Tensor:
+    """int4 values ``q`` (out, in) int8 in -8..7, their bf16 ``scale`` and int8 ``offset`` (or None: 8) per group
+    -> the blocked layout, (out, blocked_row_bytes) uint8."""
+    n, k = q.shape
+    ng = k // group
+    hdr = blocked_header_bytes(ng, offset is not None)
+    out = torch.zeros(n, blocked_row_bytes(k, group, offset is not None), dtype=torch.uint8)
+    out[:, : 2 * ng] = scale.contiguous().view(torch.uint8)
+    if offset is not None:
+        out[:, 2 * ng: 3 * ng] = offset.contiguous().view(torch.uint8)
+    u = (q + 8).to(torch.uint8).view(n, ng, group // 8, 2, 4)  # (row, group, chunk, low / high half, byte)
+    words = (u[:, :, :, 0] | (u[:, :, :, 1] << 4)).contiguous().view(torch.int32).view(n, ng, group // 8)
+    full, h = ng // 16 * 16, ng % 16
+    body = out[:, hdr: hdr + k // 2].view(torch.int32)  # (n, k / 8) words
+    if full:  # (row, block, group in block, chunk) -> (row, block, chunk, group in block)
+        body[:, : full * group // 8] = words[:, :full].view(n, -1, 16, group // 8).transpose(2, 3).reshape(n, -1)
+    if h:
+        body[:, full * group // 8:] = words[:, full:].transpose(1, 2).reshape(n, -1)
+    return out
+
+
+def unpack_int4_blocked(blocks: torch.Tensor, k: int, group: int, asymmetric: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The blocked layout -> (q (out, k) int8 in -8..7, scale bf16, offset int8 or None): the inverse of
+    :func:`pack_int4_blocked`."""
+    n, ng = blocks.shape[0], k // group
+    hdr = blocked_header_bytes(ng, asymmetric)
+    scale = blocks[:, : 2 * ng].contiguous().view(torch.bfloat16)
+    offset = blocks[:, 2 * ng: 3 * ng].contiguous().view(torch.int8) if asymmetric else None
+    body = blocks[:, hdr: hdr + k // 2].contiguous().view(torch.int32)
+    full, h = ng // 16 * 16, ng % 16
+    words = torch.empty(n, ng, group // 8, dtype=torch.int32)
+    if full:
+        words[:, :full] = body[:, : full * group // 8].view(n, -1, group // 8, 16).transpose(2, 3).reshape(n, full, -1)
+    if h:
+        words[:, full:] = body[:, full * group // 8:].view(n, group // 8, h).transpose(1, 2)
+    b = words.view(torch.uint8).view(n, ng, group // 8, 1, 4)
+    u = torch.cat([b & 15, b >> 4], dim=3).view(n, k)
+    return u.to(torch.int8) - 8, scale, offset
+
+
 # ----------------------------------------------------------------------------------------------- packed weight
 class _Int4Packed:
-    """One int4 weight-only matrix of the fast path in the nibble layout (see the module doc), shared by the
-    Int4PackedLinear(s) that read it. ``members`` keeps, for each member, what rebuilds its torchao tensor:
-    (flatten metadata, rows, scale dtype, zero_point dtype)."""
+    """One int4 weight-only matrix of the fast path, shared by the Int4PackedLinear(s) that read it: in the nibble
+    layout (see the module doc: ``packed``, ``scale``, ``offset``), or, where the native kernels take it
+    (:func:`blocked_layout_for`), in the blocked layout (``blocks``, scales and offsets inside, ``asymmetric``: whether
+    it has offsets; ``packed``, ``scale`` and ``offset`` are None then). ``members`` keeps, for each member, what
+    rebuilds its torchao tensor: (flatten metadata, rows, scale dtype, zero_point dtype)."""
 
-    __slots__ = ("packed", "scale", "offset", "group", "dtype", "out_features", "in_features", "members",
-                 "__weakref__")
+    __slots__ = ("packed", "scale", "offset", "blocks", "asymmetric", "group", "dtype", "out_features", "in_features",
+                 "members", "__weakref__")
 
-    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, in_features: int,
-                 group: int, dtype: torch.dtype, members: list) -> None:
-        self.packed = packed.contiguous()  # (out_features, Kp / 2) uint8
-        self.scale = scale.contiguous()  # (out_features, in_features / group) bf16
+    def __init__(self, packed: torch.Tensor | None, scale: torch.Tensor | None, offset: torch.Tensor | None,
+                 in_features: int, group: int, dtype: torch.dtype, members: list,
+                 blocks: torch.Tensor | None = None, asymmetric: bool = False) -> None:
+        self.packed = None if packed is None else packed.contiguous()  # (out_features, Kp / 2) uint8
+        self.scale = None if scale is None else scale.contiguous()  # (out_features, in_features / group) bf16
         self.offset = None if offset is None else offset.contiguous()  # same shape, int8 (8 + zero point); None: 8
+        self.blocks = blocks  # (out_features, blocked row bytes) uint8, or None
+        self.asymmetric = asymmetric if blocks is not None else offset is not None
         self.in_features, self.group, self.dtype = in_features, group, dtype
-        self.out_features = packed.shape[0]
+        self.out_features = (packed if blocks is None else blocks).shape[0]
         self.members = members
 
+    def values(self, lo: int = 0, hi: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Rows lo..hi as (int4 values (rows, in) int8 in -8..7, bf16 scales, int8 offsets or None)."""
+        hi = self.out_features if hi is None else hi
+        if self.blocks is not None:
+            return unpack_int4_blocked(self.blocks[lo:hi], self.in_features, self.group, self.asymmetric)
+        offset = None if self.offset is None else self.offset[lo:hi]
+        return unpack_nibbles(self.packed[lo:hi], self.in_features), self.scale[lo:hi], offset
+
     def member_weight(self, index: int):
-        """Member ``index``'s torchao ``IntxUnpackedToInt8Tensor``, rebuilt from its rows of the nibbles."""
+        """Member ``index``'s torchao ``IntxUnpackedToInt8Tensor``, rebuilt from its rows."""
         meta, (lo, hi), scale_dtype, zp_dtype = self.members[index]
+        q, scale, offset = self.values(lo, hi)
         inner = {
-            "qdata": unpack_nibbles(self.packed[lo:hi], self.in_features),
-            "scale": self.scale[lo:hi].to(scale_dtype),
-            "zero_point": (torch.zeros(self.scale[lo:hi].shape, dtype=zp_dtype) if self.offset is None
-                           else (self.offset[lo:hi] - 8).to(zp_dtype)),
+            "qdata": q,
+            "scale": scale.to(scale_dtype),
+            "zero_point": (torch.zeros(scale.shape, dtype=zp_dtype) if offset is None else (offset - 8).to(zp_dtype)),
         }
         return _intx_tensor_class().__tensor_unflatten__(inner, meta, None, None)
 
@@ -155,37 +227,55 @@ class _Int4Packed:
 
     def nbytes(self) -> int:
         """Resident bytes of the packed weight (nibbles, scales, offsets)."""
+        if self.blocks is not None:
+            return self.blocks.numel()
         extra = 0 if self.offset is None else self.offset.numel()
         return self.packed.numel() + self.scale.numel() * 2 + extra
 
     def dense(self) -> torch.Tensor:
         """The weight in the model's dtype, dequantized as torchao does."""
-        return widen_reference(self.packed, self.scale, self.offset, self.in_features, self.group, self.dtype)
+        q, scale, offset = self.values()
+        return widen_reference(pack_nibbles(q), scale, offset, self.in_features, self.group, self.dtype)
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ dequantized(W).T (+ bias)`` over the last dimension of ``x`` (inference only: no autograd)."""
         refuse_gradients_and_export(x, bias)
         plan = native_plan_for(x) if self.dtype == torch.bfloat16 else None
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        blocks, k, group = self.blocks, self.in_features, self.group
         if plan is not None and 0 < rows <= plan.int4_gemv_max_rows:
-            out = _native_int4_matmul(x, self.packed, self.scale, self.offset, self.in_features, self.group)
+            out = (_native_int4_matmul(x, self.packed, self.scale, self.offset, k, group) if blocks is None
+                   else _native_int4_blocked_matmul(x, blocks, self.asymmetric, k, group))
             return out if bias is None else out + bias
-        if plan is not None and plan.int4_gemm_amx and _can_use_native_gemm(x, self.in_features):
-            out = _native_gemm(x, self.packed, self.scale, int4=(self.offset, self.in_features, self.group))
+        if plan is not None and plan.int4_gemm_amx and _can_use_native_gemm(x, k):
+            out = (_native_gemm(x, self.packed, self.scale, int4=(self.offset, k, group)) if blocks is None
+                   else _native_gemm(x, blocks, None, int4=(None, k, group, self.asymmetric)))
             return out if bias is None else out + bias  # prefill on AMX tiles, widening per band in L2
         if plan is not None and plan.int4_convert:  # torchao's arithmetic, the widening native
-            weight = _native_int4_to_bf16(self.packed, self.scale, self.offset, self.in_features, self.group,
-                                          out=_scratch(self.out_features * self.in_features))
+            buffer = _scratch(self.out_features * k)
+            weight = (_native_int4_to_bf16(self.packed, self.scale, self.offset, k, group, out=buffer)
+                      if blocks is None else _native_int4_blocked_to_bf16(blocks, self.asymmetric, k, group, out=buffer))
             return F.linear(x, weight, bias)
         return F.linear(x, self.dense(), bias)
 
     def __getstate__(self):  # copy.deepcopy / pickle
         return {name: getattr(self, name) for name in ("packed", "scale", "offset", "in_features", "group", "dtype",
-                                                       "members")}
+                                                       "members", "blocks", "asymmetric")}
 
     def __setstate__(self, state):
         self.__init__(state["packed"], state["scale"], state["offset"], state["in_features"], state["group"],
-                      state["dtype"], state["members"])
+                      state["dtype"], state["members"], state.get("blocks"), state.get("asymmetric", False))
+
+
+def blocked_layout_for(group: int) -> bool:
+    """Whether int4 in groups of ``group`` is packed into the blocked layout: where this process's kernel plan runs
+    the native int4 product and the library has the blocked kernel (the AVX512 variant on a CPU with AVX512-VNNI),
+    for groups of 32, 64 or 128."""
+    if group not in BLOCKED_GROUPS:
+        return False
+    plan = native.kernel_plan()
+    lib = native._native_kernel() if plan.isa else None
+    return bool(lib is not None and lib.int4_blocked and plan.int4_gemv_max_rows)
 
 
 class Int4PackedLinear(QuantizedPackedLinear):
@@ -204,8 +294,7 @@ def pack_int4(state, parent: nn.Module, names: list[str], on_done=None) -> None:
     weights = [lin.weight for lin in linears]
     with torch.no_grad():
         asymmetric = any(bool(w.zero_point.any()) for w in weights)
-        packed = torch.cat([pack_nibbles(w.qdata) for w in weights]) if len(weights) > 1 else pack_nibbles(
-            weights[0].qdata)
+        group, k = _group_size(weights[0]), weights[0].qdata.shape[1]
         scale = torch.cat([w.scale for w in weights])  # bf16
         offset = torch.cat([8 + w.zero_point for w in weights]) if asymmetric else None  # int8: 0..15
         members, row = [], 0
@@ -213,8 +302,14 @@ def pack_int4(state, parent: nn.Module, names: list[str], on_done=None) -> None:
             _, meta = w.__tensor_flatten__()
             members.append((meta, (row, row + w.qdata.shape[0]), w.scale.dtype, w.zero_point.dtype))
             row += w.qdata.shape[0]
-        matrix = _Int4Packed(packed, scale, offset, weights[0].qdata.shape[1], _group_size(weights[0]),
-                             weights[0].dtype, members)
+        if blocked_layout_for(group):
+            q = torch.cat([w.qdata for w in weights]) if len(weights) > 1 else weights[0].qdata
+            matrix = _Int4Packed(None, None, None, k, group, weights[0].dtype, members,
+                                 blocks=pack_int4_blocked(q, scale, offset, group), asymmetric=asymmetric)
+        else:
+            packed = torch.cat([pack_nibbles(w.qdata) for w in weights]) if len(weights) > 1 else pack_nibbles(
+                weights[0].qdata)
+            matrix = _Int4Packed(packed, scale, offset, k, group, weights[0].dtype, members)
         for w in weights:  # the nibbles replace torchao's bytes (restore_member gives them back)
             w.qdata = torch.empty((0, w.qdata.shape[1]), dtype=torch.int8)
             w.scale = torch.empty((0, w.scale.shape[1]), dtype=w.scale.dtype)

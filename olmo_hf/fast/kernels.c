@@ -388,7 +388,11 @@ int olmo_hf_gemv_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, long l
 #define OLMO_HF_W_INT4 2  /* olmo_hf.fast.int4's nibble layout: scale = its bf16 group scales, offset its offsets */
 #define OLMO_HF_W_INT8_GROUPED 3  /* torchao's group-wise int8: scale = its fp16 group scales (N, K / group) */
 #define OLMO_HF_W_INT8_BLOCKED 4  /* group-wise int8 in the blocked layout (below): scale unused, scales in the rows */
+#define OLMO_HF_W_INT4_BLOCKED 5  /* int4 in its blocked layout (below), symmetric: scales in the rows */
+#define OLMO_HF_W_INT4_BLOCKED_ASYM 6  /* the same with offsets in the rows */
 void olmo_hf_int8_blocked_widen_row(const int8_t* row, long G, long K, long k0, long k1, int8_t* tmp, uint16_t* dst);
+void olmo_hf_int4_blocked_widen_row(const uint8_t* row, int asym, long G, long K, long k0, long k1, uint8_t* tmp,
+                                    uint16_t* dst);
 void olmo_hf_int8_widen_row_grouped(const int8_t* src, const uint16_t* ws, long G, long k0, long k1, uint16_t* dst);
 void olmo_hf_int4_widen_row(const uint8_t* src, const uint16_t* ws, const int8_t* wo, long G, long k0, long k1,
                             uint16_t* dst);  /* the int4 section below */
@@ -403,6 +407,9 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
         if (!scale || group < 32 || group % 32 || K % group || ldw < K) return -1;
     } else if (kind == OLMO_HF_W_INT8_BLOCKED) {
         if (group < 32 || group > 128 || group % 32 || K % group || ldw < (2 * (K / group) + 63) / 64 * 64 + K) return -1;
+    } else if (kind == OLMO_HF_W_INT4_BLOCKED || kind == OLMO_HF_W_INT4_BLOCKED_ASYM) {
+        const long hdr = ((kind == OLMO_HF_W_INT4_BLOCKED_ASYM ? 3 : 2) * (K / (group ? group : 1)) + 63) / 64 * 64;
+        if (group < 32 || group > 128 || (group != 32 && group % 64) || K % group || ldw < hdr + K / 2) return -1;
     } else if ((kind != OLMO_HF_W_BF16 && kind != OLMO_HF_W_INT8) || ldw < K || (kind == OLMO_HF_W_INT8 && !scale)) {
         return -1;
     }
@@ -435,7 +442,10 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
             }
         const int me = omp_get_thread_num();
         uint16_t* buf = bufs + (size_t)me * 32 * ldb;
-        int8_t* plain = kind == OLMO_HF_W_INT8_BLOCKED ? (int8_t*)malloc(K) : NULL;  /* a blocked row, unpacked */
+        /* scratch to unpack a blocked row into: int8 values, or int4 nibbles and values */
+        int8_t* plain = kind == OLMO_HF_W_INT8_BLOCKED ? (int8_t*)malloc(K)
+                        : kind == OLMO_HF_W_INT4_BLOCKED || kind == OLMO_HF_W_INT4_BLOCKED_ASYM ? (int8_t*)malloc(K / 2 + K + 128)
+                        : NULL;
         float* acc = accs + (size_t)me * Mp * 32;  /* (Mp / 32) blocks of 4 tiles of 16 x 16: the C tiles' homes */
         struct amx_tile_config cfg;
         memset(&cfg, 0, sizeof cfg);
@@ -461,6 +471,12 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
                     if (kind == OLMO_HF_W_INT4) {
                         olmo_hf_int4_widen_row((const uint8_t*)w + (n0 + r) * ldw, (const uint16_t*)scale + (n0 + r) * ng,
                                                offset ? offset + (n0 + r) * ng : NULL, group, k0, k0 + kc, dst);
+                        continue;
+                    }
+                    if (kind == OLMO_HF_W_INT4_BLOCKED || kind == OLMO_HF_W_INT4_BLOCKED_ASYM) {
+                        olmo_hf_int4_blocked_widen_row((const uint8_t*)w + (n0 + r) * ldw,
+                                                       kind == OLMO_HF_W_INT4_BLOCKED_ASYM, group, K, k0, k0 + kc,
+                                                       (uint8_t*)plain, dst);
                         continue;
                     }
                     if (kind == OLMO_HF_W_INT8_BLOCKED) {  /* the same, from the blocked layout */
@@ -2110,6 +2126,245 @@ int olmo_hf_int4_to_bf16(const uint8_t* w, long ldw, const uint16_t* ws, const i
     return 0;
 }
 
+/* ===================================================================================================================
+   int4 in OUR blocked layout (olmo_hf.fast.int4 packs torchao's data into it where olmo_hf_int4_blocked_ok() says
+   this build and CPU run it: the AVX512 variant on a CPU with AVX512-VNNI)
+   ===================================================================================================================
+   Row n of the (N, K) matrix starts at w + n * ldw (ldw >= I4B_HDR(ng, asym) + K / 2, ng = K / G):
+   - its ng bf16 group scales, then (asymmetric matrices only) its ng int8 offsets (8 + zero point), zero padded
+     to a multiple of 64 bytes;
+   - then its K values u = q + 8 (0..15), two per byte, in blocks of 16 groups (a last block of h = ng % 16 groups
+     when that is not 0): chunk c of a block (0 <= c < G / 8, 4 h bytes) holds values 8c .. 8c + 7 of each of the
+     block's groups, group g at bytes 4g .. 4g + 3: value 8c + j in the low nibble of byte j, 8c + 4 + j in its high
+     nibble. One 64-byte load is 8 values of each of 16 groups; its low and its high nibbles each give one 32-bit
+     lane per group, which vpdpbusd sums into that lane.
+   Decoding: x rounded to int8 per group (as the VNNI nibble product above), laid out the same way (a "low" and a
+   "high" array of 4 values per group per chunk); per 64 bytes of weights two vpdpbusd and three logic ops, and the
+   16 int32 group sums of a block converted and scaled once, the scales read from the row's own header. The
+   offsets are applied per row through x's group sums (int4_offset_term), as in the nibble products. */
+#define I4B_HDR(ng, asym) (((asym) ? 3 * (ng) : 2 * (ng)) + 63) / 64 * 64
+#if defined(__AVX512BF16__)
+int olmo_hf_int4_blocked_ok(void) { return __builtin_cpu_supports("avx512vnni"); }
+
+/* One row of x (K bf16) -> xlo, xhi (blocks of 8 G bytes, chunk c of block b at b * 8 G + 64 c, lane g the 4 int8
+   values that meet the low / high nibbles of the weights' chunk c of group 16 b + g; zero past the last group);
+   sx[g], xsum[g] = sx * sum of the group's int8 values (zero past the last group, up to a multiple of 16). */
+static void i4b_quantize_x(const uint16_t* x, long K, long G, int8_t* xlo, int8_t* xhi, float* sx, float* xsum,
+                           int8_t* tmp) {
+    const long ng = K / G, nb = (ng + 15) / 16;
+    for (long g = 0; g < ng; ++g) {
+        __m512 mx = _mm512_setzero_ps();
+        for (long k = g * G; k < (g + 1) * G; k += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(load_bf16x16(x + k)));
+        const float amax = _mm512_reduce_max_ps(mx);
+        const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+        __m512i sum = _mm512_setzero_si512();
+        for (long k = g * G; k < (g + 1) * G; k += 16) {
+            const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(load_bf16x16(x + k), inv));
+            sum = _mm512_add_epi32(sum, v);
+            _mm_storeu_si128((__m128i*)(tmp + k), _mm512_cvtsepi32_epi8(v));
+        }
+        sx[g] = amax / 127.f;
+        xsum[g] = amax / 127.f * (float)_mm512_reduce_add_epi32(sum);
+    }
+    for (long g = ng; g < 16 * nb; ++g) sx[g] = xsum[g] = 0.f;
+    for (long b = 0; b < nb; ++b) {
+        const long h = ng - 16 * b < 16 ? ng - 16 * b : 16;
+        for (long s = 0; 64 * s < G; ++s) {  /* 16 words (64 values) of every group of the block per pass */
+            const long n = G - 64 * s < 64 ? G - 64 * s : 64;
+            const __mmask64 vm = n == 64 ? ~0ull : (1ull << n) - 1;
+            __m512i r[16];
+            for (long g = 0; g < 16; ++g)
+                r[g] = g < h ? _mm512_maskz_loadu_epi8(vm, tmp + (16 * b + g) * G + 64 * s) : _mm512_setzero_si512();
+            transpose16x16_epi32(r);  /* r[i]: word i of the pass (values 64 s + 4 i ..) of every group */
+            for (long i = 0; i < n / 4; ++i) {
+                const long d = 16 * s + i;  /* word d of a group: chunk d / 2, low (even d) or high nibbles */
+                _mm512_store_si512((void*)((d & 1 ? xhi : xlo) + b * 8 * G + 64 * (d / 2)), r[i]);
+            }
+        }
+    }
+}
+
+#define GEMV_I4B_MICRO(MM)                                                                                    \
+__attribute__((target("avx512vnni"))) static inline void gemv_i4b_micro_##MM(                               \
+        const int8_t* xlo, const int8_t* xhi, long Kx, const float* sx, long ncx, long ng, long G, long hdr, \
+        const uint8_t* w, long ldw, float out[4][NR]) {                                                      \
+    const long nb = (ng + 15) / 16;                                                                         \
+    const __m512i low = _mm512_set1_epi8(0x0f);                                                             \
+    __m512 acc[MM][NR];                                                                                     \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();               \
+    for (long o = 0; o < hdr; o += 64)                                                                      \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                                \
+            _mm_prefetch((const char*)(w + (r + NR) * ldw + o), _MM_HINT_T0);                               \
+    for (long b = 0; b < nb; ++b) {                                                                         \
+        const long h = ng - 16 * b < 16 ? ng - 16 * b : 16;                                                 \
+        const __mmask64 wm = h == 16 ? ~0ull : (1ull << (4 * h)) - 1;                                       \
+        const __mmask16 hm = (__mmask16)((1u << h) - 1);                                                    \
+        const uint8_t* wb = w + hdr + 8 * G * b;                                                            \
+        __m512i al[MM][NR], ah[MM][NR];                                                                     \
+        _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                          \
+                al[m][r] = _mm512_setzero_si512();                                                          \
+                ah[m][r] = _mm512_setzero_si512();                                                          \
+            }                                                                                               \
+        for (long c = 0; c < G / 8; ++c) {                                                                  \
+            __m512i wl[NR], wh[NR];                                                                         \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                          \
+                _mm_prefetch((const char*)(wb + (r + NR) * ldw + 4 * h * c), _MM_HINT_T0);                  \
+                const __m512i z = _mm512_maskz_loadu_epi8(wm, wb + r * ldw + 4 * h * c);                    \
+                wl[r] = _mm512_and_si512(z, low);                                                           \
+                wh[r] = _mm512_and_si512(_mm512_srli_epi16(z, 4), low);                                     \
+            }                                                                                               \
+            _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                          \
+                const __m512i vl = _mm512_load_si512((const void*)(xlo + m * Kx + 8 * G * b + 64 * c));     \
+                const __m512i vh = _mm512_load_si512((const void*)(xhi + m * Kx + 8 * G * b + 64 * c));     \
+                _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                      \
+                    al[m][r] = i8b_dpbusd(al[m][r], wl[r], vl);                                             \
+                    ah[m][r] = i8b_dpbusd(ah[m][r], wh[r], vh);                                             \
+                }                                                                                           \
+            }                                                                                               \
+        }                                                                                                   \
+        __m512 ws[NR];  /* the rows' bf16 scales of the block's groups */                                   \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                                \
+            ws[r] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(                           \
+                _mm256_maskz_loadu_epi16(hm, (const uint16_t*)(w + r * ldw) + 16 * b)), 16));              \
+        _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m) {                                              \
+            const __m512 s = _mm512_loadu_ps(sx + m * ncx + 16 * b);                                        \
+            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                            \
+                acc[m][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(al[m][r], ah[m][r])), s), \
+                                            ws[r], acc[m][r]);                                              \
+        }                                                                                                   \
+    }                                                                                                       \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]);   \
+}
+GEMV_I4B_MICRO(1) GEMV_I4B_MICRO(2)
+
+/* x_bf16 (M, K) row stride ldx; w the blocked (N, K) int4 matrix, row stride ldw bytes, asym: whether its rows hold
+   offsets; y (M, N) bf16 row stride ldy. */
+int olmo_hf_gemv_int4_blocked(const uint16_t* x_bf16, long ldx, const uint8_t* w, long ldw, int asym, long G, long N,
+                              long K, uint16_t* y, long ldy, long M, int nthreads) {
+    if (M < 1 || M > 8 || N < 1 || G < 32 || G > 128 || G % 32 || K < G || K % G ||
+        ldw < I4B_HDR(K / G, asym) + K / 2 || !olmo_hf_int4_blocked_ok())
+        return -1;
+    const long ng = K / G, nb = (ng + 15) / 16, Kx = nb * 8 * G, ncx = nb * 16, hdr = I4B_HDR(ng, asym);
+    int8_t* xlo = (int8_t*)aligned_alloc(64, (size_t)M * Kx * 2);
+    int8_t* xhi = xlo + M * Kx;
+    float* sx = (float*)aligned_alloc(64, sizeof(float) * M * ncx * 2);
+    float* xsum = sx + M * ncx;
+    int8_t* tmp = (int8_t*)malloc(K);
+    uint8_t* small = N < NR ? (uint8_t*)aligned_alloc(64, (size_t)NR * ldw) : NULL;
+    if (!xlo || !sx || !tmp || (N < NR && !small)) { free(xlo); free(sx); free(tmp); free(small); return -2; }
+    for (long m = 0; m < M; ++m)
+        i4b_quantize_x(x_bf16 + m * ldx, K, G, xlo + m * Kx, xhi + m * Kx, sx + m * ncx, xsum + m * ncx, tmp);
+    const uint8_t* rows_at = w;
+    if (small) {
+        memset(small, 0, (size_t)NR * ldw);
+        memcpy(small, w, (size_t)N * ldw);
+        rows_at = small;
+    }
+    const long NB = (N + NR - 1) / NR;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (N * K >= (1L << 18))
+    for (long nband = 0; nband < NB; ++nband) {
+        const long n0 = nband * NR;
+        const long base = n0 + NR <= N || N < NR ? n0 : N - NR;  /* as in olmo_hf_gemv_int8 */
+        const long rows = N < NR ? N : NR;
+        float out[4][NR];
+        for (long m0 = 0; m0 < M; m0 += 2) {
+            if (M - m0 >= 2)
+                gemv_i4b_micro_2(xlo + m0 * Kx, xhi + m0 * Kx, Kx, sx + m0 * ncx, ncx, ng, G, hdr, rows_at + base * ldw,
+                                 ldw, out);
+            else
+                gemv_i4b_micro_1(xlo + m0 * Kx, xhi + m0 * Kx, Kx, sx + m0 * ncx, ncx, ng, G, hdr, rows_at + base * ldw,
+                                 ldw, out);
+            for (long m = 0; m < 2 && m0 + m < M; ++m)
+                for (long r = n0 - base; r < rows; ++r) {
+                    const uint8_t* row = w + (base + r) * ldw;
+                    const float c = int4_offset_term((const uint16_t*)row, asym ? (const int8_t*)row + 2 * ng : NULL,
+                                                     xsum + (m0 + m) * ncx, ng);
+                    y[(m0 + m) * ldy + base + r] = f32_to_bf16(out[m][r] - c);
+                }
+        }
+    }
+    free(xlo); free(sx); free(tmp); free(small);
+    return 0;
+}
+
+/* Values k0..k1-1 of a blocked int4 row as bf16 into dst[0 .. k1 - k0): the row's blocks that hold them repacked
+   into the nibble layout (tmp: K / 2 + 64 bytes of scratch) and widened by olmo_hf_int4_widen_row, so bit for bit
+   what the nibble layout gives. k0 a multiple of I4_CHUNK. */
+void olmo_hf_int4_blocked_widen_row(const uint8_t* row, int asym, long G, long K, long k0, long k1, uint8_t* tmp,
+                                    uint16_t* dst) {
+    const long ng = K / G, hdr = I4B_HDR(ng, asym);
+    const long b0 = k0 / (16 * G), b1 = (k1 + 16 * G - 1) / (16 * G);
+    const __m512i low = _mm512_set1_epi8(0x0f);
+    /* the values of the blocks, one per byte, into a K-byte stretch after the nibbles (tmp + K / 2 + 64 .. ) */
+    uint8_t* u = tmp + K / 2 + 64;
+    for (long b = b0; b < b1; ++b) {
+        const long h = ng - 16 * b < 16 ? ng - 16 * b : 16;
+        const __mmask64 wm = h == 16 ? ~0ull : (1ull << (4 * h)) - 1;
+        const uint8_t* src = row + hdr + 8 * G * b;
+        const long nc = G / 8;  /* chunks of a group: 4 to 16 */
+        __m512i r[16];
+        for (long c = 0; c < 16; ++c) r[c] = c < nc ? _mm512_maskz_loadu_epi8(wm, src + 4 * h * c) : _mm512_setzero_si512();
+        transpose16x16_epi32(r);  /* r[g]: word c = chunk c of group g */
+        for (long g = 0; g < h; ++g) {
+            const __m512i lo = _mm512_and_si512(r[g], low), hi = _mm512_and_si512(_mm512_srli_epi16(r[g], 4), low);
+            /* values 8c .. 8c + 3 are lo's word c, 8c + 4 .. 8c + 7 hi's word c */
+            const __m512i v0 = _mm512_permutex2var_epi32(lo, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), hi);
+            const __m512i v1 = _mm512_permutex2var_epi32(lo, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), hi);
+            uint8_t* d = u + (16 * b + g) * G;
+            _mm512_mask_storeu_epi8(d, G >= 64 ? ~0ull : (1ull << G) - 1, v0);
+            if (G > 64) _mm512_mask_storeu_epi8(d + 64, G >= 128 ? ~0ull : (1ull << (G - 64)) - 1, v1);
+        }
+    }
+    /* the nibble layout of those values: chunk i of 64 values, byte j = value j | value j + 32 << 4 */
+    const long c0 = (b0 * 16 * G) / I4_CHUNK, c1 = (b1 * 16 * G < K ? b1 * 16 * G : K + I4_CHUNK - 1) / I4_CHUNK;
+    for (long i = c0; i < c1; ++i) {
+        const long k = i * I4_CHUNK, n = K - k < I4_CHUNK ? K - k : I4_CHUNK;
+        const __mmask64 m = n == 64 ? ~0ull : (1ull << n) - 1;
+        const __m512i v = _mm512_mask_mov_epi8(_mm512_set1_epi8(8), m, _mm512_maskz_loadu_epi8(m, u + k));
+        const __m256i a = _mm512_castsi512_si256(v), c = _mm512_extracti64x4_epi64(v, 1);
+        _mm256_storeu_si256((__m256i*)(tmp + k / 2), _mm256_or_si256(a, _mm256_slli_epi16(c, 4)));
+    }
+    olmo_hf_int4_widen_row(tmp, (const uint16_t*)row, asym ? (const int8_t*)row + 2 * ng : NULL, G, k0, k1, dst);
+}
+
+int olmo_hf_int4_blocked_to_bf16(const uint8_t* w, long ldw, int asym, long G, long N, long K, uint16_t* out,
+                                 int nthreads) {
+    if (N < 1 || G < 32 || G > 128 || G % 32 || K < G || K % G || ldw < I4B_HDR(K / G, asym) + K / 2 ||
+        !olmo_hf_int4_blocked_ok())
+        return -1;
+    int status = 0;
+    #pragma omp parallel num_threads(nthreads) if (N * K >= (1L << 18))
+    {
+        uint8_t* tmp = (uint8_t*)malloc(K / 2 + 64 + K + 64);
+        if (!tmp) {
+            #pragma omp atomic write
+            status = -2;
+        }
+        #pragma omp for schedule(static)
+        for (long n = 0; n < N; ++n)
+            if (tmp) olmo_hf_int4_blocked_widen_row(w + n * ldw, asym, G, K, 0, K, tmp, out + n * K);
+        free(tmp);
+    }
+    return status;
+}
+#else /* the AVX2 and NEON variants keep the nibble layout */
+int olmo_hf_int4_blocked_ok(void) { return 0; }
+int olmo_hf_gemv_int4_blocked(const uint16_t* x_bf16, long ldx, const uint8_t* w, long ldw, int asym, long G, long N,
+                              long K, uint16_t* y, long ldy, long M, int nthreads) {
+    (void)x_bf16; (void)ldx; (void)w; (void)ldw; (void)asym; (void)G; (void)N; (void)K; (void)y; (void)ldy; (void)M;
+    (void)nthreads;
+    return -1;
+}
+int olmo_hf_int4_blocked_to_bf16(const uint8_t* w, long ldw, int asym, long G, long N, long K, uint16_t* out,
+                                 int nthreads) {
+    (void)w; (void)ldw; (void)asym; (void)G; (void)N; (void)K; (void)out; (void)nthreads;
+    return -1;
+}
+#endif
+
 #if defined(__AVX512BF16__)
 /* ===================================================================================================================
    One decoding step of an OLMo 2 / OLMo 3 decoder layer in one call (olmo_hf.fast.forwards._fast_decoder_layer_forward)
@@ -2123,7 +2378,8 @@ int olmo_hf_int4_to_bf16(const uint8_t* w, long ldw, const uint16_t* ws, const i
 typedef struct {
     int kind;          /* 0: bf16 (plain rows), 1: int8 with a float32 scale per row, 2: int4 nibble layout
                           (olmo_hf.fast.int4), 3: int8 with a float16 scale per group of `group`, 4: the same
-                          in the blocked layout (scales in the rows) */
+                          in the blocked layout (scales in the rows), 5 / 6: int4 in its blocked layout,
+                          symmetric / with offsets */
     int amx;           /* bf16: the rows in multiples of 16 on the AMX matrix-vector kernel (as _native_matmul) */
     const void* w;
     long ldw;
@@ -2155,6 +2411,9 @@ static int layer_matmul(const olmo_hf_matrix* W, const uint16_t* x, long ldx, lo
                                          W->N, W->K, y, ldy, M, nt);
     if (W->kind == 4)
         return olmo_hf_gemv_int8_blocked(x, ldx, (const int8_t*)W->w, W->ldw, W->group, W->N, W->K, y, ldy, M, nt);
+    if (W->kind == 5 || W->kind == 6)
+        return olmo_hf_gemv_int4_blocked(x, ldx, (const uint8_t*)W->w, W->ldw, W->kind == 6, W->group, W->N, W->K, y,
+                                         ldy, M, nt);
     if (W->kind != 0) return -1;
     const uint16_t* w = (const uint16_t*)W->w;
     long n_amx = 0;

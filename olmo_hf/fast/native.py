@@ -186,6 +186,15 @@ class _NativeLib:
         self.int4_set_vnni.argtypes = [c_int]
         self.int4_set_vnni.restype = c_int
         self.int4_vnni = bool(self.int4_set_vnni(1))
+        # int4 in the blocked layout (olmo_hf.fast.int4): the AVX512 variant on AVX512-VNNI CPUs
+        self.int4_blocked = bool(lib.olmo_hf_int4_blocked_ok())
+        self.gemv_int4_blocked = lib.olmo_hf_gemv_int4_blocked
+        self.gemv_int4_blocked.argtypes = [c_ptr, c_long, c_ptr, c_long, c_int, c_long, c_long, c_long, c_ptr, c_long,
+                                           c_long, c_int]
+        self.gemv_int4_blocked.restype = c_int
+        self.int4_blocked_to_bf16 = lib.olmo_hf_int4_blocked_to_bf16
+        self.int4_blocked_to_bf16.argtypes = [c_ptr, c_long, c_int, c_long, c_long, c_long, c_ptr, c_int]
+        self.int4_blocked_to_bf16.restype = c_int
         self.full = isa == "avx512_bf16"
         self.amx = False  # the AMX-BF16 product: set by enable_amx() where the CPU and the kernel allow it
         self.amx_note = "AMX tile product: off (needs the avx512_bf16 variant)"
@@ -382,7 +391,7 @@ def _self_test(native: _NativeLib) -> str:
 
 def _int4_self_test(native: _NativeLib, gen: torch.Generator) -> str:
     """The int4 kernels (``olmo_hf.fast.int4``) against the float arithmetic they replace; "" or what failed."""
-    from .int4 import pack_nibbles, widen_reference
+    from .int4 import pack_int4_blocked, pack_nibbles, widen_reference
 
     for n, k, g, m, asym in ((100, 128, 32, 1, False), (64, 256, 128, 5, True), (130, 2048, 64, 8, False),
                              (3, 96, 32, 2, True)):
@@ -401,6 +410,12 @@ def _int4_self_test(native: _NativeLib, gen: torch.Generator) -> str:
             return f"int4 matrix-vector product {m}x{k} @ {k}x{n} (group {g})"
         if not torch.equal(_native_int4_to_bf16(packed, scale, offset, k, g, native), dense):
             return f"int4 -> bf16 widening of {n}x{k} (group {g})"
+        if native.int4_blocked:
+            blocks = pack_int4_blocked(q, scale, offset, g)
+            if not ((_native_int4_blocked_matmul(x, blocks, asym, k, g, native).float() - ref).abs() <= bound).all():
+                return f"blocked int4 matrix-vector product {m}x{k} @ {k}x{n} (group {g})"
+            if not torch.equal(_native_int4_blocked_to_bf16(blocks, asym, k, g, native), dense):
+                return f"blocked int4 -> bf16 widening of {n}x{k} (group {g})"
     return ""
 
 
@@ -535,23 +550,26 @@ def _native_int8_blocked_to_bf16(blocks: torch.Tensor, in_features: int, group: 
 
 
 # kernels.c: the kinds of weight olmo_hf_gemm_amx reads
-_W_BF16, _W_INT8, _W_INT4, _W_INT8_GROUPED, _W_INT8_BLOCKED = 0, 1, 2, 3, 4
+_W_BF16, _W_INT8, _W_INT4, _W_INT8_GROUPED, _W_INT8_BLOCKED, _W_INT4_BLOCKED, _W_INT4_BLOCKED_ASYM = range(7)
 
 
 def _native_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
-                 native: _NativeLib | None = None, *, int4: tuple[torch.Tensor | None, int, int] | None = None,
+                 native: _NativeLib | None = None, *, int4: tuple | None = None,
                  int8_group: int = 0, blocked_in_features: int = 0) -> torch.Tensor:
     """``x @ W.T`` over the last dimension of bf16 ``x`` (any number of rows: prefill) on AMX tiles, reading the
     weight once as it is: ``weight`` a bf16 (out, in) matrix; or int8 with its float32 per-row ``scale`` (torchao's
     arithmetic: ``bf16(bf16(x @ q.T) * bf16(scale))``); or, with ``int4=(offset, in_features, group)``, the
     nibble-layout int4 matrix of ``olmo_hf.fast.int4`` with its bf16 group ``scale`` (widened as torchao
-    dequantizes); or, with ``int8_group=G``, group-wise int8 with its float16 group ``scale`` (out, in / G), widened
+    dequantizes), or with ``int4=(None, in_features, group, asymmetric)`` one in its blocked layout; or, with ``int8_group=G``, group-wise int8 with its float16 group ``scale`` (out, in / G), widened
     as torchao dequantizes (:func:`int8_grouped_reference`); with ``blocked_in_features=in`` too, ``weight`` is that
     matrix in the blocked layout (``olmo_hf.fast.int8_layout``, scales inside). Unit stride along ``in``,
     ``in % 32 == 0``."""
     native = native or _native
     n = weight.shape[0]
-    if int4 is not None:
+    if int4 is not None and len(int4) == 4:  # (None, k, group, asymmetric): the blocked layout
+        _, k, group, asymmetric = int4
+        kind, extra = (_W_INT4_BLOCKED_ASYM if asymmetric else _W_INT4_BLOCKED), (None, group)
+    elif int4 is not None:
         offset, k, group = int4
         kind, extra = _W_INT4, (None if offset is None else offset.data_ptr(), group)
     elif int8_group:
@@ -620,6 +638,31 @@ def _native_int4_to_bf16(packed: torch.Tensor, scale: torch.Tensor, offset: torc
                            None if offset is None else offset.data_ptr(), n, k, group, out.data_ptr(),
                            torch.get_num_threads()) != 0:
         raise RuntimeError("olmo_hf native int4 -> bf16 widening rejected its arguments")
+    return out
+
+
+def _native_int4_blocked_matmul(x: torch.Tensor, blocks: torch.Tensor, asymmetric: bool, k: int, group: int,
+                                native: _NativeLib | None = None) -> torch.Tensor:
+    """:func:`_native_int4_matmul` for an int4 matrix in the blocked layout (``olmo_hf.fast.int4``: ``blocks``
+    (out, row bytes) uint8, scales and offsets inside; ``asymmetric``: whether the rows hold offsets)."""
+    native = native or _native
+    n = blocks.shape[0]
+    x2d, out = _rows_and_output(x, n, k)
+    if native.gemv_int4_blocked(x2d.data_ptr(), x2d.stride(0), blocks.data_ptr(), blocks.stride(0), int(asymmetric),
+                                group, n, k, out.data_ptr(), n, x2d.shape[0], torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native blocked int4 matrix-vector kernel rejected its arguments")
+    return out.view(*x.shape[:-1], n)
+
+
+def _native_int4_blocked_to_bf16(blocks: torch.Tensor, asymmetric: bool, k: int, group: int,
+                                 native: _NativeLib | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_native_int4_to_bf16` (bit for bit) for an int4 matrix in the blocked layout."""
+    native = native or _native
+    n = blocks.shape[0]
+    out = torch.empty((n, k), dtype=torch.bfloat16) if out is None else out.view(-1)[: n * k].view(n, k)
+    if native.int4_blocked_to_bf16(blocks.data_ptr(), blocks.stride(0), int(asymmetric), group, n, k, out.data_ptr(),
+                                   torch.get_num_threads()) != 0:
+        raise RuntimeError("olmo_hf native blocked int4 -> bf16 widening rejected its arguments")
     return out
 
 
@@ -988,7 +1031,8 @@ def _measure_int4(native: _NativeLib, gen: torch.Generator, notes: dict) -> dict
                                  repeats=3, warmup=1)
         on, note = decide_part(f"int4 matrix-vector ({rows} row{'s' * (rows > 1)})", nat, ref,
                                "PyTorch widening + F.linear")
-        notes[f"int4_gemv_{rows}"] = note + (", vpdpbusd (AVX512-VNNI, x as int8)" if native.int4_vnni else "")
+        notes[f"int4_gemv_{rows}"] = note + (", vpdpbusd (AVX512-VNNI, x as int8)" if native.int4_vnni else "") + (
+            "; groups of 32-128 in the blocked layout" if native.int4_blocked else "")
         if not on:
             break
         max_rows = rows
