@@ -40,8 +40,8 @@ def weight_bytes(model) -> dict:
         packed = getattr(module, "_packed", None)
         if packed is None or getattr(module, "_rows", None) not in (None, (0, module.out_features)):
             continue  # count each fused matrix once, from its first member
-        if hasattr(packed, "qdata"):
-            int8 += packed.qdata.numel() + packed.scale.numel() * packed.scale.element_size()
+        if hasattr(packed, "qdata"):  # int8 (torchao's layout or the blocked one)
+            int8 += packed.nbytes()
         elif hasattr(packed, "nbytes"):
             int4 += packed.nbytes()
         else:

@@ -18,6 +18,10 @@ the default symmetric mapping), weight = scale * (qdata - zero_point). The fast 
 - ``scale``: (out, in / G) bf16, torchao's scales (the same tensor values).
 - ``offset``: (out, in / G) int8, 8 + zero_point, or None when every zero point is 0 (symmetric: 8).
 
+Where the native kernels run and the CPU has AVX512-VNNI, groups of 32, 64 or 128 are packed into the blocked
+layout instead (``_Int4Packed.blocks``: scales, offsets and values in one array, one 32-bit lane per group; see
+``pack_int4_blocked``), which ``olmo_hf_gemv_int4_blocked`` reads.
+
 The weight is ``scale[n, g] * (u[n, k] - offset[n, g])``. Cost per weight (bits): 4 + 16 / G for the scales
 (+ 8 / G for the offsets when asymmetric): 4.5 at G = 32, 4.25 at G = 64 (4.375 asymmetric, the default of
 ``quantization_config("int4", device="cpu")``), 4.125 at G = 128, against llama.cpp's Q4_0: 4.5 (group 32, fp16

@@ -210,6 +210,12 @@ class _Int8Packed:
             return self.qdata[lo:hi], self.scale[lo:hi]
         return unpack_int8_blocked(self.blocks[lo:hi], self.in_features, self.group)
 
+    def nbytes(self) -> int:
+        """Resident bytes of the matrix (int8 data and scales, or the blocked array)."""
+        if self.blocks is not None:
+            return self.blocks.numel()
+        return self.qdata.numel() + self.scale.numel() * self.scale.element_size()
+
     def member_weight(self, index: int):
         """Member ``index``'s torchao tensor (the original when this matrix is its data; rebuilt from its rows
         otherwise: the same values)."""
