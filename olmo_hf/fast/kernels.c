@@ -390,9 +390,8 @@ int olmo_hf_gemv_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, long l
 #define OLMO_HF_W_INT8_BLOCKED 4  /* group-wise int8 in the blocked layout (below): scale unused, scales in the rows */
 #define OLMO_HF_W_INT4_BLOCKED 5  /* int4 in its blocked layout (below), symmetric: scales in the rows */
 #define OLMO_HF_W_INT4_BLOCKED_ASYM 6  /* the same with offsets in the rows */
-void olmo_hf_int8_blocked_widen_row(const int8_t* row, long G, long K, long k0, long k1, int8_t* tmp, uint16_t* dst);
-void olmo_hf_int4_blocked_widen_row(const uint8_t* row, int asym, long G, long K, long k0, long k1, uint8_t* tmp,
-                                    uint16_t* dst);
+void olmo_hf_int8_blocked_widen_row(const int8_t* row, long G, long K, long k0, long k1, uint16_t* dst);
+void olmo_hf_int4_blocked_widen_row(const uint8_t* row, int asym, long G, long K, long k0, long k1, uint16_t* dst);
 void olmo_hf_int8_widen_row_grouped(const int8_t* src, const uint16_t* ws, long G, long k0, long k1, uint16_t* dst);
 void olmo_hf_int4_widen_row(const uint8_t* src, const uint16_t* ws, const int8_t* wo, long G, long k0, long k1,
                             uint16_t* dst);  /* the int4 section below */
@@ -442,10 +441,6 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
             }
         const int me = omp_get_thread_num();
         uint16_t* buf = bufs + (size_t)me * 32 * ldb;
-        /* scratch to unpack a blocked row into: int8 values, or int4 nibbles and values */
-        int8_t* plain = kind == OLMO_HF_W_INT8_BLOCKED ? (int8_t*)malloc(K)
-                        : kind == OLMO_HF_W_INT4_BLOCKED || kind == OLMO_HF_W_INT4_BLOCKED_ASYM ? (int8_t*)malloc(K / 2 + K + 128)
-                        : NULL;
         float* acc = accs + (size_t)me * Mp * 32;  /* (Mp / 32) blocks of 4 tiles of 16 x 16: the C tiles' homes */
         struct amx_tile_config cfg;
         memset(&cfg, 0, sizeof cfg);
@@ -475,13 +470,11 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
                     }
                     if (kind == OLMO_HF_W_INT4_BLOCKED || kind == OLMO_HF_W_INT4_BLOCKED_ASYM) {
                         olmo_hf_int4_blocked_widen_row((const uint8_t*)w + (n0 + r) * ldw,
-                                                       kind == OLMO_HF_W_INT4_BLOCKED_ASYM, group, K, k0, k0 + kc,
-                                                       (uint8_t*)plain, dst);
+                                                       kind == OLMO_HF_W_INT4_BLOCKED_ASYM, group, K, k0, k0 + kc, dst);
                         continue;
                     }
                     if (kind == OLMO_HF_W_INT8_BLOCKED) {  /* the same, from the blocked layout */
-                        olmo_hf_int8_blocked_widen_row((const int8_t*)w + (n0 + r) * ldw, group, K, k0, k0 + kc, plain,
-                                                       dst);
+                        olmo_hf_int8_blocked_widen_row((const int8_t*)w + (n0 + r) * ldw, group, K, k0, k0 + kc, dst);
                         continue;
                     }
                     if (kind == OLMO_HF_W_INT8_GROUPED) {  /* torchao's bf16(q * scale) */
@@ -540,7 +533,6 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
                 }
         }
         _tile_release();
-        free(plain);
     }
     free(xp); free(bufs); free(accs);
     return 0;
@@ -1543,13 +1535,18 @@ int olmo_hf_gemv_int8_blocked(const uint16_t* x_bf16, long ldx, const int8_t* w,
     return 0;
 }
 
-/* Blocks b0 .. b1 - 1 of a blocked row's weights -> plain: plain[k] = q[k] (torchao's int8 values) for their k. */
-static void i8b_unpack_blocks(const int8_t* row, long G, long K, long b0, long b1, int8_t* plain) {
+/* Values k0..k1-1 of a blocked row as bf16 into dst[0 .. k1 - k0): bf16(q * scale), the product in fp32 and
+   rounded to nearest even (vcvtneps2bf16), as olmo_hf_int8_widen_row_grouped computes torchao's dequantization: the
+   same bits. Each block is transposed back in registers (16 x 16 words: chunk c's word g -> group g's word c) and
+   widened from there. k0, k1 multiples of 16. */
+void olmo_hf_int8_blocked_widen_row(const int8_t* row, long G, long K, long k0, long k1, uint16_t* dst) {
     const long ng = K / G, hdr = I8B_HDR(ng);
     const __m512i flip = _mm512_set1_epi8((char)0x80);
-    for (long b = b0; b < b1; ++b) {
+    for (long b = k0 / (16 * G); b * 16 * G < k1; ++b) {
         const long h = ng - 16 * b < 16 ? ng - 16 * b : 16;
         const __mmask64 wm = h == 16 ? ~0ull : (1ull << (4 * h)) - 1;
+        const __m512 s16 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)((1u << h) - 1),
+                                                                    (const uint16_t*)row + 16 * b));
         const int8_t* src = row + hdr + 16 * G * b;
         for (long s = 0; 64 * s < G; ++s) {
             const long n = G - 64 * s < 64 ? G - 64 * s : 64;  /* bytes of each group in this pass */
@@ -1557,38 +1554,29 @@ static void i8b_unpack_blocks(const int8_t* row, long G, long K, long b0, long b
             for (long c = 0; c < 16; ++c)
                 r[c] = 4 * c < n ? _mm512_maskz_loadu_epi8(wm, src + 4 * h * (16 * s + c)) : _mm512_setzero_si512();
             transpose16x16_epi32(r);  /* r[g]: bytes 64 s .. 64 s + n of group g */
-            const __mmask64 sm = n == 64 ? ~0ull : (1ull << n) - 1;
-            for (long g = 0; g < h; ++g)
-                _mm512_mask_storeu_epi8(plain + (16 * b + g) * G + 64 * s, sm, _mm512_xor_si512(r[g], flip));
+            for (long g = 0; g < h; ++g) {
+                const __m512 sc = _mm512_permutexvar_ps(_mm512_set1_epi32((int)g), s16);
+                const __m512i q = _mm512_xor_si512(r[g], flip);
+                const long k = (16 * b + g) * G + 64 * s;  /* the first value in r[g] */
+                for (long i = 0; i < n; i += 16) {
+                    if (k + i < k0 || k + i >= k1) continue;
+                    const __m128i part = i == 0 ? _mm512_castsi512_si128(q) : i == 16 ? _mm512_extracti32x4_epi32(q, 1)
+                                         : i == 32 ? _mm512_extracti32x4_epi32(q, 2) : _mm512_extracti32x4_epi32(q, 3);
+                    const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(part)), sc);
+                    _mm256_storeu_si256((__m256i*)(dst + k + i - k0), (__m256i)_mm512_cvtneps_pbh(v));
+                }
+            }
         }
     }
-}
-
-/* Values k0..k1-1 of a blocked row as bf16 into dst[0 .. k1 - k0): olmo_hf_int8_widen_row_grouped (torchao's
-   bf16(q * scale)) on the row unpacked into tmp (K bytes of scratch). k0, k1 multiples of 16. */
-void olmo_hf_int8_blocked_widen_row(const int8_t* row, long G, long K, long k0, long k1, int8_t* tmp, uint16_t* dst) {
-    i8b_unpack_blocks(row, G, K, k0 / (16 * G), (k1 + 16 * G - 1) / (16 * G), tmp);
-    olmo_hf_int8_widen_row_grouped(tmp, (const uint16_t*)row, G, k0, k1, dst);
 }
 
 /* out (N, K) bf16 contiguous = the blocked matrix widened as olmo_hf_int8_grouped_to_bf16 widens torchao's. */
 int olmo_hf_int8_blocked_to_bf16(const int8_t* w, long ldw, long G, long N, long K, uint16_t* out, int nthreads) {
     if (N < 1 || G < 32 || G > 128 || G % 32 || K < G || K % G || ldw < I8B_HDR(K / G) + K || !olmo_hf_int8_blocked_ok())
         return -1;
-    int status = 0;
-    #pragma omp parallel num_threads(nthreads) if (N * K >= (1L << 18))
-    {
-        int8_t* tmp = (int8_t*)malloc(K);
-        if (!tmp) {
-            #pragma omp atomic write
-            status = -2;
-        }
-        #pragma omp for schedule(static)
-        for (long n = 0; n < N; ++n)
-            if (tmp) olmo_hf_int8_blocked_widen_row(w + n * ldw, G, K, 0, K, tmp, out + n * K);
-        free(tmp);
-    }
-    return status;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (N * K >= (1L << 18))
+    for (long n = 0; n < N; ++n) olmo_hf_int8_blocked_widen_row(w + n * ldw, G, K, 0, K, out + n * K);
+    return 0;
 }
 #else /* the AVX2 and NEON variants keep torchao's layout (the products above) */
 int olmo_hf_int8_blocked_ok(void) { return 0; }
@@ -2290,44 +2278,40 @@ int olmo_hf_gemv_int4_blocked(const uint16_t* x_bf16, long ldx, const uint8_t* w
     return 0;
 }
 
-/* Values k0..k1-1 of a blocked int4 row as bf16 into dst[0 .. k1 - k0): the row's blocks that hold them repacked
-   into the nibble layout (tmp: K / 2 + 64 bytes of scratch) and widened by olmo_hf_int4_widen_row, so bit for bit
-   what the nibble layout gives. k0 a multiple of I4_CHUNK. */
-void olmo_hf_int4_blocked_widen_row(const uint8_t* row, int asym, long G, long K, long k0, long k1, uint8_t* tmp,
-                                    uint16_t* dst) {
+/* Values k0..k1-1 of a blocked int4 row as bf16 into dst[0 .. k1 - k0), as olmo_hf_int4_widen_row widens the nibble
+   layout (the same bits): each block transposed back in registers (chunk c's word g -> group g's word c), its low
+   and high nibbles put in value order, and each group's 16 possible bf16 values bf16((u - offset) * scale)
+   looked up with one vpermw per 32 values. k0, k1 multiples of 32. */
+void olmo_hf_int4_blocked_widen_row(const uint8_t* row, int asym, long G, long K, long k0, long k1, uint16_t* dst) {
     const long ng = K / G, hdr = I4B_HDR(ng, asym);
-    const long b0 = k0 / (16 * G), b1 = (k1 + 16 * G - 1) / (16 * G);
+    const uint16_t* ws = (const uint16_t*)row;
+    const int8_t* wo = asym ? (const int8_t*)row + 2 * ng : NULL;
     const __m512i low = _mm512_set1_epi8(0x0f);
-    /* the values of the blocks, one per byte, into a K-byte stretch after the nibbles (tmp + K / 2 + 64 .. ) */
-    uint8_t* u = tmp + K / 2 + 64;
-    for (long b = b0; b < b1; ++b) {
+    const __m512i even = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i odd = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512 u16 = _mm512_cvtepi32_ps(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    for (long b = k0 / (16 * G); b * 16 * G < k1; ++b) {
         const long h = ng - 16 * b < 16 ? ng - 16 * b : 16;
         const __mmask64 wm = h == 16 ? ~0ull : (1ull << (4 * h)) - 1;
         const uint8_t* src = row + hdr + 8 * G * b;
-        const long nc = G / 8;  /* chunks of a group: 4 to 16 */
         __m512i r[16];
-        for (long c = 0; c < 16; ++c) r[c] = c < nc ? _mm512_maskz_loadu_epi8(wm, src + 4 * h * c) : _mm512_setzero_si512();
+        for (long c = 0; c < 16; ++c) r[c] = c < G / 8 ? _mm512_maskz_loadu_epi8(wm, src + 4 * h * c) : _mm512_setzero_si512();
         transpose16x16_epi32(r);  /* r[g]: word c = chunk c of group g */
         for (long g = 0; g < h; ++g) {
+            const long gg = 16 * b + g, k = gg * G;
+            if (k + G <= k0 || k >= k1) continue;
+            const __m256i v = f32x16_to_bf16_rne(_mm512_mul_ps(_mm512_sub_ps(u16, _mm512_set1_ps(wo ? (float)wo[gg] : 8.f)),
+                                                               _mm512_set1_ps(bf16_to_f32(ws[gg]))));
+            const __m512i lut = _mm512_inserti64x4(_mm512_castsi256_si512(v), v, 1);
             const __m512i lo = _mm512_and_si512(r[g], low), hi = _mm512_and_si512(_mm512_srli_epi16(r[g], 4), low);
-            /* values 8c .. 8c + 3 are lo's word c, 8c + 4 .. 8c + 7 hi's word c */
-            const __m512i v0 = _mm512_permutex2var_epi32(lo, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), hi);
-            const __m512i v1 = _mm512_permutex2var_epi32(lo, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), hi);
-            uint8_t* d = u + (16 * b + g) * G;
-            _mm512_mask_storeu_epi8(d, G >= 64 ? ~0ull : (1ull << G) - 1, v0);
-            if (G > 64) _mm512_mask_storeu_epi8(d + 64, G >= 128 ? ~0ull : (1ull << (G - 64)) - 1, v1);
+            const __m512i vals[2] = {_mm512_permutex2var_epi32(lo, even, hi), _mm512_permutex2var_epi32(lo, odd, hi)};
+            for (long i = 0; i < G; i += 32) {  /* values i .. i + 31 of the group: bytes i % 64 .. of vals[i / 64] */
+                if (k + i < k0 || k + i >= k1) continue;
+                const __m256i bytes = (i % 64) ? _mm512_extracti64x4_epi64(vals[i / 64], 1) : _mm512_castsi512_si256(vals[i / 64]);
+                _mm512_storeu_si512((void*)(dst + k + i - k0), _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(bytes), lut));
+            }
         }
     }
-    /* the nibble layout of those values: chunk i of 64 values, byte j = value j | value j + 32 << 4 */
-    const long c0 = (b0 * 16 * G) / I4_CHUNK, c1 = (b1 * 16 * G < K ? b1 * 16 * G : K + I4_CHUNK - 1) / I4_CHUNK;
-    for (long i = c0; i < c1; ++i) {
-        const long k = i * I4_CHUNK, n = K - k < I4_CHUNK ? K - k : I4_CHUNK;
-        const __mmask64 m = n == 64 ? ~0ull : (1ull << n) - 1;
-        const __m512i v = _mm512_mask_mov_epi8(_mm512_set1_epi8(8), m, _mm512_maskz_loadu_epi8(m, u + k));
-        const __m256i a = _mm512_castsi512_si256(v), c = _mm512_extracti64x4_epi64(v, 1);
-        _mm256_storeu_si256((__m256i*)(tmp + k / 2), _mm256_or_si256(a, _mm256_slli_epi16(c, 4)));
-    }
-    olmo_hf_int4_widen_row(tmp, (const uint16_t*)row, asym ? (const int8_t*)row + 2 * ng : NULL, G, k0, k1, dst);
 }
 
 int olmo_hf_int4_blocked_to_bf16(const uint8_t* w, long ldw, int asym, long G, long N, long K, uint16_t* out,
@@ -2335,20 +2319,9 @@ int olmo_hf_int4_blocked_to_bf16(const uint8_t* w, long ldw, int asym, long G, l
     if (N < 1 || G < 32 || G > 128 || G % 32 || K < G || K % G || ldw < I4B_HDR(K / G, asym) + K / 2 ||
         !olmo_hf_int4_blocked_ok())
         return -1;
-    int status = 0;
-    #pragma omp parallel num_threads(nthreads) if (N * K >= (1L << 18))
-    {
-        uint8_t* tmp = (uint8_t*)malloc(K / 2 + 64 + K + 64);
-        if (!tmp) {
-            #pragma omp atomic write
-            status = -2;
-        }
-        #pragma omp for schedule(static)
-        for (long n = 0; n < N; ++n)
-            if (tmp) olmo_hf_int4_blocked_widen_row(w + n * ldw, asym, G, K, 0, K, tmp, out + n * K);
-        free(tmp);
-    }
-    return status;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (N * K >= (1L << 18))
+    for (long n = 0; n < N; ++n) olmo_hf_int4_blocked_widen_row(w + n * ldw, asym, G, K, 0, K, out + n * K);
+    return 0;
 }
 #else /* the AVX2 and NEON variants keep the nibble layout */
 int olmo_hf_int4_blocked_ok(void) { return 0; }
