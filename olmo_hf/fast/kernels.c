@@ -1436,6 +1436,32 @@ static void i8b_quantize_x(const uint16_t* x, long K, long G, int8_t* xh, int8_t
     }
 }
 
+/* Shared by the blocked micro-kernels (int8 here, int4 below). BLOCKED_BLOCK: block b of a row's ng groups holds h
+   of them (16 but in the last block), its chunks 4h bytes (wm: the byte mask of a chunk), its lanes hm. */
+#define BLOCKED_BLOCK(ng, b)                                                                                  \
+    const long h = (ng) - 16 * (b) < 16 ? (ng) - 16 * (b) : 16;                                             \
+    const __mmask64 wm = h == 16 ? ~0ull : (1ull << (4 * h)) - 1;                                           \
+    const __mmask16 hm = (__mmask16)((1u << h) - 1);
+/* acc[m][r] = 0 for MM x NR fp32 accumulators, and the next band's row heads (scales) prefetched: the rows'
+   values are prefetched as the kernel goes, one band ahead */
+#define BLOCKED_START(acc, MM, w, ldw, hdr)                                                                   \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();               \
+    for (long o = 0; o < (hdr); o += 64)                                                                    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                                \
+            _mm_prefetch((const char*)((w) + (r + NR) * (ldw) + o), _MM_HINT_T0);
+/* a[m][r] = b[m][r] = 0 (the int32 lane sums of a block) */
+#define BLOCKED_ZERO2(a, b, MM)                                                                               \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                              \
+            a[m][r] = _mm512_setzero_si512();                                                               \
+            b[m][r] = _mm512_setzero_si512();                                                               \
+        }
+/* out[m][r] = the sum of acc[m][r]'s lanes */
+#define BLOCKED_FINISH(acc, MM, out)                                                                          \
+    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
+        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]);
+
 /* out[m][r] = sum over groups of sx[m, g] * scale[r, g] * (the group's int32 sum) for MM rows of x, NR rows of w */
 #define GEMV_I8B_MICRO(MM)                                                                                    \
 __attribute__((target("avx512vnni"))) static inline void gemv_i8b_micro_##MM(                               \
@@ -1443,22 +1469,12 @@ __attribute__((target("avx512vnni"))) static inline void gemv_i8b_micro_##MM(   
         long G, const int8_t* w, long ldw, float out[4][NR]) {                                              \
     const long hdr = I8B_HDR(ng), nb = (ng + 15) / 16;                                                      \
     __m512 acc[MM][NR];                                                                                     \
-    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
-        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();               \
-    for (long o = 0; o < hdr; o += 64)  /* the next band's headers (its weights are prefetched as we go) */ \
-        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                                \
-            _mm_prefetch((const char*)(w + (r + NR) * ldw + o), _MM_HINT_T0);                               \
+    BLOCKED_START(acc, MM, w, ldw, hdr)                                                                     \
     for (long b = 0; b < nb; ++b) {                                                                         \
-        const long h = ng - 16 * b < 16 ? ng - 16 * b : 16;                                                 \
-        const __mmask64 wm = h == 16 ? ~0ull : (1ull << (4 * h)) - 1;                                       \
-        const __mmask16 hm = (__mmask16)((1u << h) - 1);                                                    \
+        BLOCKED_BLOCK(ng, b)                                                                                \
         const int8_t* wb = w + hdr + 16 * G * b;                                                            \
         __m512i ah[MM][NR], al[MM][NR];                                                                     \
-        _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                \
-            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                          \
-                ah[m][r] = _mm512_setzero_si512();                                                          \
-                al[m][r] = _mm512_setzero_si512();                                                          \
-            }                                                                                               \
+        BLOCKED_ZERO2(ah, al, MM)                                                                           \
         for (long c = 0; c < G / 4; ++c) {                                                                  \
             __m512i wv[NR];                                                                                 \
             _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                          \
@@ -1486,10 +1502,21 @@ __attribute__((target("avx512vnni"))) static inline void gemv_i8b_micro_##MM(   
             }                                                                                               \
         }                                                                                                   \
     }                                                                                                       \
-    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
-        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]);   \
+    BLOCKED_FINISH(acc, MM, out)                                                                            \
 }
 GEMV_I8B_MICRO(1) GEMV_I8B_MICRO(2)
+
+/* w itself, or where it has fewer rows than a band (N < NR) a zero-padded copy of them (the same arithmetic; the
+   extra rows' results are discarded), whose address *copy keeps for free(); NULL when that copy fails. */
+static const void* blocked_rows(const void* w, long N, long ldw, void** copy) {
+    *copy = NULL;
+    if (N >= NR) return w;
+    *copy = aligned_alloc(64, (size_t)NR * ldw);
+    if (!*copy) return NULL;
+    memset(*copy, 0, (size_t)NR * ldw);
+    memcpy(*copy, w, (size_t)N * ldw);
+    return *copy;
+}
 
 /* x_bf16 (M, K) row stride ldx; w the blocked (N, K) matrix, row stride ldw bytes; y (M, N) bf16 row stride ldy. */
 int olmo_hf_gemv_int8_blocked(const uint16_t* x_bf16, long ldx, const int8_t* w, long ldw, long G, long N, long K,
@@ -1503,16 +1530,11 @@ int olmo_hf_gemv_int8_blocked(const uint16_t* x_bf16, long ldx, const int8_t* w,
     int32_t* cx = (int32_t*)aligned_alloc(64, sizeof(int32_t) * M * ncx);
     float* sx = (float*)aligned_alloc(64, sizeof(float) * M * ncx);
     int16_t* tmp = (int16_t*)malloc(sizeof(int16_t) * K);
-    /* fewer rows than a band: a zero-padded copy of them (the same arithmetic; the extra rows are discarded) */
-    int8_t* small = N < NR ? (int8_t*)aligned_alloc(64, (size_t)NR * ldw) : NULL;
-    if (!xh || !cx || !sx || !tmp || (N < NR && !small)) { free(xh); free(cx); free(sx); free(tmp); free(small); return -2; }
+    void* small;
+    w = (const int8_t*)blocked_rows(w, N, ldw, &small);
+    if (!xh || !cx || !sx || !tmp || !w) { free(xh); free(cx); free(sx); free(tmp); free(small); return -2; }
     for (long m = 0; m < M; ++m)
         i8b_quantize_x(x_bf16 + m * ldx, K, G, xh + m * Kx, xl + m * Kx, cx + m * ncx, sx + m * ncx, tmp);
-    if (small) {
-        memset(small, 0, (size_t)NR * ldw);
-        memcpy(small, w, (size_t)N * ldw);
-        w = small;
-    }
     const long NB = (N + NR - 1) / NR;
     #pragma omp parallel for num_threads(nthreads) schedule(static) if (N * K >= (1L << 18))
     for (long nband = 0; nband < NB; ++nband) {
@@ -2179,22 +2201,12 @@ __attribute__((target("avx512vnni"))) static inline void gemv_i4b_micro_##MM(   
     const long nb = (ng + 15) / 16;                                                                         \
     const __m512i low = _mm512_set1_epi8(0x0f);                                                             \
     __m512 acc[MM][NR];                                                                                     \
-    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
-        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();               \
-    for (long o = 0; o < hdr; o += 64)                                                                      \
-        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                                \
-            _mm_prefetch((const char*)(w + (r + NR) * ldw + o), _MM_HINT_T0);                               \
+    BLOCKED_START(acc, MM, w, ldw, hdr)                                                                     \
     for (long b = 0; b < nb; ++b) {                                                                         \
-        const long h = ng - 16 * b < 16 ? ng - 16 * b : 16;                                                 \
-        const __mmask64 wm = h == 16 ? ~0ull : (1ull << (4 * h)) - 1;                                       \
-        const __mmask16 hm = (__mmask16)((1u << h) - 1);                                                    \
+        BLOCKED_BLOCK(ng, b)                                                                                \
         const uint8_t* wb = w + hdr + 8 * G * b;                                                            \
         __m512i al[MM][NR], ah[MM][NR];                                                                     \
-        _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                \
-            _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                          \
-                al[m][r] = _mm512_setzero_si512();                                                          \
-                ah[m][r] = _mm512_setzero_si512();                                                          \
-            }                                                                                               \
+        BLOCKED_ZERO2(al, ah, MM)                                                                           \
         for (long c = 0; c < G / 8; ++c) {                                                                  \
             __m512i wl[NR], wh[NR];                                                                         \
             _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                          \
@@ -2223,8 +2235,7 @@ __attribute__((target("avx512vnni"))) static inline void gemv_i4b_micro_##MM(   
                                             ws[r], acc[m][r]);                                              \
         }                                                                                                   \
     }                                                                                                       \
-    _Pragma("GCC unroll 4") for (int m = 0; m < MM; ++m)                                                    \
-        _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) out[m][r] = _mm512_reduce_add_ps(acc[m][r]);   \
+    BLOCKED_FINISH(acc, MM, out)                                                                            \
 }
 GEMV_I4B_MICRO(1) GEMV_I4B_MICRO(2)
 
@@ -2241,16 +2252,11 @@ int olmo_hf_gemv_int4_blocked(const uint16_t* x_bf16, long ldx, const uint8_t* w
     float* sx = (float*)aligned_alloc(64, sizeof(float) * M * ncx * 2);
     float* xsum = sx + M * ncx;
     int8_t* tmp = (int8_t*)malloc(K);
-    uint8_t* small = N < NR ? (uint8_t*)aligned_alloc(64, (size_t)NR * ldw) : NULL;
-    if (!xlo || !sx || !tmp || (N < NR && !small)) { free(xlo); free(sx); free(tmp); free(small); return -2; }
+    void* small;
+    const uint8_t* rows_at = (const uint8_t*)blocked_rows(w, N, ldw, &small);  /* w stays the rows' heads */
+    if (!xlo || !sx || !tmp || !rows_at) { free(xlo); free(sx); free(tmp); free(small); return -2; }
     for (long m = 0; m < M; ++m)
         i4b_quantize_x(x_bf16 + m * ldx, K, G, xlo + m * Kx, xhi + m * Kx, sx + m * ncx, xsum + m * ncx, tmp);
-    const uint8_t* rows_at = w;
-    if (small) {
-        memset(small, 0, (size_t)NR * ldw);
-        memcpy(small, w, (size_t)N * ldw);
-        rows_at = small;
-    }
     const long NB = (N + NR - 1) / NR;
     #pragma omp parallel for num_threads(nthreads) schedule(static) if (N * K >= (1L << 18))
     for (long nband = 0; nband < NB; ++nband) {
