@@ -1570,6 +1570,39 @@ void olmo_hf_int8_blocked_widen_row(const int8_t* row, long G, long K, long k0, 
         const __m512 s16 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)((1u << h) - 1),
                                                                     (const uint16_t*)row + 16 * b));
         const int8_t* src = row + hdr + 16 * G * b;
+        if (G == 32) {  /* the default: 8 chunks, each group's 32 bytes one word of each (8 x 16 -> 16 x 8 words) */
+            __m512i c[8], t[8], u[8];
+            for (int i = 0; i < 8; ++i) c[i] = _mm512_maskz_loadu_epi8(wm, src + 4 * h * i);
+            for (int i = 0; i < 8; i += 2) {  /* lane L: groups 4L .. 4L + 3 */
+                t[i] = _mm512_unpacklo_epi32(c[i], c[i + 1]);      /* c_i[4L] c_i+1[4L] c_i[4L+1] c_i+1[4L+1] */
+                t[i + 1] = _mm512_unpackhi_epi32(c[i], c[i + 1]);  /* the same for groups 4L + 2, 4L + 3 */
+            }
+            for (int i = 0; i < 8; i += 4) {  /* u[i + j], lane L: chunks i .. i + 3 of group 4L + j */
+                u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+                u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+                u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+                u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+            }
+            const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), hi = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+            for (int j = 0; j < 4; ++j)
+                for (int half = 0; half < 2; ++half) {  /* groups 4L + j for L = 2 half, 2 half + 1: a 256-bit half each */
+                    const __m512i v = _mm512_xor_si512(_mm512_permutex2var_epi64(u[j], half ? hi : lo, u[4 + j]), flip);
+                    for (int e = 0; e < 2; ++e) {
+                        const long g = 4 * (2 * half + e) + j, k = (16 * b + g) * G;
+                        if (g >= h || k + G <= k0 || k >= k1) continue;
+                        const __m512 sc = _mm512_permutexvar_ps(_mm512_set1_epi32((int)g), s16);
+                        for (int i = 0; i < 2; ++i) {
+                            if (k + 16 * i < k0 || k + 16 * i >= k1) continue;
+                            const int q = 2 * e + i;  /* the 128-bit lane: values 16 i .. of group g */
+                            const __m128i part = q == 0 ? _mm512_castsi512_si128(v) : q == 1 ? _mm512_extracti32x4_epi32(v, 1)
+                                                 : q == 2 ? _mm512_extracti32x4_epi32(v, 2) : _mm512_extracti32x4_epi32(v, 3);
+                            const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(part)), sc);
+                            _mm256_storeu_si256((__m256i*)(dst + k + 16 * i - k0), (__m256i)_mm512_cvtneps_pbh(f));
+                        }
+                    }
+                }
+            continue;
+        }
         for (long s = 0; 64 * s < G; ++s) {
             const long n = G - 64 * s < 64 ? G - 64 * s : 64;  /* bytes of each group in this pass */
             __m512i r[16];
