@@ -162,7 +162,7 @@ def test_blocked_int4_widening_is_the_nibble_layouts_bit_for_bit(n, k, group, as
     lib = native._native_kernel()
     if lib.amx and lib.gemm_amx is not None and k % 32 == 0:  # the AMX prefill product widens from the blocks
         x = torch.randn(40, k, generator=gen).to(torch.bfloat16)
-        assert torch.equal(native._native_gemm(x, blocks, None, int4=(None, k, group, asymmetric)),
+        assert torch.equal(native._native_gemm(x, blocks, None, int4_blocked=(k, group, asymmetric)),
                            native._native_gemm(x, pack_nibbles(q), scale, int4=(offset, k, group)))
 
 

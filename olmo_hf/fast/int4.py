@@ -253,7 +253,7 @@ class _Int4Packed:
             return out if bias is None else out + bias
         if plan is not None and plan.int4_gemm_amx and _can_use_native_gemm(x, k):
             out = (_native_gemm(x, self.packed, self.scale, int4=(self.offset, k, group)) if blocks is None
-                   else _native_gemm(x, blocks, None, int4=(None, k, group, self.asymmetric)))
+                   else _native_gemm(x, blocks, None, int4_blocked=(k, group, self.asymmetric)))
             return out if bias is None else out + bias  # prefill on AMX tiles, widening per band in L2
         if plan is not None and plan.int4_convert:  # torchao's arithmetic, the widening native
             buffer = _scratch(self.out_features * k)

@@ -554,20 +554,22 @@ _W_BF16, _W_INT8, _W_INT4, _W_INT8_GROUPED, _W_INT8_BLOCKED, _W_INT4_BLOCKED, _W
 
 
 def _native_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
-                 native: _NativeLib | None = None, *, int4: tuple | None = None,
-                 int8_group: int = 0, blocked_in_features: int = 0) -> torch.Tensor:
+                 native: _NativeLib | None = None, *, int4: tuple[torch.Tensor | None, int, int] | None = None,
+                 int4_blocked: tuple[int, int, bool] | None = None, int8_group: int = 0,
+                 blocked_in_features: int = 0) -> torch.Tensor:
     """``x @ W.T`` over the last dimension of bf16 ``x`` (any number of rows: prefill) on AMX tiles, reading the
     weight once as it is: ``weight`` a bf16 (out, in) matrix; or int8 with its float32 per-row ``scale`` (torchao's
     arithmetic: ``bf16(bf16(x @ q.T) * bf16(scale))``); or, with ``int4=(offset, in_features, group)``, the
     nibble-layout int4 matrix of ``olmo_hf.fast.int4`` with its bf16 group ``scale`` (widened as torchao
-    dequantizes), or with ``int4=(None, in_features, group, asymmetric)`` one in its blocked layout; or, with ``int8_group=G``, group-wise int8 with its float16 group ``scale`` (out, in / G), widened
+    dequantizes), or with ``int4_blocked=(in_features, group, asymmetric)`` one in its blocked layout (scales and
+    offsets inside); or, with ``int8_group=G``, group-wise int8 with its float16 group ``scale`` (out, in / G), widened
     as torchao dequantizes (:func:`int8_grouped_reference`); with ``blocked_in_features=in`` too, ``weight`` is that
     matrix in the blocked layout (``olmo_hf.fast.int8_layout``, scales inside). Unit stride along ``in``,
     ``in % 32 == 0``."""
     native = native or _native
     n = weight.shape[0]
-    if int4 is not None and len(int4) == 4:  # (None, k, group, asymmetric): the blocked layout
-        _, k, group, asymmetric = int4
+    if int4_blocked is not None:
+        k, group, asymmetric = int4_blocked
         kind, extra = (_W_INT4_BLOCKED_ASYM if asymmetric else _W_INT4_BLOCKED), (None, group)
     elif int4 is not None:
         offset, k, group = int4
