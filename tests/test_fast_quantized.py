@@ -12,6 +12,7 @@ model's. (bf16 noise: the same model unquantized shows the same spread.)
 """
 
 import copy
+import ctypes
 import dataclasses
 
 import pytest
@@ -216,9 +217,21 @@ def test_blocked_int8_kernel_reads_row_slices_and_strided_rows():
     assert out.shape == (3, 2, 12) and torch.allclose(out.double(), ref, rtol=2**-8, atol=1e-4)
 
 
+@pytest.fixture(params=["vbmi", "without vbmi"])
+def widening_path(request):
+    """Groups of 32 widen through AVX512-VBMI byte permutes where the CPU has them, through a transpose and
+    conversions elsewhere; each path in turn (the second forced through the library's switch)."""
+    switch = ctypes.c_int.in_dll(native._native_kernel().lib, "olmo_hf_int8_blocked_vbmi")
+    if request.param == "vbmi" and "avx512vbmi" not in native.cpu_flags():
+        pytest.skip("no AVX512-VBMI on this CPU")
+    switch.value = 1 if request.param == "vbmi" else 0
+    yield request.param
+    switch.value = -1
+
+
 @needs_blocked
 @pytest.mark.parametrize("n, k, group", BLOCKED_SHAPES)
-def test_blocked_int8_widening_is_the_grouped_widening_bit_for_bit(n, k, group):
+def test_blocked_int8_widening_is_the_grouped_widening_bit_for_bit(n, k, group, widening_path):
     gen = torch.Generator().manual_seed(n - k)
     q = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
     scale = (torch.randn(n, k // group, generator=gen) * 2.0 ** torch.randint(-14, 4, (n, 1), generator=gen)).half()
@@ -230,6 +243,25 @@ def test_blocked_int8_widening_is_the_grouped_widening_bit_for_bit(n, k, group):
         x = torch.randn(40, k, generator=gen).to(torch.bfloat16)
         assert torch.equal(native._native_gemm(x, blocks, None, int8_group=group, blocked_in_features=k),
                            native._native_gemm(x, q, scale, int8_group=group))
+
+
+@needs_blocked
+def test_amx_product_from_blocked_rows_is_unchanged_when_k_chunks_split_blocks_and_bands_pipeline(widening_path):
+    """90 rows of x give k chunks of 2688 (5.25 blocks of 16 groups of 32), so widening starts and stops inside a
+    block; 200 output rows give several bands per thread, each widened while the tiles multiply the one before it
+    (and a last band of 8 rows). Bit for bit the product from torchao's layout."""
+    lib = native._native_kernel()
+    if not (lib.amx and lib.gemm_amx is not None):
+        pytest.skip("no AMX prefill product here")
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randint(-128, 128, (200, 4096), generator=gen, dtype=torch.int8)
+    scale = (torch.rand(200, 128, generator=gen) / 64).half()
+    blocks = int8_layout.pack_int8_blocked(q, scale, 32)
+    x = torch.randn(90, 4096, generator=gen).to(torch.bfloat16)
+    out = native._native_gemm(x, blocks, None, int8_group=32, blocked_in_features=4096)
+    assert torch.equal(out, native._native_gemm(x, q, scale, int8_group=32))
+    exact = x.double() @ native.int8_grouped_reference(q, scale).double().T
+    torch.testing.assert_close(out.double(), exact, rtol=2**-7, atol=1e-3)
 
 
 @needs_kernels
