@@ -379,10 +379,12 @@ int olmo_hf_gemv_bf16_amx(const uint16_t* x, long ldx, const uint16_t* w, long l
      tile; rows padded with zeros to a multiple of 32);
    - each thread takes bands of 32 weight rows; a full bf16 band is tile-loaded straight from W (strided loads,
      prefetched a chunk ahead), anything else (an int8 or int4 band, widened exactly; the last partial band,
-     zero-padded) goes through one of two per-thread bf16 buffers of 32 x KC that stay in L2, the next band (or k
-     chunk) widened into one while the tiles multiply the other, a slice after every tile step: the vector
-     instructions of the widening then run while the AMX unit works instead of between its products (measured on
-     the 1B shape's int8 prefill: x0.81 -> x0.87 of the bf16 prefill on a fast host, int4 x0.94 -> x0.99);
+     zero-padded) goes through a per-thread bf16 buffer of 32 x KC that stays in L2. An int8 band is widened into
+     one of two such buffers while the tiles multiply the other (the next band or k chunk, a slice after every tile
+     step), so that the widening's vector instructions run while the AMX unit works: measured x0.82 -> x0.85 of the
+     bf16 product streaming a 16384 x 2048 int8 matrix (2 threads, AMX Xeon, fast host; the VBMI widening below
+     took it from x0.79 to x0.82), x0.81 -> x0.87 of the bf16 prefill for the 1B shape's int8 model with the older
+     widening;
    - per band and 32 rows of x, 4 accumulator tiles C (16 n x 16 m, fp32) += A (16 n x 32 k) . B (32 k x 16 m);
    - each C tile is transposed in registers and written as 16 rows of y (16 bf16 each).
    Needs K % 32 == 0 (the caller falls back to F.linear otherwise). */
@@ -400,11 +402,17 @@ void olmo_hf_int4_widen_row(const uint8_t* src, const uint16_t* ws, const int8_t
                             uint16_t* dst);  /* the int4 section below */
 
 /* The widening of a band's chunk is done in pieces: piece p is row p / per_row, values [span * (p % per_row), ...) of
-   the chunk (k0, kc) of the 32-row band at n0, into dst row r of stride ldb. span: a block of the blocked layouts
-   (16 groups), else 512 values. Rows past the matrix (rows < 32) are zeros. */
-static long amx_widen_span(int kind, long group) {
-    return kind == OLMO_HF_W_INT8_BLOCKED || kind == OLMO_HF_W_INT4_BLOCKED || kind == OLMO_HF_W_INT4_BLOCKED_ASYM
-           ? 16 * group : 512;
+   the chunk (k0, kc) of the 32-row band at n0, into dst row r of stride ldb. Rows past the matrix (rows < 32) are
+   zeros. The int8 kinds are widened a slice per tile step while the tiles multiply the band before (pipelined), in
+   pieces of a block of the blocked layout (16 groups) or 512 values; the others a whole row of the chunk at a time,
+   before the band's products: int4's widening measured slower interleaved with the tiles (x0.80 against x0.84 of the
+   bf16 product streaming a 16384 x 2048 matrix, 2 threads, AMX Xeon), and a bf16 partial band is a copy. */
+static int amx_pipelined(int kind) {
+    return kind == OLMO_HF_W_INT8 || kind == OLMO_HF_W_INT8_GROUPED || kind == OLMO_HF_W_INT8_BLOCKED;
+}
+
+static long amx_widen_span(int kind, long group, long kc) {
+    return kind == OLMO_HF_W_INT8_BLOCKED ? 16 * group : amx_pipelined(kind) ? 512 : kc;
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
@@ -497,7 +505,7 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
         const int nt = omp_get_num_threads();
         const long nkc = (K + KC - 1) / KC, nb_lo = NB * me / nt, nb_hi = NB * (me + 1) / nt;
         const long units = (nb_hi - nb_lo) * nkc;
-        const long span = amx_widen_span(kind, group);
+        const int pipelined = amx_pipelined(kind);
         for (long u = 0; u < units; ++u) {
             const long nb = nb_lo + u / nkc, k0 = (u % nkc) * KC;
             const long n0 = nb * 32, rows = N - n0 < 32 ? N - n0 : 32;
@@ -506,17 +514,20 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
                first pass over x, the later passes find them in L2): a copy into the buffer cost a whole extra pass
                over W (measured 0.90x of these direct loads at 128 rows). */
             const int direct = kind == OLMO_HF_W_BF16 && rows == 32;
-            uint16_t* cur = buf + (u & 1) * 32 * ldb;
-            if (!direct && u == 0)  /* the first unit: widened up front */
+            uint16_t* cur = buf + (pipelined ? (u & 1) * 32 * ldb : 0);
+            if (!direct && (u == 0 || !pipelined)) {  /* widened up front: the first unit, or every unpipelined one */
+                const long span = amx_widen_span(kind, group, kc);
                 for (long p = 0, np = 32 * ((kc + span - 1) / span); p < np; ++p)
                     amx_widen_piece(kind, w, ldw, scale, offset, group, ng, K, n0, rows, k0, kc, p, span, cur, ldb);
+            }
             /* the next unit, to widen during this one's products */
-            long nn0 = 0, nrows = 0, nk0 = 0, nkcc = 0, np = 0, p = 0;
+            long nn0 = 0, nrows = 0, nk0 = 0, nkcc = 0, np = 0, p = 0, span = 0;
             uint16_t* nxt = buf + ((u + 1) & 1) * 32 * ldb;
-            if (u + 1 < units) {
+            if (pipelined && u + 1 < units) {
                 nn0 = (nb_lo + (u + 1) / nkc) * 32; nrows = N - nn0 < 32 ? N - nn0 : 32;
                 nk0 = ((u + 1) % nkc) * KC; nkcc = K - nk0 < KC ? K - nk0 : KC;
-                if (!(kind == OLMO_HF_W_BF16 && nrows == 32)) np = 32 * ((nkcc + span - 1) / span);
+                span = amx_widen_span(kind, group, nkcc);
+                np = 32 * ((nkcc + span - 1) / span);
             }
             const long steps = (Mp / 32) * (kc / 32);
             long step = 0;
