@@ -475,7 +475,7 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
     const long ldb = KC + 32;  /* band buffer row stride: not a multiple of 4 KiB (rows 4 KiB apart share L1 sets) */
     /* xp: Mp / 16 tiles of (J, 16, 2) bf16: tile t, pair j, row m -> x[16 t + m, 2j], x[16 t + m, 2j + 1] */
     uint32_t* xp = (uint32_t*)aligned_alloc(64, (size_t)Mp * K * 2);
-    uint16_t* bufs = (uint16_t*)aligned_alloc(64, (size_t)nthreads * 2 * 32 * ldb * 2);  /* two per thread */
+    uint16_t* bufs = (uint16_t*)aligned_alloc(64, (size_t)nthreads * (amx_pipelined(kind) ? 2 : 1) * 32 * ldb * 2);  /* two per thread where pipelined */
     float* accs = (float*)aligned_alloc(64, (size_t)nthreads * Mp * 32 * 4);
     if (!xp || !bufs || !accs) { free(xp); free(bufs); free(accs); return -2; }
     const long NB = (N + 31) / 32;
@@ -492,7 +492,7 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
                 for (int j = 0; j < 16; ++j) _mm512_store_si512((void*)(xp + (t * J + j0 + j) * 16), r[j]);
             }
         const int me = omp_get_thread_num();
-        uint16_t* buf = bufs + (size_t)me * 2 * 32 * ldb;
+        uint16_t* buf = bufs + (size_t)me * (amx_pipelined(kind) ? 2 : 1) * 32 * ldb;
         float* acc = accs + (size_t)me * Mp * 32;  /* (Mp / 32) blocks of 4 tiles of 16 x 16: the C tiles' homes */
         struct amx_tile_config cfg;
         memset(&cfg, 0, sizeof cfg);
