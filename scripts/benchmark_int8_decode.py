@@ -12,7 +12,9 @@ With ``--llama-bench BIN --gguf FILE [--gguf FILE ...]`` each round also runs ll
 (OLMO_HF_NATIVE=force: both models run every native kernel, unmeasured; on a busy machine the per-process kernel
 plan can switch a kernel off by noise, which would compare plan decisions instead of kernels.)
 
-The prefill computes the last position's logits only (``logits_to_keep=1``), as ``generate()`` does and as
+Each round first takes ``--prefills`` (3) prefills of each model, the models taking turns prefill by prefill, so that
+the prefill's ratio to bf16's compares prefills taken seconds apart (the host's speed drifts between rounds). The
+prefill computes the last position's logits only (``logits_to_keep=1``), as ``generate()`` does and as
 llama-bench's prompt processing does; runs before the seventh session computed all 128 rows of logits (on the 1B
 shape the head's product over 128 rows is ~16 % of the bf16 prefill's work, and llama.cpp did not do it).
 
@@ -59,6 +61,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=8, help="decoding steps per model per round")
+    p.add_argument("--prefills", type=int, default=3,
+                   help="prefills of 128 tokens per model per round, the models taking turns prefill by prefill")
     p.add_argument("--llama-bench", help="llama.cpp's llama-bench binary")
     p.add_argument("--gguf", action="append", default=[], help="a GGUF of the same weights (repeatable)")
     p.add_argument("--formats", default="bf16,int8", help="comma-separated: bf16, int8 (groups of 32), int8-row (one "
@@ -96,12 +100,14 @@ def main() -> None:
             for _ in range(args.steps):
                 token = model(token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
         for _ in range(args.rounds):
+            for _ in range(args.prefills):  # the models' prefills side by side: the host's speed drifts within seconds
+                for name, model in models.items():
+                    t0 = time.perf_counter()
+                    model(prompt, cache=DynamicCache(), use_cache=True, logits_to_keep=1)
+                    prefill[name].append(time.perf_counter() - t0)
             for name, model in models.items():
                 cache = DynamicCache()
-                t0 = time.perf_counter()
-                out = model(prompt, cache=cache, use_cache=True, logits_to_keep=1)
-                prefill[name].append(time.perf_counter() - t0)
-                token = out.logits[:, -1:].argmax(-1)
+                token = model(prompt, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1:].argmax(-1)
                 for _ in range(args.steps):
                     t0 = time.perf_counter()
                     out = model(token, cache=cache, use_cache=True)
@@ -138,12 +144,12 @@ def main() -> None:
         print(f"{name} decode per round (median step of each): " + str([
             round(1 / statistics.median(steps[name][i * args.steps:(i + 1) * args.steps]), 2)
             for i in range(args.rounds)]))
-    if "bf16" in prefill:  # the prefill target is a ratio: each round's, since the host's speed drifts between rounds
+    if "bf16" in prefill:  # the prefill target is a ratio: taken prefill by prefill, side by side with bf16's
         for name in models:
             if name != "bf16":
                 ratios = [b / t for b, t in zip(prefill["bf16"], prefill[name])]
-                print(f"{name} prefill of bf16's: x{statistics.median(ratios):.2f} (median of rounds; per round "
-                      f"{[round(r, 2) for r in ratios]})")
+                print(f"{name} prefill of bf16's: x{statistics.median(ratios):.2f} (median of {len(ratios)} side-by-side "
+                      f"prefills; lowest x{min(ratios):.2f}, highest x{max(ratios):.2f})")
 
 
 if __name__ == "__main__":
