@@ -12,7 +12,8 @@ With ``--llama-bench BIN --gguf FILE [--gguf FILE ...]`` each round also runs ll
 (OLMO_HF_NATIVE=force: both models run every native kernel, unmeasured; on a busy machine the per-process kernel
 plan can switch a kernel off by noise, which would compare plan decisions instead of kernels.)
 
-Each round first takes ``--prefills`` (3) prefills of each model, the models taking turns prefill by prefill, so that
+Each round first takes ``--prefills`` (3) prefills of each model, the models taking turns prefill by prefill (each
+model first in one of the turns), so that
 the prefill's ratio to bf16's compares prefills taken seconds apart (the host's speed drifts between rounds). The
 prefill computes the last position's logits only (``logits_to_keep=1``), as ``generate()`` does and as
 llama-bench's prompt processing does; runs before the seventh session computed all 128 rows of logits (on the 1B
@@ -100,8 +101,10 @@ def main() -> None:
             for _ in range(args.steps):
                 token = model(token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
         for _ in range(args.rounds):
-            for _ in range(args.prefills):  # the models' prefills side by side: the host's speed drifts within seconds
-                for name, model in models.items():
+            names = list(models)
+            for i in range(args.prefills):  # the models' prefills side by side: the host's speed drifts within seconds
+                for name in names[i % len(names):] + names[:i % len(names)]:  # each model first in turn
+                    model = models[name]
                     t0 = time.perf_counter()
                     model(prompt, cache=DynamicCache(), use_cache=True, logits_to_keep=1)
                     prefill[name].append(time.perf_counter() - t0)
