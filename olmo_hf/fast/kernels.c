@@ -499,9 +499,10 @@ int olmo_hf_gemm_amx(const uint16_t* x, long ldx, long M, const void* w, long ld
         cfg.palette_id = 1;
         for (int t = 0; t < 8; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }  /* C: 0-3, A: 4-5, B: 6-7 */
         _tile_loadconfig(&cfg);
-        /* The thread's bands, in static order, each as K / KC units (band, k chunk). A unit that is not tile-loaded
-           straight from W is widened into one of two buffers while the tiles multiply the unit before it: the
-           widening (vector instructions) and the tile products (the AMX unit) then overlap instead of taking turns. */
+        /* The thread's bands, in static order, each as K / KC units (band, k chunk). An int8 unit is widened into
+           one of two buffers while the tiles multiply the unit before it (the widening's vector instructions and the
+           AMX unit then overlap instead of taking turns); any other unit not tile-loaded straight from W is widened
+           into the one buffer before its products. */
         const int nt = omp_get_num_threads();
         const long nkc = (K + KC - 1) / KC, nb_lo = NB * me / nt, nb_hi = NB * (me + 1) / nt;
         const long units = (nb_hi - nb_lo) * nkc;
@@ -1431,7 +1432,11 @@ int olmo_hf_int8_grouped_to_bf16(const int8_t* q, long ldq, const uint16_t* ws, 
 #define I8B_HDR(ng) ((2 * (ng) + 63) / 64 * 64)
 #define I8B_XMAX 32639.f
 #if defined(__AVX512BF16__)
-int olmo_hf_int8_blocked_ok(void) { return __builtin_cpu_supports("avx512vnni"); }
+extern int olmo_hf_int8_blocked_vbmi;
+int olmo_hf_int8_blocked_ok(void) {  /* called once when the library loads: also settles the widening path */
+    if (olmo_hf_int8_blocked_vbmi < 0) olmo_hf_int8_blocked_vbmi = __builtin_cpu_supports("avx512vbmi");
+    return __builtin_cpu_supports("avx512vnni");
+}
 
 /* vpdpbusd as inline assembly: gcc 12 copies the accumulator of _mm512_dpbusd_epi32 through a second register at
    every step of the unrolled loop (measured 1.5x slower) */
